@@ -1,0 +1,147 @@
+"""The seam between the executor front end and the engines that run jobs.
+
+A backend stages input files where its volunteers fetch them, hands journaled
+jobs over (idempotently: a replay hands the same job over again and the backend
+creates only what it does not already have), and makes every job's outcome
+appear as a record in ``BATCH_DIR/new/``. Results never travel through the
+backend object itself: the executor only ever learns of them from records, so
+the local and the BOINC engines are observed the same way.
+
+Backends are imported lazily (as ``concurrent.futures`` does for its
+executors), so ``import boinc_executor`` never imports ``MySQLdb``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from .batch import BatchDir, Checkpoint, JournalEntry
+from .config import JobParams
+from .errors import ConfigError
+
+__all__ = ["Backend", "BackendEvents", "JobState", "load_backend"]
+
+
+class JobState(str, enum.Enum):
+    """Where a job is, as the executor tracks it."""
+
+    PENDING = "pending"  # created by submit/map, not yet journaled
+    SUBMITTED = "submitted"  # journaled and handed to the backend
+    RUNNING = "running"  # the backend reports it started (local) or was sent (BOINC)
+    DONE = "done"  # a record resolved its futures
+    CANCELLED = "cancelled"  # every future was cancelled before it ran
+
+    def can_become(self, other: JobState) -> bool:
+        """Whether the transition ``self → other`` is allowed."""
+        return other in _TRANSITIONS[self]
+
+
+_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.SUBMITTED, JobState.DONE, JobState.CANCELLED}),
+    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.DONE, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.DONE}),
+    JobState.DONE: frozenset(),
+    JobState.CANCELLED: frozenset({JobState.DONE}),  # a late record is still read, then dropped
+}
+
+
+@dataclass(frozen=True)
+class BackendEvents:
+    """Callbacks a backend uses to tell the executor something happened.
+
+    Attributes:
+        started: a job began running (its futures become running and can no
+            longer be cancelled).
+        wake: a record has probably arrived in ``new/``; scan now rather than
+            at the next poll.
+    """
+
+    started: Callable[[str], None]
+    wake: Callable[[], None]
+
+
+class Backend(abc.ABC):
+    """What the executor needs from an engine that runs jobs."""
+
+    kind: ClassVar[str]
+    #: seconds between scans of ``new/`` when nothing wakes the collector
+    poll_interval: float = 1.0
+    #: how many calls ``map`` packs into one job when the caller does not say
+    default_chunksize: int = 1
+    #: seconds a submitted job may wait so that it is handed over in bulk with others
+    submit_delay: float = 0.0
+
+    @abc.abstractmethod
+    def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:
+        """Create and persist a new batch; returns its ID and its directory.
+
+        With ``batch_dir`` None the backend chooses the directory from the ID.
+        """
+
+    @abc.abstractmethod
+    def locate_batch(self, batch_id: int) -> Path:
+        """The directory of an existing batch.
+
+        Raises:
+            BatchNotFoundError: no such batch, or its directory is gone.
+        """
+
+    @abc.abstractmethod
+    def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
+        """Bind to an open batch directory before any job is staged or submitted."""
+
+    @abc.abstractmethod
+    def stage(self, name: str, data: bytes, *, shared: bool) -> None:
+        """Put an input file where the backend's volunteers fetch it from.
+
+        Physical names are immutable: staging a name that already exists with the
+        same content is a no-op. ``shared`` files (programs) serve many jobs.
+        """
+
+    @abc.abstractmethod
+    def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
+        """Hand journaled jobs over; jobs the backend already has are skipped."""
+
+    def poll(self) -> None:  # noqa: B027 - optional hook, most backends need none
+        """Periodic check, from the collector thread, for outcomes that leave no file.
+
+        A backend that learns of a failure this way delivers an error record into
+        ``new/`` itself, so every outcome reaches the executor the same way.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, jobs: Collection[str]) -> None:
+        """Stop jobs that have not started; running ones are best effort."""
+
+    @abc.abstractmethod
+    def close(self, *, complete: bool) -> None:
+        """Release resources; ``complete`` means every job of the batch is done."""
+
+
+def load_backend(project_dir: Path | None, *, max_workers: int | None = None) -> Backend:
+    """The backend for a configuration: local without a project, BOINC with one.
+
+    Raises:
+        ConfigError: the BOINC backend is wanted but ``mysqlclient`` is missing, or
+            ``max_workers`` is not a positive integer.
+    """
+    if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+        raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+    if project_dir is None:
+        from .local import LocalBackend
+
+        return LocalBackend(max_workers=max_workers)
+    try:
+        from .boinc import BoincBackend
+    except ImportError as exc:
+        raise ConfigError(
+            f"the BOINC backend needs mysqlclient ({exc}); "
+            "install it with: pip install 'boinc-executor[boinc]'"
+        ) from exc
+    backend: Backend = BoincBackend(project_dir)
+    return backend

@@ -1,0 +1,503 @@
+"""The on-disk protocol: the one contract between master, backends, runner and daemons.
+
+Every file that crosses a process boundary is written and read here (see
+``docs/protocol.md``). Files are *framed*: a magic line naming the kind and
+format version, one line of JSON (the header), then an optional pickle payload.
+The header is readable without unpickling anything, so a record can always be
+attributed to its job and classified before its payload is touched.
+
+This module imports nothing beyond the standard library at import time: the
+volunteer runner and the server daemons import it, and the runner must be able to
+report "cloudpickle is missing" rather than die on import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import platform
+import re
+import socket
+import stat
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .decoding import TypePolicy, safe_loads
+from .errors import ProtocolError, ResultDecodeError
+
+__all__ = [
+    "CHECKPOINT",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "FINISH_FILE",
+    "JOURNAL",
+    "NEW",
+    "OLD",
+    "OPEN_DATA",
+    "OPEN_PROGRAM",
+    "OPEN_RESULT",
+    "QUARANTINE",
+    "ProtocolError",
+    "ResultRecord",
+    "atomic_write",
+    "decode_frame",
+    "decode_result",
+    "deliver_record",
+    "encode_data",
+    "encode_error_record",
+    "encode_frame",
+    "encode_program",
+    "encode_result",
+    "error_info",
+    "failure_info",
+    "input_digest",
+    "job_name",
+    "parse_job_name",
+    "parse_record_name",
+    "program_file_name",
+    "program_identity",
+    "read_bounded",
+    "record_file_name",
+]
+
+FORMAT_VERSION = 1
+
+# Batch directory layout.
+CHECKPOINT = "pyboinc_checkpoint"
+JOURNAL = "journal.jsonl"
+LOCK = ".lock"
+NEW = "new"
+OLD = "old"
+QUARANTINE = "quarantine"
+
+# Slot layout: the open names a job's files have in its slot directory.
+OPEN_PROGRAM = "program.pkl"
+OPEN_DATA = "data.pkl"
+OPEN_RESULT = "result.pkl"
+FINISH_FILE = "boinc_finish_called"
+
+RECORD_SUFFIX = ".result"
+DEFAULT_MAX_RESULT_BYTES = 100_000_000  # the output template's <max_nbytes>
+TAIL_CHARS = 4096
+
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
+_JOB_RE = re.compile(r"([a-z][a-z0-9]{0,15})_(\d+)_(\d+)")
+_TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_MAGIC_PREFIX = b"BOINC-EXECUTOR/"
+
+KIND_PROGRAM = "program"
+KIND_DATA = "data"
+KIND_RESULT = "result"
+
+
+# --------------------------------------------------------------------------- names
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a job-name prefix; returns it unchanged.
+
+    Raises:
+        ValueError: the prefix would make names BOINC or the protocol cannot use.
+    """
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"job prefix {prefix!r} must be 1-16 lower-case letters or digits, "
+            "starting with a letter"
+        )
+    return prefix
+
+
+def job_name(prefix: str, batch_id: int, index: int) -> str:
+    """The deterministic name of job ``index`` of a batch (also its BOINC work-unit name)."""
+    return f"{prefix}_{batch_id}_{index}"
+
+
+def parse_job_name(name: str) -> tuple[str, int, int] | None:
+    """Split a job name into (prefix, batch ID, index), or None if it is not one."""
+    match = _JOB_RE.fullmatch(name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def program_file_name(prefix: str, program: bytes) -> str:
+    """Content-addressed physical name of a program file: equal programs share one file."""
+    return f"{prefix}_fn_{hashlib.sha256(program).hexdigest()[:32]}.pkl"
+
+
+def data_file_name(job: str) -> str:
+    """Physical name of a job's data file; unique because job names are."""
+    return f"{job}.pkl"
+
+
+def record_file_name(job: str, tag: str) -> str:
+    """File name of a record in ``new/``: ``<job>.<tag>.result``."""
+    if parse_job_name(job) is None:
+        raise ValueError(f"{job!r} is not a job name")
+    if not _TAG_RE.fullmatch(tag):
+        raise ValueError(f"record tag {tag!r} must match {_TAG_RE.pattern}")
+    return f"{job}.{tag}{RECORD_SUFFIX}"
+
+
+def parse_record_name(filename: str) -> tuple[str, str] | None:
+    """Split a record file name into (job, tag), or None if it is not a record name."""
+    if not filename.endswith(RECORD_SUFFIX):
+        return None
+    job, sep, tag = filename[: -len(RECORD_SUFFIX)].partition(".")
+    if not sep or parse_job_name(job) is None or not _TAG_RE.fullmatch(tag):
+        return None
+    return job, tag
+
+
+def python_tag() -> str:
+    """``major.minor`` of the running interpreter: pickled code only runs on the same one."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the whole file or none of it.
+
+    The temp file lives in the target directory (same file system) and is
+    ``os.replace``d over the target; its name starts with ``.`` so directory
+    scanners skip it.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes, never following a symlink.
+
+    The size is checked on the open descriptor before anything is read, and the
+    read itself is capped, so a file that grows after the check cannot blow past
+    the limit. FIFOs and devices are refused without blocking.
+
+    Raises:
+        ProtocolError: not a regular file, or larger than ``limit``.
+        OSError: the file vanished or cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno is not None and os.path.islink(path):
+            raise ProtocolError(f"{path.name} is a symbolic link; refused") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtocolError(f"{path.name} is not a regular file; refused")
+        if st.st_size > limit:
+            raise ProtocolError(f"{path.name} is {st.st_size} bytes, over the {limit}-byte limit")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ProtocolError(f"{path.name} grew past the {limit}-byte limit while being read")
+    return data
+
+
+def deliver_record(batch_dir: Path, job: str, tag: str, data: bytes) -> Path:
+    """Place a result or error record into ``BATCH_DIR/new/`` atomically.
+
+    This is how every record reaches the executor: the local backend's workers,
+    the BOINC assimilator and the backends' own failure reports all call it.
+    """
+    target = batch_dir / NEW / record_file_name(job, tag)
+    atomic_write(target, data)
+    return target
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def encode_frame(kind: str, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """Serialise a framed file: magic line, JSON header line, payload."""
+    head = dict(header, format=FORMAT_VERSION)
+    line = json.dumps(head, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return b"%s%s/%d\n%s\n%s" % (_MAGIC_PREFIX, kind.encode(), FORMAT_VERSION, line, payload)
+
+
+def decode_frame(data: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
+    """Split a framed file into its JSON header and payload.
+
+    Raises:
+        ProtocolError: not a framed file of ``kind``, an unknown version, or a bad header.
+    """
+    magic, nl, rest = data.partition(b"\n")
+    expected = _MAGIC_PREFIX + kind.encode() + b"/"
+    if not nl or not magic.startswith(expected):
+        raise ProtocolError(f"not a boinc-executor {kind} file")
+    version = magic[len(expected) :]
+    if version != str(FORMAT_VERSION).encode():
+        raise ProtocolError(
+            f"{kind} file has format version {version.decode(errors='replace')!r}; "
+            f"this release reads version {FORMAT_VERSION}"
+        )
+    line, nl, payload = rest.partition(b"\n")
+    if not nl:
+        raise ProtocolError(f"{kind} file is truncated inside its header")
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"{kind} file header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"{kind} file header is not a JSON object")
+    return header, payload
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _code_fingerprint(fn: Any) -> str:
+    """A digest of a function's code that is stable across interpreter runs.
+
+    The pickle of a function is not byte-stable (memo order, addresses in reprs),
+    but its bytecode and constants are, and they change when its source does.
+    """
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return ""
+    digest = hashlib.sha256()
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        digest.update(current.co_code)
+        for const in current.co_consts:
+            if hasattr(const, "co_code"):
+                todo.append(const)
+            else:
+                digest.update(repr(const).encode(errors="replace"))
+    return digest.hexdigest()[:16]
+
+
+def encode_program(fn: Any) -> bytes:
+    """Serialise a callable with cloudpickle (lambdas, closures and ``__main__`` functions work)."""
+    import cloudpickle
+
+    qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
+    name = f"{getattr(fn, '__module__', '?')}.{qualname}"
+    header = {
+        "python": python_tag(),
+        "cloudpickle": cloudpickle.__version__,
+        "name": name,
+        "code": _code_fingerprint(fn),
+    }
+    return encode_frame(
+        KIND_PROGRAM, header, cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    )
+
+
+def encode_data(job: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
+    """Serialise a job's calls: a list of ``(args, kwargs)``."""
+    import cloudpickle
+
+    payload = cloudpickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
+    return encode_frame(
+        KIND_DATA, {"python": python_tag(), "job": job, "calls": len(calls)}, payload
+    )
+
+
+def input_digest(identity: str, data: bytes) -> str:
+    """Digest identifying a job's input, used to match replayed calls to the journal.
+
+    The function enters by its name and code fingerprint rather than its pickle,
+    whose bytes are not stable across interpreter runs; the arguments enter by
+    their pickle.
+    """
+    _, payload = decode_frame(data, KIND_DATA)
+    return hashlib.sha256(identity.encode() + b"\0" + payload).hexdigest()
+
+
+def program_identity(program: bytes) -> str:
+    """The function's name and code fingerprint, as recorded in a program file's header."""
+    header, _ = decode_frame(program, KIND_PROGRAM)
+    return f"{header.get('name', '?')}:{header.get('code', '')}"
+
+
+# --------------------------------------------------------------------------- results
+
+
+def tail(text: str, chars: int = TAIL_CHARS) -> str:
+    """The last ``chars`` characters of ``text``."""
+    return text[-chars:]
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Reduce exception args to JSON-able plain data; anything else becomes its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and depth < 3:
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        return repr(value)[:1000]
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def host_name() -> str:
+    """This host's name, as recorded in results and error records."""
+    return socket.gethostname() or platform.node()
+
+
+def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
+    """Describe an exception as plain data for an error record."""
+    cls = type(exc)
+    tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__)) if with_traceback else ""
+    return {
+        "type": cls.__qualname__,
+        "module": cls.__module__,
+        "args": _plain(exc.args),
+        "message": str(exc),
+        "traceback": tb,
+        "host": host_name(),
+        "python": platform.python_version(),
+    }
+
+
+def failure_info(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    """Describe a job-level failure (``JobFailedError``, ``JobLostError``, ``WorkunitError``)."""
+    info: dict[str, Any] = {"type": kind, "module": "boinc_executor", "message": message}
+    info.update({k: _plain(v) for k, v in extra.items()})
+    return info
+
+
+def encode_result(
+    job: str,
+    outcomes: Sequence[tuple[bool, Any]],
+    *,
+    stdout: str = "",
+    stderr: str = "",
+) -> bytes:
+    """Serialise a successful run: one ``(True, value)`` or ``(False, error_info)`` per call.
+
+    Values are pickled with the standard pickler; a value only cloudpickle can
+    serialise (an instance of a class defined in ``__main__``) falls back to it,
+    and the master then needs that type trusted to read it.
+
+    Raises:
+        pickle.PicklingError, TypeError, AttributeError: a value cannot be pickled at all.
+    """
+    try:
+        payload = pickle.dumps(list(outcomes), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        payload = cloudpickle.dumps(list(outcomes), protocol=pickle.HIGHEST_PROTOCOL)
+    header = {
+        "job": job,
+        "status": "ok",
+        "calls": len(outcomes),
+        "host": host_name(),
+        "python": platform.python_version(),
+        "stdout": tail(stdout),
+        "stderr": tail(stderr),
+        "error": None,
+    }
+    return encode_frame(KIND_RESULT, header, payload)
+
+
+def encode_error_record(
+    job: str, error: dict[str, Any], *, stdout: str = "", stderr: str = "", source: str = "runner"
+) -> bytes:
+    """Serialise a job-level failure: the job produced no per-call outcomes."""
+    header = {
+        "job": job,
+        "status": "error",
+        "calls": 0,
+        "host": str(error.get("host", "")),
+        "python": platform.python_version(),
+        "stdout": tail(stdout),
+        "stderr": tail(stderr),
+        "error": error,
+        "source": source,
+    }
+    return encode_frame(KIND_RESULT, header)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A decoded result or error record.
+
+    Attributes:
+        job: the job the record claims to be for (checked against the file name).
+        ok: whether the job ran; if not, ``error`` says why.
+        outcomes: per call, ``(True, value)`` or ``(False, error_info)``.
+        error: the job-level failure, when ``ok`` is false.
+        host: where it ran.
+        stdout: tail of the captured standard output.
+        stderr: tail of the captured standard error.
+    """
+
+    job: str
+    ok: bool
+    outcomes: list[tuple[bool, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    host: str = ""
+    stdout: str = ""
+    stderr: str = ""
+
+
+def decode_result(
+    data: bytes, policy: TypePolicy, *, expect_job: str, expect_calls: int
+) -> ResultRecord:
+    """Decode a result record, checking it against what the master expects.
+
+    Raises:
+        ProtocolError: malformed framing, or the record is for another job or
+            has the wrong number of outcomes.
+        UnsafeResultError: the payload names a type the policy does not allow.
+        ResultDecodeError: the payload is corrupt.
+    """
+    header, payload = decode_frame(data, KIND_RESULT)
+    job = header.get("job")
+    if job != expect_job:
+        raise ProtocolError(f"record names job {job!r} but was delivered as {expect_job!r}")
+    host = str(header.get("host", ""))
+    stdout = str(header.get("stdout", ""))
+    stderr = str(header.get("stderr", ""))
+    if header.get("status") == "error":
+        error = header.get("error")
+        if not isinstance(error, dict):
+            raise ProtocolError("error record carries no error description")
+        return ResultRecord(expect_job, False, error=error, host=host, stdout=stdout, stderr=stderr)
+    if header.get("status") != "ok":
+        raise ProtocolError(f"record has unknown status {header.get('status')!r}")
+    outcomes = safe_loads(payload, policy)
+    if not isinstance(outcomes, list) or len(outcomes) != expect_calls:
+        raise ResultDecodeError(
+            f"record holds {len(outcomes) if isinstance(outcomes, list) else 'no list of'} "
+            f"outcomes, expected {expect_calls}"
+        )
+    for entry in outcomes:
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], bool)):
+            raise ResultDecodeError("record holds a malformed outcome entry")
+        if not entry[0] and not isinstance(entry[1], dict):
+            raise ResultDecodeError("record holds a failed call without an error description")
+    return ResultRecord(expect_job, True, outcomes, host=host, stdout=stdout, stderr=stderr)

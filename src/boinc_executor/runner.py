@@ -1,0 +1,243 @@
+"""Volunteer-side entry point: run one job in a BOINC slot directory.
+
+``python -m boinc_executor.runner`` is what the app version's shell script or
+batch file runs, with the slot directory as the working directory. The runner
+
+1. resolves the open names ``program.pkl``, ``data.pkl`` and ``result.pkl``
+   (real files in ``<copy_file/>`` mode, ``<soft_link>`` files otherwise),
+2. checks the job was pickled by the same Python ``major.minor``,
+3. calls the function once per call in the data file, capturing output tails,
+4. writes the result record under the output's open name, then
+   ``boinc_finish_called``, and exits 0.
+
+It *always* leaves a record: when the input is corrupt, cloudpickle is missing
+or the interpreter does not match, it writes an error record instead, so the
+master's future fails with the reason rather than hanging. Only when even that
+record cannot be written does it exit non-zero (BOINC then reports a client
+error with ``stderr.txt``).
+
+It imports nothing server-side: only the standard library and the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import protocol
+
+_SOFT_LINK_OPEN = b"<soft_link>"
+_SOFT_LINK_CLOSE = b"</soft_link>"
+_MAX_LINK_FILE = 4096
+_MAX_INPUT_BYTES = 2**31
+_UNKNOWN_JOB = "unknown_0_0"
+
+# Long-lived local workers run many jobs of one function: keep the loaded
+# function rather than unpickling the same program file for every job.
+_program_cache: dict[str, Callable[..., Any]] = {}
+_PROGRAM_CACHE_SIZE = 16
+
+
+def resolve(slot: Path, open_name: str) -> Path:
+    """Path of a logical file: the file itself, or the target of a BOINC soft-link file."""
+    path = slot / open_name
+    try:
+        if path.stat().st_size > _MAX_LINK_FILE:
+            return path
+        head = path.read_bytes()
+    except OSError:
+        return path  # absent or unreadable: using the name itself reports the real error later
+    head = head.strip()
+    if head.startswith(_SOFT_LINK_OPEN) and head.endswith(_SOFT_LINK_CLOSE):
+        target = head[len(_SOFT_LINK_OPEN) : -len(_SOFT_LINK_CLOSE)].decode().strip()
+        return (slot / target).resolve()
+    return path
+
+
+class _TailWriter(io.TextIOBase):
+    """Passes writes through to the real stream and keeps the last characters."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+        self._parts: list[str] = []
+        self._size = 0
+
+    def write(self, s: str) -> int:
+        self._inner.write(s)
+        self._parts.append(s)
+        self._size += len(s)
+        if self._size > 4 * protocol.TAIL_CHARS:
+            self._parts = [self.text()]
+            self._size = len(self._parts[0])
+        return len(s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def text(self) -> str:
+        return protocol.tail("".join(self._parts))
+
+
+def _load_program(data: bytes) -> Callable[..., Any]:
+    header, payload = protocol.decode_frame(data, protocol.KIND_PROGRAM)
+    _check_python(header)
+    key = hashlib.sha256(data).hexdigest()
+    fn = _program_cache.get(key)
+    if fn is None:
+        import pickle
+
+        fn = pickle.loads(payload)
+        if not callable(fn):
+            raise protocol.ProtocolError("program file does not hold a callable")
+        if len(_program_cache) >= _PROGRAM_CACHE_SIZE:
+            _program_cache.pop(next(iter(_program_cache)))
+        _program_cache[key] = fn
+    return fn
+
+
+def _check_python(header: dict[str, Any]) -> None:
+    wanted = header.get("python")
+    if wanted != protocol.python_tag():
+        raise _EnvironmentMismatch(
+            f"this job was pickled by Python {wanted} but this host runs Python "
+            f"{protocol.python_tag()}; pickled code only runs on the same major.minor version"
+        )
+
+
+class _EnvironmentMismatch(Exception):
+    """The host cannot run the job (interpreter or dependency mismatch)."""
+
+
+def _load_calls(data: bytes, job: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    import pickle
+
+    header, payload = protocol.decode_frame(data, protocol.KIND_DATA)
+    _check_python(header)
+    if header.get("job") != job:
+        raise protocol.ProtocolError(f"data file is for job {header.get('job')!r}, not {job!r}")
+    calls = pickle.loads(payload)
+    if not isinstance(calls, list):
+        raise protocol.ProtocolError("data file does not hold a list of calls")
+    return calls
+
+
+def _job_of(data: bytes, fallback: str) -> str:
+    """The job name from a data file's header, for labelling even a failed run."""
+    try:
+        header, _ = protocol.decode_frame(data, protocol.KIND_DATA)
+    except protocol.ProtocolError:
+        return fallback
+    job = str(header.get("job", ""))
+    return job if protocol.parse_job_name(job) else fallback
+
+
+def slot_job_name(slot: Path) -> str:
+    """The work-unit name from the slot's ``init_data.xml``, as the BOINC client writes it.
+
+    Used to label an error record when the data file itself is unreadable.
+    """
+    try:
+        text = (slot / "init_data.xml").read_text(errors="replace")
+    except OSError:
+        return _UNKNOWN_JOB
+    match = re.search(r"<wu_name>([^<]*)</wu_name>", text)
+    name = match.group(1).strip() if match else ""
+    return name if protocol.parse_job_name(name) else _UNKNOWN_JOB
+
+
+def _failure(job: str, message: str, exc: BaseException | None = None) -> bytes:
+    info = protocol.failure_info("JobFailedError", message)
+    info["host"] = protocol.host_name()
+    if exc is not None:
+        info["traceback"] = protocol.error_info(exc)["traceback"]
+    return protocol.encode_error_record(job, info)
+
+
+def execute(program: bytes, data: bytes, job_hint: str = "") -> bytes:
+    """Run a job given its two input files' bytes; returns the record to write.
+
+    Never raises for anything the job or its input can cause: failures become an
+    error record.
+    """
+    job = _job_of(data, job_hint or _UNKNOWN_JOB)
+    out = _TailWriter(sys.stdout)
+    err = _TailWriter(sys.stderr)
+    try:
+        try:
+            import cloudpickle  # noqa: F401 - registers the reducers the program needs
+        except ImportError as exc:
+            raise _EnvironmentMismatch(
+                "cloudpickle is not importable on this host; the app version must ship it"
+            ) from exc
+        fn = _load_program(program)
+        calls = _load_calls(data, job)
+    except Exception as exc:
+        return _failure(job, f"job could not start on {protocol.host_name()}: {exc}", exc)
+    outcomes: list[tuple[bool, Any]] = []
+    with redirect_stdout(out), redirect_stderr(err):
+        for args, kwargs in calls:
+            try:
+                outcomes.append((True, fn(*args, **kwargs)))
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                outcomes.append((False, protocol.error_info(exc)))
+    try:
+        return protocol.encode_result(job, outcomes, stdout=out.text(), stderr=err.text())
+    except Exception:
+        return protocol.encode_result(
+            job, [_picklable_outcome(o) for o in outcomes], stdout=out.text(), stderr=err.text()
+        )
+
+
+def _picklable_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    """Replace a value that cannot be pickled by an error saying so."""
+    ok, value = outcome
+    if not ok:
+        return outcome
+    try:
+        import cloudpickle
+
+        cloudpickle.dumps(value)
+    except Exception as exc:
+        wrapped = TypeError(f"the function's return value could not be pickled: {exc}")
+        return (False, protocol.error_info(wrapped, with_traceback=False))
+    return outcome
+
+
+def run_slot(slot: Path) -> int:
+    """Run the job laid out in ``slot``; returns the process exit code."""
+    output = resolve(slot, protocol.OPEN_RESULT)
+    hint = slot_job_name(slot)
+    try:
+        program = protocol.read_bounded(resolve(slot, protocol.OPEN_PROGRAM), _MAX_INPUT_BYTES)
+        data = protocol.read_bounded(resolve(slot, protocol.OPEN_DATA), _MAX_INPUT_BYTES)
+    except (OSError, protocol.ProtocolError) as exc:
+        record = _failure(hint, f"job input missing or unreadable: {exc}")
+    else:
+        record = execute(program, data, hint)
+    try:
+        protocol.atomic_write(output, record)
+        protocol.atomic_write(slot / protocol.FINISH_FILE, b"0\n")
+    except OSError as exc:
+        print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: run the job in the current directory (the slot)."""
+    args = sys.argv[1:] if argv is None else argv
+    slot = Path(args[0]) if args else Path(os.getcwd())
+    return run_slot(slot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
