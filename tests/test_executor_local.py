@@ -1,0 +1,185 @@
+"""BoincExecutor on the embedded backend: what goes beyond the shared behaviour suite."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from boinc_executor import (
+    BatchLockedError,
+    BatchMismatchError,
+    BatchNotFoundError,
+    BoincExecutor,
+    ConfigError,
+    JobLostError,
+    RemoteError,
+)
+from tests import jobs
+
+
+def test_non_builtin_exception_becomes_remote_error(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        with pytest.raises(RemoteError) as info:
+            ex.submit(jobs.raise_custom, "custom boom").result(timeout=60)
+    err = info.value
+    assert err.type_name == "tests.jobs.CustomError"
+    assert err.message == "custom boom"
+    assert "raise_custom" in err.traceback
+    assert err.host
+
+
+def test_killed_worker_is_retried_once(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        assert (
+            ex.submit(jobs.kill_self_once, str(tmp_path / "marker")).result(timeout=60)
+            == "survived"
+        )
+        with pytest.raises(JobLostError, match="died"):
+            ex.submit(jobs.kill_self).result(timeout=60)
+        assert ex.submit(jobs.square, 3).result(timeout=60) == 9  # the pool recovered
+
+
+def test_unpicklable_call_fails_its_future_clearly(tmp_path: Path) -> None:
+    import threading
+
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        future = ex.submit(jobs.identity, threading.Lock())
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            future.result(timeout=10)
+        with pytest.raises(TypeError, match="could not be pickled"):
+            ex.submit(jobs.return_lock).result(timeout=60)
+
+
+def test_output_tails_do_not_break_results(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        assert ex.submit(jobs.print_and_return, 5).result(timeout=60) == 5
+    assert "hello from 5" in capfd.readouterr().err
+
+
+def test_second_executor_on_same_batch_dir_is_refused(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b"):
+        with pytest.raises(BatchLockedError, match=f"pid {os.getpid()}"):
+            BoincExecutor(max_workers=1, batch_dir=tmp_path / "b")
+
+
+def test_changed_input_on_replay_is_an_error(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        assert list(ex.map(jobs.square, [1, 2])) == [1, 4]
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        assert ex.submit(jobs.square, 1).result(timeout=60) == 1
+        with pytest.raises(BatchMismatchError, match="new batch_dir"):
+            ex.submit(jobs.square, 3)
+
+
+def test_replay_returns_results_without_running_again(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        first = list(ex.map(jobs.log_and_square, [str(log)] * 5, range(5)))
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        again = list(ex.map(jobs.log_and_square, [str(log)] * 5, range(5)))
+        assert ex.batch_id == int(
+            ex.batch_dir.joinpath("pyboinc_checkpoint")
+            .read_text()
+            .split('"batch_id": ')[1]
+            .split(",")[0]
+        )
+    assert first == again == [x * x for x in range(5)]
+    assert sorted(log.read_text().split()) == [str(x) for x in range(5)]
+
+
+def test_resume_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        batch_id = ex.batch_id
+        list(ex.map(jobs.square, range(6), chunksize=4))
+        ex.submit(jobs.raise_value_error, "late")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with BoincExecutor.resume(batch_id, max_workers=1) as ex:
+        assert len(ex.futures) == 7
+        values = [f.result(timeout=60) for f in ex.futures[:6]]
+        assert values == [x * x for x in range(6)]
+        with pytest.raises(ValueError, match="late"):
+            ex.futures[6].result(timeout=60)
+        assert list(itertools.islice(ex.results(), 6)) == values
+
+
+def test_resume_reruns_jobs_that_never_finished(tmp_path: Path) -> None:
+    ex = BoincExecutor(max_workers=1, batch_dir=tmp_path / "b")
+    batch_id = ex.batch_id
+    gate = tmp_path / "gate"
+    ex.submit(jobs.wait_for_file, str(gate), "blocked")
+    ex.submit(jobs.square, 4)
+    # Abandon the executor as a killed master would: jobs journaled, nothing delivered.
+    ex._backend.close(complete=False)
+    ex._batch.close()
+    gate.touch()
+    with BoincExecutor.resume(batch_id, max_workers=1) as resumed:
+        assert list(resumed.results(timeout=60)) == ["blocked", 16]
+
+
+def test_resume_of_unknown_batch(tmp_path: Path) -> None:
+    with pytest.raises(BatchNotFoundError, match="no local batch 999"):
+        BoincExecutor.resume(999)
+    with pytest.raises(BatchNotFoundError):
+        BoincExecutor.resume(0)
+
+
+def test_bad_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="max_workers"):
+        BoincExecutor(max_workers=0)
+    with pytest.raises(ConfigError, match="prefix"):
+        BoincExecutor(prefix="Bad-Prefix")
+    with pytest.raises(ConfigError, match="not a directory"):
+        BoincExecutor(project_dir=tmp_path / "missing")
+    monkeypatch.setenv("PYBOINC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="PYBOINC_DIR"):
+        BoincExecutor()
+    monkeypatch.delenv("PYBOINC_DIR")
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.map(jobs.square, [1], chunksize=0)
+        with pytest.raises(ValueError, match="buffersize"):
+            ex.map(jobs.square, [1], buffersize=0)
+        with pytest.raises(TypeError, match="callable"):
+            ex.submit(42)  # type: ignore[arg-type]
+
+
+def test_default_batch_dir_is_removed_after_a_complete_run(
+    tmp_path: Path, _isolated_state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="boinc_executor")
+    with BoincExecutor(max_workers=1) as ex:
+        path = ex.batch_dir
+        assert path.is_relative_to(_isolated_state)
+        assert ex.submit(jobs.square, 2).result(timeout=60) == 4
+    assert not path.exists()
+    assert f"BoincExecutor.resume({ex.batch_id})" in caplog.text
+
+
+def test_import_and_local_run_without_mysqlclient(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['MySQLdb'] = None  # any import of it now fails\n"
+        "import boinc_executor, boinc_executor.runner\n"
+        "from boinc_executor import BoincExecutor\n"
+        "def f(x): return x + 1\n"
+        "if __name__ == '__main__':\n"
+        f"    with BoincExecutor(max_workers=1, batch_dir={str(tmp_path / 'b')!r}) as ex:\n"
+        "        assert list(ex.map(f, range(3))) == [1, 2, 3]\n"
+        "    assert sys.modules['MySQLdb'] is None\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

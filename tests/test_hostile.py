@@ -1,0 +1,147 @@
+"""Hostile files in BATCH_DIR/new/: no code runs, the collector survives, futures fail clearly."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from boinc_executor import BoincExecutor, ResultDecodeError, protocol
+from tests import jobs
+
+PWNED_MARKER = "/tmp/boinc-executor-pwned"
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {PWNED_MARKER}",))
+
+
+def _record(job: str, payload: bytes) -> bytes:
+    header = {
+        "job": job,
+        "status": "ok",
+        "calls": 1,
+        "host": "evil",
+        "python": "3",
+        "stdout": "",
+        "stderr": "",
+        "error": None,
+    }
+    return protocol.encode_frame(protocol.KIND_RESULT, header, payload)
+
+
+@pytest.fixture
+def blocked_executor(tmp_path: Path):
+    """An executor whose only worker is held busy, so queued jobs stay unstarted."""
+    gate = tmp_path / "gate"
+    ex = BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch", max_result_bytes=10_000)
+    blocker = ex.submit(jobs.wait_for_file, str(gate), "released")
+    yield ex, gate
+    gate.touch()
+    assert blocker.result(timeout=60) == "released"
+    ex.shutdown(wait=True)
+
+
+def test_malicious_pickle_is_refused_without_running(blocked_executor) -> None:
+    ex, gate = blocked_executor
+    Path(PWNED_MARKER).unlink(missing_ok=True)
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    payload = pickle.dumps([(True, _Exploit())])
+    protocol.deliver_record(ex.batch_dir, job, "evil", _record(job, payload))
+    with pytest.raises(ResultDecodeError, match=r"posix\.system|not an allowed result type"):
+        victim.result(timeout=30)
+    assert not Path(PWNED_MARKER).exists()
+    assert (ex.batch_dir / "old" / protocol.record_file_name(job, "evil")).exists()
+    gate.touch()
+    assert ex.submit(jobs.square, 4).result(timeout=60) == 16  # the collector survived
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", b"BOINC-EXECUTOR/result/1\n{not json}\n", b"BOINC-EXECUTOR/result/9\n{}\n"],
+    ids=["empty", "garbage", "bad-header", "future-version"],
+)
+def test_corrupt_records_fail_the_future(blocked_executor, content: bytes) -> None:
+    ex, _ = blocked_executor
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    protocol.deliver_record(ex.batch_dir, job, "bad", content)
+    with pytest.raises(ResultDecodeError, match="refused"):
+        victim.result(timeout=30)
+
+
+def test_truncated_payload(blocked_executor) -> None:
+    ex, _ = blocked_executor
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    whole = _record(job, pickle.dumps([(True, 9)]))
+    protocol.deliver_record(ex.batch_dir, job, "cut", whole[:-3])
+    with pytest.raises(ResultDecodeError, match="corrupt"):
+        victim.result(timeout=30)
+
+
+def test_record_claiming_another_job(blocked_executor) -> None:
+    ex, _ = blocked_executor
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    other = protocol.job_name("pyb", ex.batch_id, 0)
+    protocol.deliver_record(ex.batch_dir, job, "swap", _record(other, pickle.dumps([(True, 1)])))
+    with pytest.raises(ResultDecodeError, match="names job"):
+        victim.result(timeout=30)
+
+
+def test_oversize_record_is_not_read(blocked_executor) -> None:
+    ex, _ = blocked_executor
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    protocol.deliver_record(
+        ex.batch_dir, job, "big", _record(job, pickle.dumps([(True, b"x" * 20_000)]))
+    )
+    with pytest.raises(ResultDecodeError, match="limit"):
+        victim.result(timeout=30)
+
+
+def test_symlink_fifo_and_strangers_are_quarantined(blocked_executor, tmp_path: Path) -> None:
+    ex, gate = blocked_executor
+    victim = ex.submit(jobs.square, 3)
+    job = protocol.job_name("pyb", ex.batch_id, 1)
+    secret = tmp_path / "secret"
+    secret.write_text("outside the batch directory")
+    new = ex.batch_dir / "new"
+    (new / protocol.record_file_name(job, "link")).symlink_to(secret)
+    os.mkfifo(new / protocol.record_file_name(job, "fifo"))
+    (new / "not-a-record.txt").write_text("hello")
+    stranger = protocol.job_name("pyb", ex.batch_id + 1000, 0)
+    protocol.deliver_record(
+        ex.batch_dir, stranger, "x", _record(stranger, pickle.dumps([(True, 1)]))
+    )
+    future_job = protocol.job_name("pyb", ex.batch_id, 999)
+    protocol.deliver_record(
+        ex.batch_dir, future_job, "x", _record(future_job, pickle.dumps([(True, 1)]))
+    )
+
+    deadline = time.monotonic() + 30
+    while any(new.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(new.iterdir())
+    quarantined = {
+        p.name.split("-", 1)[1]
+        for p in (ex.batch_dir / "quarantine").iterdir()
+        if not p.name.endswith(".why")
+    }
+    assert quarantined == {
+        protocol.record_file_name(job, "link"),
+        protocol.record_file_name(job, "fifo"),
+        "not-a-record.txt",
+        protocol.record_file_name(stranger, "x"),
+        protocol.record_file_name(future_job, "x"),
+    }
+    assert secret.read_text() == "outside the batch directory"
+    assert not victim.done()  # refused files resolve nothing: the real result still counts
+    gate.touch()
+    assert victim.result(timeout=60) == 9
