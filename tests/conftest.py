@@ -21,6 +21,9 @@ if (
 ):
     from tests.boinc_harness.fixtures import *  # noqa: F403
 
+    if (Path(__file__).parent / "pyboinc_fixtures.py").exists():
+        from tests.pyboinc_fixtures import *  # noqa: F403
+
 
 @pytest.fixture(autouse=True)
 def _isolated_state(
