@@ -147,7 +147,15 @@ class Client:
         (slot / ref.logical).write_text(
             f"<soft_link>../../projects/{self.proj_name}/{ref.physical}</soft_link>\n")
 
-    def _lay_out(self, slot: Path, inputs: list[FileRef], outputs: list[FileRef]) -> None:
+    def _lay_out(self, slot: Path, app_files: list[FileRef], inputs: list[FileRef],
+                 outputs: list[FileRef]) -> None:
+        # The soft_links knob overrides the job templates only: an app version's own
+        # <copy_file/> is the app's packaging, and the real client always honours it.
+        for ref in app_files:
+            if ref.copy_file:
+                shutil.copyfile(self.proj_dir / ref.physical, slot / ref.logical)
+            else:
+                self._link(slot, ref)
         for ref in inputs:
             if ref.copy_file and not self.soft_links:
                 shutil.copyfile(self.proj_dir / ref.physical, slot / ref.logical)
@@ -259,7 +267,7 @@ class Client:
             with self.lock:
                 for fi in [*av_doc.iterfind("file_info"), *wu_doc.iterfind("file_info")]:
                     self.fetch(fi)
-            self._lay_out(slot, [*av_refs, *_refs(wu_doc.find("workunit"))], outputs)
+            self._lay_out(slot, av_refs, _refs(wu_doc.find("workunit")), outputs)
             (slot / "init_data.xml").write_text(self._init_data(task, slot_no))
             if action[0] == "fail":
                 code = action[1]

@@ -44,9 +44,10 @@ MAX_WUS_TO_SEND = 50
 class VolunteerHost:
     """The project's daemons and one x86_64 Linux client host, stepped by a test.
 
-    ``soft_links=True`` lays every input and output out as a ``<soft_link>`` file even when
-    the templates say ``<copy_file/>`` (a harness knob, not a client option), so one set
-    of templates exercises both slot layouts. ``max_restarts`` caps the real client's
+    ``soft_links=True`` lays every job input and output out as a ``<soft_link>`` file even
+    when the templates say ``<copy_file/>`` (a harness knob, not a client option), so one
+    set of templates exercises both slot layouts; app-version files keep their own
+    ``<copy_file/>``, as the real client does. ``max_restarts`` caps the real client's
     endless restarts of an app that exits 0 without ``boinc_finish_called``; after that
     the task fails with exit_status -226. A task may run for ``rsc_fpops_bound / flops``
     seconds, and never longer than ``max_task_seconds``, then fails with exit_status 197.
