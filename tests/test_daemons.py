@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,13 @@ def new_batch(project: Project, batch_dir: Path) -> int:
         return db.create_batch(name=batch_dir.name, app_id=app_id, user_id=1, batch_dir=batch_dir)
 
 
-def submit(project: Project, name: str, data: bytes, batch: int) -> int:
+def submit(project: Project, name: str, data: bytes, batch: int, *options: str) -> int:
     """Stage ``data`` as the job's data file and create_work it; returns the WU id."""
     staged = project.download_path(f"{name.replace('/', '_')}.pkl")
     staged.parent.mkdir(parents=True, exist_ok=True)
     staged.write_bytes(data)
     done = project.run("create_work", "--appname", "pyboinc", "--batch", str(batch),
-                       "--wu_name", name, PROGRAM, staged.name)
+                       *options, "--wu_name", name, PROGRAM, staged.name)
     assert done.returncode == 0, done.stderr
     wu = project.workunit(name)
     assert wu is not None
@@ -408,6 +409,49 @@ def test_full_cycle_hostile_output_never_runs_and_never_stops(project: Project,
     assert not marker.exists()
     log = (project.log_dir / "script_assimilator.log").read_text()
     assert log.count("[pyboinc_assimilator]") == 4
+
+
+def test_full_cycle_replicated_floats_with_the_compare_script(project: Project,
+                                                               volunteer_host: VolunteerHost,
+                                                               tmp_path: Path) -> None:
+    """min_quorum 2 under script_validator + pyboinc_compare, as setup-project configures it:
+    results 1e-12 apart agree (bitwise could not), results 1e-3 apart never do."""
+    config = project.config_path
+    config.write_text(config.read_text().replace(
+        "sample_bitwise_validator -d 3 --app pyboinc --sleep_interval 1",
+        "script_validator -d 3 --app pyboinc --sleep_interval 1 "
+        "--init_script pyboinc_compare --compare_script pyboinc_compare"))
+    project.add_daemon("script_assimilator -d 3 --app pyboinc --sleep_interval 1 "
+                       "--script pyboinc_assimilator")
+    batch_dir = tmp_path / "batch"
+    batch = new_batch(project, batch_dir)
+    close, far = f"pyb_{batch}_0", f"pyb_{batch}_1"
+    shift = {close: 1e-12, far: 1e-3}
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def second_host_differs(data: bytes) -> bytes:
+        job = protocol.decode_frame(data, "result")[0]["job"]
+        with lock:
+            seen[job] = seen.get(job, 0) + 1
+            again = seen[job] > 1
+        return record(job, [1.0 + shift[job], "same"]) if again else data
+
+    volunteer_host.tamper_output(second_host_differs)
+    replicated = ("--min_quorum", "2", "--target_nresults", "2", "--max_total_results", "2",
+                  "--max_success_results", "2")
+    for job in (close, far):
+        submit(project, job, record(job, [1.0, "same"]), batch, *replicated)
+    volunteer_host.run_until(lambda: all(
+        (project.workunit(j) or {}).get("assimilate_state") == 2 for j in (close, far)))
+    assert [r["validate_state"] for r in project.results(close)] == [1, 1]
+    ok = batch_dir / protocol.NEW / f"{close}.{close}_0.result"
+    assert ok.read_bytes() == record(close, [1.0, "same"])
+    wu = project.workunit(far)
+    assert wu is not None and wu["canonical_resultid"] == 0 and wu["error_mask"] & 8
+    failed = batch_dir / protocol.NEW / f"{far}.error.result"
+    header, _ = protocol.decode_frame(failed.read_bytes(), "result")
+    assert header["error"]["error_mask"] == wu["error_mask"]
 
 
 # --------------------------------------------------------------------------- comparator
