@@ -17,7 +17,8 @@ exit status and stderr, and BATCH_DIR from ``pyboinc_batch``. The record lands i
 A nonzero exit stops the whole daemon, so whatever a volunteer, a user or a stray WU can
 cause (bad, oversized or symlinked output, a name that is not a job of its batch, an unknown
 batch, a deleted BATCH_DIR) is logged and exits 0. Only server faults that would lose
-results exit nonzero (1: database or config.xml unusable, disk full; 2: unusable arguments).
+results exit nonzero (1: database or config.xml unusable, disk full, uploads unreadable by
+the daemon user; 2: unusable arguments).
 The output is copied byte for byte; its payload is never decoded here.
 """
 
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 
 NAME = "pyboinc_assimilator"
 CLIENT_ERROR = 3  # result.outcome
-# Write failures that are the server's, not one batch's: stop so the WU is retried later.
+# I/O failures that are the server's, not a volunteer's or one batch's: stop, so the WU is
+# retried after bin/start instead of being marked done with its result lost.
 _SERVER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 _STDERR_TXT = re.compile(r"<stderr_txt>\n?(.*?)\n?</stderr_txt>", re.DOTALL)
 
@@ -105,6 +107,8 @@ def output_record(wu_name: str, paths: list[str], upload_dir: Path) -> tuple[byt
     except ProtocolError as exc:
         why = str(exc)
     except OSError as exc:
+        if exc.errno in _SERVER_ERRNOS or exc.errno == errno.EACCES:  # the upload dir's fault
+            raise
         why = f"cannot read {path}: {exc}"
     except Exception as exc:  # volunteer bytes (say, a deeply nested header) never stop us
         why = f"unreadable record header ({type(exc).__name__})"
@@ -139,7 +143,7 @@ def assimilate(db: Database, args: list[str], upload_dir: Path) -> int:
         return 0
     new = batch_dir / protocol.NEW
     if not batch_dir.is_absolute() or new.is_symlink() or not new.is_dir():
-        log(f"{where} {new} is missing or not a plain absolute directory (batch retired?); skipped")
+        log(f"{where} {new} is missing or not a plain absolute directory; skipped")
         return 0
     tag, why = "error", None
     if failed or not canonical:
@@ -155,8 +159,7 @@ def assimilate(db: Database, args: list[str], upload_dir: Path) -> int:
         target = protocol.deliver_record(batch_dir, wu_name, tag, data)
     except OSError as exc:
         if exc.errno in _SERVER_ERRNOS:
-            log(f"{where} SERVER FAULT writing into {new}: {exc}; stopping (fix, then bin/start)")
-            return 1
+            raise
         log(f"{where} cannot write into {new}: {exc}; skipped (let the daemon user write there)")
         return 0
     log(f"{where} {'refused output: ' + why + '; ' if why else ''}delivered {target.name}")
@@ -196,7 +199,7 @@ def main(argv: list[str]) -> int:
         config = ProjectConfig.load(project_root(project))
         with Database(config) as db:
             return assimilate(db, args, config.upload_dir)
-    except (errors.ConfigError, errors.DatabaseError, ImportError) as exc:
+    except (errors.ConfigError, errors.DatabaseError, ImportError, OSError) as exc:
         log(f"SERVER FAULT, stopping (the work unit is retried after bin/start): {exc}")
         return 1
 
