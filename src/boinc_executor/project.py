@@ -322,7 +322,7 @@ def _ensure_app_versions(
     release: str,
     interpreters: Mapping[str, Interpreter],
     report: SetupReport,
-) -> None:
+) -> bool:
     num = report.version_num
     runner_zip = build_runner_zip(release)
     wanted = {p: version_files(p, release, runner_zip, interpreters.get(p)) for p in ALL_PLATFORMS}
@@ -340,7 +340,7 @@ def _ensure_app_versions(
                     "boinc-executor release, or pass a higher --release, to ship the change"
                 )
     if not pending:
-        return
+        return False
     for platform in pending:
         _stage_version_dir(vdir / platform, wanted[platform])
     output = _run_tool(config.root, "update_versions", "--noconfirm")
@@ -355,6 +355,7 @@ def _ensure_app_versions(
         f"registered app version {num} ({version_dir_name(num)}) for {', '.join(pending)} "
         "(bin/update_versions)"
     )
+    return True
 
 
 def _ensure_daemons(config: ProjectConfig, float_validator: bool, report: SetupReport) -> bool:
@@ -421,16 +422,43 @@ def setup_project(
     say = log or (lambda _line: None)
     root = Path(project_dir).expanduser().resolve()
     release = release or __version__
-    config = _require_project(root)
-    _require_writable(config)
-    shipped = {
-        platform: Interpreter.from_archive(platform, Path(archive))
-        for platform, archive in (interpreters or {}).items()
-    }
-    report = SetupReport(root=root, version_num=version_num(release))
-    build_runner_zip(release)  # fail on a broken runner closure before changing anything
+    try:
+        config = _require_project(root)
+        _require_writable(config)
+        shipped = {
+            platform: Interpreter.from_archive(platform, Path(archive))
+            for platform, archive in (interpreters or {}).items()
+        }
+        report = SetupReport(root=root, version_num=version_num(release))
+        build_runner_zip(release)  # fail on a broken runner closure before changing anything
+        _setup(
+            config,
+            release=release,
+            shipped=shipped,
+            float_validator=float_validator,
+            report=report,
+            say=say,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"setup-project stopped: {exc}. Fix that and run it again: the steps already "
+            "done are kept and will be skipped"
+        ) from exc
+    return report
+
+
+def _setup(
+    config: ProjectConfig,
+    *,
+    release: str,
+    shipped: Mapping[str, Interpreter],
+    float_validator: bool,
+    report: SetupReport,
+    say: Callable[[str], None],
+) -> None:
     from .db import Database
 
+    root = config.root
     db = Database(config)
     try:
         say("app")
@@ -444,7 +472,7 @@ def setup_project(
         ):
             _ensure_file(root / "templates" / name, body.encode(), 0o644, report, "template")
         say("app versions")
-        _ensure_app_versions(
+        registered = _ensure_app_versions(
             db, config=config, app_id=app_id, release=release, interpreters=shipped, report=report
         )
     finally:
@@ -458,14 +486,12 @@ def setup_project(
                 f"bin/{name} will fail until it is (reinstall boinc-executor)"
             )
     say("daemons")
-    daemons_changed = _ensure_daemons(config, float_validator, report)
-    if daemons_changed:
+    if _ensure_daemons(config, float_validator, report):
         report.todo.append(
             f"restart the project's daemons to run the new ones: cd {root} && bin/stop && bin/start"
         )
-    elif report.changes:
+    elif registered:
         report.todo.append(
-            "no restart needed: the daemons are unchanged, and update_versions touched "
-            "reread_db so the feeder re-reads app versions"
+            "no daemon restart needed: update_versions touched reread_db, so the feeder "
+            "re-reads the app versions"
         )
-    return report

@@ -1,0 +1,125 @@
+"""The ``boinc-executor`` command line.
+
+``boinc-executor setup-project PROJECT_DIR`` turns an existing BOINC project into one
+that runs ``BoincExecutor`` jobs (see :mod:`boinc_executor.project` and
+docs/operator-guide.md). This module is, with the volunteer runner, the only place
+that configures logging; nothing imports it.
+
+Exit status: 0 done, 1 refused or failed (the message on stderr says what to do),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .appversion import ALL_PLATFORMS
+from .errors import BoincExecutorError
+
+__all__ = ["main"]
+
+_log = logging.getLogger("boinc_executor.cli")
+
+
+def _interpreter(value: str) -> tuple[str, str]:
+    platform, sep, archive = value.partition("=")
+    if not sep or not archive:
+        raise argparse.ArgumentTypeError(
+            f"expected PLATFORM=ARCHIVE (e.g. windows_x86_64=python-3.12-embed-amd64.zip), "
+            f"got {value!r}"
+        )
+    if platform not in ALL_PLATFORMS:
+        raise argparse.ArgumentTypeError(
+            f"unknown platform {platform!r}; choose one of {', '.join(ALL_PLATFORMS)}"
+        )
+    return platform, archive
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boinc-executor",
+        description="Run Python functions as BOINC jobs: server-side administration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step as it happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    setup = sub.add_parser(
+        "setup-project",
+        help="configure a BOINC project to run boinc-executor jobs (idempotent)",
+        description=(
+            "Add the pyboinc app, its templates, app versions for "
+            f"{', '.join(ALL_PLATFORMS)}, the pyboinc_batch table, the daemon scripts "
+            "and the assimilator/validator daemons to an existing BOINC project. Run it "
+            "as the project's owner on the BOINC server; run it again after upgrading "
+            "boinc-executor. It never starts or stops the project."
+        ),
+    )
+    setup.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
+    setup.add_argument(
+        "--python",
+        metavar="PLATFORM=ARCHIVE",
+        type=_interpreter,
+        action="append",
+        default=[],
+        help=(
+            "ship a relocatable Python for PLATFORM (a tar archive with bin/python3, or "
+            "for windows_x86_64 also a zip with python.exe) instead of relying on the "
+            "volunteer's python3; repeat per platform"
+        ),
+    )
+    setup.add_argument(
+        "--float-validator",
+        action="store_true",
+        help=(
+            "validate replicated results with script_validator + pyboinc_compare "
+            "(floats equal within a tolerance) instead of sample_bitwise_validator"
+        ),
+    )
+    setup.add_argument(
+        "--release",
+        metavar="X.Y.Z",
+        help=(
+            f"number the app version as this release (default {__version__}); a higher "
+            "one registers a new app version, e.g. to ship a changed runner"
+        ),
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``boinc-executor`` script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="boinc-executor: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "setup-project":
+        from .project import setup_project
+
+        interpreters = dict(args.python)
+        if len(interpreters) != len(args.python):
+            print("boinc-executor: --python given twice for one platform", file=sys.stderr)
+            return 2
+        try:
+            report = setup_project(
+                args.project_dir,
+                interpreters=interpreters,
+                float_validator=args.float_validator,
+                release=args.release,
+                log=lambda step: _log.info("setting up: %s", step),
+            )
+        except BoincExecutorError as exc:
+            print(f"boinc-executor setup-project: {exc}", file=sys.stderr)
+            return 1
+        print(report.render())
+        return 0
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse requires one
+
+
+if __name__ == "__main__":
+    sys.exit(main())
