@@ -323,3 +323,19 @@ def test_cli_sets_up_and_reports(boinc_project: Project) -> None:
     usage = subprocess.run([*cmd, "setup-project", "x", "--python", "beos=py.tgz"],
                            capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2 and "unknown platform 'beos'" in usage.stderr
+
+
+def test_offline_code_signing(boinc_project: Project) -> None:
+    """Without the private key on the server, sign offline, add the .sig files, run again."""
+    (boinc_project.root / "keys/code_sign_private").unlink()
+    with pytest.raises(ConfigError, match=r"no \.sig file for pyboinc_"):
+        setup_project(boinc_project.root)
+    assert not versions(boinc_project)
+    files = list((boinc_project.root / "apps/pyboinc/1.00").rglob("pyboinc_*"))
+    assert len(files) == 2 * len(appversion.ALL_PLATFORMS)
+    for path in files:  # what sign_executable would print, made on the offline machine
+        Path(f"{path}.sig").write_text(f"offline-signature-of-{path.name}\n.\n")
+    setup_project(boinc_project.root)
+    assert versions(boinc_project) == {p: [100] for p in appversion.ALL_PLATFORMS}
+    doc = boinc_project.query("select xml_doc from app_version limit 1")[0]["xml_doc"]
+    assert "offline-signature-of-pyboinc_launcher_" in doc

@@ -231,8 +231,8 @@ def _run_tool(root: Path, tool: str, *args: str) -> str:
     if done.returncode:
         raise ConfigError(
             f"bin/{tool} failed with exit code {done.returncode}:\n{output}\n"
-            "(BOINC's Python tools need `python` to be a Python 3 with MySQLdb, "
-            "boinc-facts §8.9; its PHP tools need php-cli and php-mysql)"
+            "(if it could not even start: BOINC's Python tools such as xadd need `python` "
+            "to be a Python 3 with MySQLdb, and update_versions needs php-cli with mysqli)"
         )
     return output
 
@@ -292,6 +292,7 @@ def _stage_version_dir(pdir: Path, files: list[AppFile]) -> None:
     """Write an app-version directory that update_versions has not registered yet."""
     pdir.mkdir(parents=True, exist_ok=True)
     wanted = {f.physical_name for f in files} | {"version.xml"}
+    wanted |= {f"{name}.sig" for name in wanted}  # signatures made offline are kept
     for stale in pdir.iterdir():
         if stale.name not in wanted and stale.is_file():
             stale.unlink()  # left by an older, never-registered attempt
