@@ -1,0 +1,476 @@
+"""The original PyBOINC API (``pyboinc_call``, ``pyboinc_master``, ...) on top of ``BoincExecutor``.
+
+Decisions, each following the design's intent with the executor's guarantees:
+
+* **Batch directory = the current directory**, as in the design. ``BoincExecutor``
+  keeps ``pyboinc_checkpoint``, ``journal.jsonl``, ``new/`` and ``old/`` there; this
+  module adds ``pyboinc_calls``, written once every call of ``make_calls()`` is
+  journaled. It plays the role of the design's checkpoint "written after
+  make_calls()": with it, a re-run resumes the batch (``BoincExecutor.resume``) without
+  calling ``make_calls()``; without it (the first run was interrupted before its
+  jobs were all journaled), ``make_calls()`` runs again and the executor's journal
+  replay matches every call already created, so none is created twice.
+* **make_calls() first, then the batch**: ``pyboinc_call`` only queues its call; the
+  executor is created after ``make_calls()`` returns, when the slave programs (and so
+  the output classes to trust) are known. A ^C inside ``make_calls()`` leaves nothing.
+* **A slave is a file.** ``pyboinc_call`` ships its source plus exactly the sibling
+  modules (``name.py`` next to it) it imports, transitively. The job is an ordinary
+  executor job: a closure built here, which cloudpickle ships *by value* (a volunteer's
+  ``pyboinc.zip`` holds only the runner's modules), called with ``(sources digest,
+  pickled input)``. One closure per slave per run, so every call shares one
+  content-addressed program file; the digest argument makes the journal's input
+  digest change when the sources do. On the volunteer the closure writes the sources
+  to a temporary directory, puts it first on ``sys.path``, unpickles the input (so
+  ``app_types.Input`` resolves to the shipped module) and runs the slave as
+  ``__main__`` with ``pyboinc_get_input``/``pyboinc_return_output`` in its globals and
+  importable from ``boinc_executor``.
+* **Outputs** are pickled by reference (``app_types.Output``): the shipped modules stay
+  in ``sys.modules`` under their own names until the runner has encoded the result.
+  The master trusts exactly the classes those modules define, per executor (never
+  process-wide), after checking it imports each module from the shipped file. A
+  slave's output of any other class is refused by the safe decoder.
+* **Order**: ``handle_result`` gets outputs in completion order (on a re-run, the
+  results already in ``old/`` first), as the design reads ``new/``.
+* **Failures**: a call that raised, or whose output was refused, is logged and skipped;
+  after every other output was handled, ``JobFailedError`` names the failed calls.
+* **^C** (or an exception from ``handle_result``): locally, jobs not yet started are
+  cancelled and running ones finish, so the re-run neither loses nor repeats a job; on
+  a BOINC project the jobs keep running on volunteers and the re-run waits for them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import json
+import logging
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .errors import BatchError, ConfigError, JobFailedError
+
+if TYPE_CHECKING:
+    from .executor import BoincExecutor
+
+__all__ = ["pyboinc_call", "pyboinc_get_input", "pyboinc_master", "pyboinc_return_output"]
+
+logger = logging.getLogger("boinc_executor")
+CALLS_FILE = "pyboinc_calls"
+_PREFIX = "pyb"
+
+
+class _Slave:
+    """A slave program as shipped: the job's callable, its sources' digest, its types."""
+
+    def __init__(self, sources: list[tuple[str, bytes]], types: list[type]) -> None:
+        self.program = _slave_program(tuple(sources))
+        self.digest = hashlib.sha256(repr(sources).encode()).hexdigest()
+        self.types = types
+
+
+class _Calls:
+    """What ``make_calls()`` queued: the slaves by path and one (slave, input) per call."""
+
+    def __init__(self) -> None:
+        self.slaves: dict[Path, _Slave] = {}
+        self.calls: list[tuple[_Slave, bytes]] = []
+
+
+_lock = threading.Lock()
+_active: list[_Calls] = []  # the calls of the make_calls() running now, if any
+
+
+def pyboinc_call(slave_filename: str | os.PathLike[str], input: Any) -> None:
+    """Queue one run of a slave program on one input; call it from ``make_calls()``.
+
+    Args:
+        slave_filename: the slave's Python file, relative to the current directory.
+        input: the object ``pyboinc_get_input()`` returns on the volunteer; its classes
+            should live in a module next to the slave (like ``app_types.py``).
+
+    Raises:
+        RuntimeError: not called from the ``make_calls`` given to ``pyboinc_master``.
+        ConfigError: the slave or a module it imports cannot be shipped.
+        TypeError: the input cannot be pickled.
+    """
+    calls = _active[-1] if _active else None
+    if calls is None:
+        raise RuntimeError(
+            "pyboinc_call() queues jobs of a batch: call it from the make_calls function "
+            "you pass to pyboinc_master(make_calls, handle_result)"
+        )
+    path = Path(slave_filename).resolve()
+    with _lock:
+        slave = calls.slaves.get(path)
+        if slave is None:
+            slave = calls.slaves[path] = _load_slave(path, str(slave_filename))
+    import cloudpickle
+
+    try:
+        payload = cloudpickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"the input of pyboinc_call({str(slave_filename)!r}, ...) cannot be pickled "
+            f"({type(exc).__name__}: {exc}); use plain data or classes from a module like "
+            "app_types.py"
+        ) from exc
+    with _lock:
+        calls.calls.append((slave, payload))
+
+
+def pyboinc_master(
+    make_calls: Callable[[], object], handle_result: Callable[[Any], object]
+) -> None:
+    """Run a batch in the current directory and hand every output to ``handle_result``.
+
+    On the first run ``make_calls()`` queues the calls with :func:`pyboinc_call`. A
+    re-run in the same directory creates no job: it hands every output again (those of
+    the earlier run first) and waits for the rest. ``PYBOINC_DIR`` names the BOINC
+    project; without it the embedded backend runs the jobs.
+
+    Raises:
+        JobFailedError: some calls failed (after every other output was handled).
+        BatchError, ConfigError: the directory or the configuration cannot be used.
+    """
+    from .executor import BoincExecutor
+
+    directory = Path.cwd().resolve()
+    marker = _restore(directory)
+    if marker is None:
+        with _lock:
+            if _active:
+                raise RuntimeError("pyboinc_master() is already running in this process")
+            calls = _Calls()
+            _active.append(calls)
+        try:
+            make_calls()
+        finally:
+            _active.clear()
+        trusted = [t for slave in calls.slaves.values() for t in slave.types]
+        executor = BoincExecutor(batch_dir=directory, prefix=_PREFIX, trusted_types=trusted)
+    else:
+        trusted = [_resolve_type(name) for name in marker["trusted_types"]]
+        executor = BoincExecutor.resume(marker["batch_id"], trusted_types=trusted)
+        if executor.batch_dir != directory:
+            executor.shutdown(wait=False)
+            raise BatchError(
+                f"batch {marker['batch_id']} of {directory} is registered at "
+                f"{executor.batch_dir}; re-run the master there, or remove {CALLS_FILE}, "
+                f"{protocol.CHECKPOINT}, {protocol.JOURNAL}, new/ and old/ here to start over"
+            )
+    try:
+        if marker is None:
+            futures = [executor.submit(s.program, s.digest, p) for s, p in calls.calls]
+            _write_marker(executor, futures, trusted)
+        else:
+            futures = executor.futures
+        failures = _hand_results(executor, futures, handle_result)
+    except BaseException:
+        _stop_interrupted(executor)
+        raise
+    executor.shutdown(wait=True)
+    if failures:
+        raise JobFailedError(
+            f"{len(failures)} of {len(futures)} PyBOINC calls failed: "
+            + "; ".join(text for text, _ in failures[:5])
+            + ("; ..." if len(failures) > 5 else "")
+            + f". handle_result() got every other output. A re-run in {directory} hands the "
+            "same outputs and failures again: fix the slave and run in a fresh directory"
+        ) from failures[0][1]
+
+
+def pyboinc_get_input() -> Any:
+    """In a slave program: the input object its ``pyboinc_call`` was given.
+
+    Raises:
+        RuntimeError: called outside a slave program run by PyBOINC.
+    """
+    return _slave_api("pyboinc_get_input")()
+
+
+def pyboinc_return_output(output: Any) -> None:
+    """In a slave program: record its output (once), which reaches ``handle_result``.
+
+    Raises:
+        RuntimeError: called outside a slave program, or a second time.
+    """
+    _slave_api("pyboinc_return_output")(output)
+
+
+def _slave_api(name: str) -> Callable[..., Any]:
+    api = getattr(sys.modules.get("boinc_executor"), "_pyboinc_slave", None)
+    if api is None:
+        raise RuntimeError(
+            f"{name}() only works inside a slave program that PyBOINC runs: queue the slave "
+            "with pyboinc_call('app_slave.py', input) from a master's make_calls(), and run "
+            "the master (python app_master.py)"
+        )
+    fn: Callable[..., Any] = api[name]
+    return fn
+
+
+# --------------------------------------------------------------------------- master side
+
+
+def _load_slave(path: Path, given: str) -> _Slave:
+    """Read a slave and the sibling modules it imports; find the classes to trust."""
+    if not path.is_file():
+        raise ConfigError(
+            f"slave program {given!r} is not a file in {Path.cwd()}; pyboinc_call() takes "
+            "the path of a Python file, relative to the directory the master runs in"
+        )
+    sources: list[tuple[str, bytes]] = []
+    types: list[type] = []
+    todo, seen = [path], {path.stem}
+    while todo:
+        current = todo.pop(0)
+        data = current.read_bytes()
+        sources.append((current.name, data))
+        try:
+            tree = ast.parse(data, str(current))
+        except SyntaxError as exc:
+            raise ConfigError(f"{current} cannot be shipped: {exc}") from exc
+        if current != path:
+            types += _module_types(current)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in (n.split(".")[0] for n in names):
+                sibling = path.parent / f"{name}.py"
+                if name not in seen and sibling.is_file():
+                    seen.add(name)
+                    todo.append(sibling)
+                elif name not in seen and (path.parent / name / "__init__.py").is_file():
+                    raise ConfigError(
+                        f"{path.name} imports the package {name}/ next to it; PyBOINC ships "
+                        "sibling modules (name.py) only: make it a module, or install it "
+                        "on the volunteers"
+                    )
+    return _Slave(sources, types)
+
+
+def _module_types(file: Path) -> list[type]:
+    """The classes a shipped module defines, imported on the master from that very file."""
+    name = file.stem
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        raise ConfigError(
+            f"the master cannot import {name}, which the slave imports from {file} "
+            f"({type(exc).__name__}: {exc}); outputs are read back with its classes, so run "
+            f"the master in {file.parent} or put that directory on sys.path"
+        ) from exc
+    origin = getattr(module, "__file__", None)
+    if origin is None or not os.path.samefile(origin, file):
+        raise ConfigError(
+            f"the master imports {name} from {origin}, but the slave ships {file}; run the "
+            f"master in {file.parent} so both sides use the same {name}"
+        )
+    found: list[type] = []
+    todo = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name]
+    while todo:
+        cls = todo.pop()
+        if cls not in found and "<locals>" not in cls.__qualname__:
+            found.append(cls)
+            todo += [v for v in vars(cls).values() if isinstance(v, type) and v.__module__ == name]
+    return found
+
+
+def _resolve_type(name: str) -> type:
+    """A ``module:QualName`` saved in ``pyboinc_calls``, imported again."""
+    module, _, qualname = name.partition(":")
+    value: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, type):
+        raise ConfigError(f"{name} in {CALLS_FILE} is no longer a class")
+    return value
+
+
+def _restore(directory: Path) -> dict[str, Any] | None:
+    """Move ``old/`` back to ``new/`` (the design's re-run) and read ``pyboinc_calls``."""
+    if not (directory / protocol.CHECKPOINT).is_file():
+        return None
+    from .batch import BatchDir
+
+    batch = BatchDir(directory)  # the lock: no master of this directory is running
+    try:
+        checkpoint = batch.read_checkpoint()
+        batch.restore_handled()
+    finally:
+        batch.close()
+    try:
+        marker: dict[str, Any] = json.loads((directory / CALLS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BatchError(f"{directory / CALLS_FILE} is unreadable ({exc}); remove it") from exc
+    if checkpoint is None or marker.get("batch_id") != checkpoint.batch_id:
+        raise BatchError(
+            f"{directory / CALLS_FILE} does not belong to the batch in {protocol.CHECKPOINT}; "
+            "remove it to run make_calls() again (jobs already journaled are not repeated)"
+        )
+    return marker
+
+
+def _journaled(directory: Path) -> set[int]:
+    """Job indexes in the journal (protocol.md: one JSON line per job, last may be torn)."""
+    try:
+        lines = (directory / protocol.JOURNAL).read_bytes().split(b"\n")[:-1]
+    except FileNotFoundError:
+        return set()
+    found: set[int] = set()
+    for line in lines:
+        try:
+            found.add(int(json.loads(line)["i"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _write_marker(executor: BoincExecutor, futures: list[Future[Any]], types: list[type]) -> None:
+    """Write ``pyboinc_calls`` once every call is journaled (or has already failed)."""
+    delay = 0.01
+    while len(_journaled(executor.batch_dir) & set(range(len(futures)))) < len(futures):
+        if all(f.done() for f in futures):
+            return  # a submission failed: a re-run calls make_calls() again to redo it
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    marker = {
+        "format": 1,
+        "batch_id": executor.batch_id,
+        "calls": len(futures),
+        "trusted_types": [f"{t.__module__}:{t.__qualname__}" for t in types],
+    }
+    protocol.atomic_write(executor.batch_dir / CALLS_FILE, json.dumps(marker).encode())
+
+
+def _hand_results(
+    executor: BoincExecutor, futures: list[Future[Any]], handle_result: Callable[[Any], object]
+) -> list[tuple[str, BaseException]]:
+    """Call ``handle_result`` on each output in completion order; return the failures."""
+    done: queue.Queue[int] = queue.Queue()
+    for index, fut in enumerate(futures):
+        fut.add_done_callback(lambda _, i=index: done.put(i))  # type: ignore[misc]
+    failures: list[tuple[str, BaseException]] = []
+    for _ in futures:
+        while True:  # a bounded wait, so ^C is seen on every platform
+            try:
+                index = done.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        exc = futures[index].exception()
+        if exc is None:
+            handle_result(futures[index].result())
+            continue
+        job = protocol.job_name(_PREFIX, executor.batch_id, index)
+        text = f"call {index} (job {job}): {type(exc).__name__}: {exc}"
+        logger.error("pyboinc: %s", text)
+        failures.append((text, exc))
+    return failures
+
+
+def _stop_interrupted(executor: BoincExecutor) -> None:
+    """Leave the directory replayable: no job lost, none run twice."""
+    if executor.backend == "local":
+        logger.warning(
+            "pyboinc: stopping; jobs not started yet are cancelled, running ones finish. "
+            "Run the master again in %s to complete the batch",
+            executor.batch_dir,
+        )
+        executor.shutdown(wait=True, cancel_futures=True)
+    else:
+        logger.warning(
+            "pyboinc: stopping; the jobs keep running on the BOINC project. Run the master "
+            "again in %s to collect them",
+            executor.batch_dir,
+        )
+        executor.shutdown(wait=False)
+
+
+# --------------------------------------------------------------------------- volunteer side
+
+
+def _slave_program(sources: tuple[tuple[str, bytes], ...]) -> Callable[[str, bytes], Any]:
+    """The job's callable for one slave: a closure, so cloudpickle ships it by value.
+
+    It names no global of this module (only builtins and what it imports itself),
+    so a volunteer runs it with nothing but the runner's modules.
+    """
+
+    def run_slave(sources_digest: str, payload: bytes) -> Any:
+        import importlib
+        import linecache
+        import os
+        import pickle
+        import runpy
+        import sys
+        import tempfile
+
+        import boinc_executor
+
+        state: dict[str, Any] = {}
+
+        def get_input() -> Any:
+            return state["input"]
+
+        def return_output(output: Any) -> None:
+            if "output" in state:
+                raise RuntimeError("pyboinc_return_output() was already called by this slave")
+            state["output"] = output
+
+        api = {"pyboinc_get_input": get_input, "pyboinc_return_output": return_output}
+        package = vars(boinc_executor)
+        saved = {k: package[k] for k in api if k in package}
+        saved_path = list(sys.path)
+        area = os.path.join(tempfile.gettempdir(), "pyboinc-")
+        for key in [k for k in linecache.cache if k.startswith(area)]:
+            del linecache.cache[key]  # sources of slaves this process ran before
+        with tempfile.TemporaryDirectory(prefix="pyboinc-") as tmp:
+            for name, data in sources:
+                path = os.path.join(tmp, name)
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                # Tracebacks are formatted after the directory is gone: keep the lines.
+                lines = data.decode("utf-8", "replace").splitlines(True)
+                linecache.cache[path] = (len(data), None, lines, path)
+            for name, _ in sources[1:]:
+                sys.modules.pop(name[:-3], None)  # a module of an earlier job in this process
+            sys.path.insert(0, tmp)
+            importlib.invalidate_caches()
+            package.update(api, _pyboinc_slave=api)
+            try:
+                state["input"] = pickle.loads(payload)
+                main = os.path.join(tmp, sources[0][0])
+                runpy.run_path(main, init_globals=api, run_name="__main__")
+            finally:
+                sys.path[:] = saved_path
+                for key in (*api, "_pyboinc_slave"):
+                    package.pop(key, None)
+                package.update(saved)
+        if "output" not in state:
+            raise RuntimeError(
+                f"{sources[0][0]} finished without calling pyboinc_return_output(output)"
+            )
+        try:
+            pickle.dumps(state["output"], protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(
+                f"the output of {sources[0][0]} cannot be sent back ({exc}); define its "
+                "classes in a module next to the slave, like app_types.py, and import it there"
+            ) from None
+        return state["output"]
+
+    return run_slave
