@@ -25,11 +25,11 @@ import pytest
 
 from boinc_executor import (
     JobFailedError,
+    protocol,
     pyboinc_call,
     pyboinc_get_input,
     pyboinc_master,
     pyboinc_return_output,
-    protocol,
 )
 from boinc_executor.decoding import TypePolicy
 
@@ -64,7 +64,11 @@ def _example_copy(tmp_path: Path, counting: bool = True) -> tuple[Path, dict[str
 
 def _run_master(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "app_master.py"], cwd=work, env=env, capture_output=True, text=True,
+        [sys.executable, "app_master.py"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=100,
     )
 
@@ -78,7 +82,9 @@ def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> 
 
 
 def _records(work: Path) -> int:
-    return sum(len(os.listdir(work / d)) for d in (protocol.NEW, protocol.OLD) if (work / d).is_dir())
+    return sum(
+        len(os.listdir(work / d)) for d in (protocol.NEW, protocol.OLD) if (work / d).is_dir()
+    )
 
 
 def _journal_jobs(work: Path) -> list[str]:
@@ -100,10 +106,12 @@ def test_example_interrupted_with_sigint_then_rerun(tmp_path: Path) -> None:
         try:
             _wait_for(  # jobs 0-9 are done, and held jobs >= 10 are running
                 "held jobs and every call journaled",
-                lambda: (tmp_path / "executions.log").is_file()
-                and sum(_executions(tmp_path).values()) >= 11
-                and _records(work) >= 10
-                and (work / "pyboinc_calls").is_file(),
+                lambda: (
+                    (tmp_path / "executions.log").is_file()
+                    and sum(_executions(tmp_path).values()) >= 11
+                    and _records(work) >= 10
+                    and (work / "pyboinc_calls").is_file()
+                ),
             )
             master.send_signal(signal.SIGINT)
             _wait_for(
@@ -182,7 +190,11 @@ def test_slave_runs_with_only_the_runners_modules(tmp_path: Path) -> None:
     )
     env.pop("BOINC_EXECUTOR_SYS_PATH", None)
     run = subprocess.run(
-        [sys.executable, "-S", "-c", script], cwd=slot, env=env, capture_output=True, text=True,
+        [sys.executable, "-S", "-c", script],
+        cwd=slot,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
