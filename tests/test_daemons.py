@@ -536,3 +536,34 @@ def test_check_and_compare_refuse_malformed_and_hostile(compare_dir: Path,
     usage = compare(compare_dir, good, good, good)
     assert usage.returncode == 3 and "unusable arguments" in usage.stderr
     assert compare(compare_dir).returncode == 3
+
+
+def test_argument_forms() -> None:
+    """Empty tokens (BOINC's double space, if ever passed through) and --project forms."""
+    from daemons.pyboinc_assimilator import parse_args
+
+    assert parse_args(["", "12", "/u/a"]) == (None, ["12", "/u/a"])
+    assert parse_args(["--project", "/p", "", "12", "/u/a"]) == ("/p", ["12", "/u/a"])
+    assert parse_args(["--project=/p", "--error", "8", "pyb_1_0", "12", "1"]) == (
+        "/p", ["--error", "8", "pyb_1_0", "12", "1"])
+    assert parse_args([]) is None
+    assert parse_args(["wu_id", "files"]) is None
+    assert parse_args(["--error", "8", "pyb_1_0", "x", "1"]) is None
+
+
+def test_structural_comparison() -> None:
+    from collections import Counter, OrderedDict, deque
+
+    from daemons.pyboinc_compare import close
+
+    assert close(OrderedDict(a=1.0), OrderedDict(a=1.0 + 1e-12), 1e-9, 0)
+    assert close(deque([1.0, (2.0,)]), deque([1.0, (2.0 + 1e-12,)]), 1e-9, 0)
+    assert close({1, 2}, {2, 1}, 1e-9, 0) and not close({1.0}, {1.0 + 1e-12}, 1e-9, 0)
+    assert close(Counter("ab"), Counter("ba"), 1e-9, 0)
+    assert not close(True, 1, 1e-9, 0) and not close((1.0,), [1.0], 1e-9, 0)
+    assert close(0.0, 1e-12, 1e-9, 1e-9) and not close(0.0, 1e-12, 1e-9, 0)
+    assert close(complex(float("nan"), 1), complex(float("nan"), 1), 1e-9, 0)
+    deep: list[Any] = []
+    for _ in range(1000):
+        deep = [deep]
+    assert not close(deep, deep, 1e-9, 0), "too deep to compare is not a match"
