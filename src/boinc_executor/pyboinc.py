@@ -41,6 +41,7 @@ Decisions, each following the design's intent with the executor's guarantees:
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
 import json
@@ -53,6 +54,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,21 +71,21 @@ CALLS_FILE = "pyboinc_calls"
 _PREFIX = "pyb"
 
 
+@dataclass
 class _Slave:
-    """A slave program as shipped: the job's callable, its sources' digest, its types."""
+    """A slave program as shipped: the job's callable, its sources' digest, its classes."""
 
-    def __init__(self, sources: list[tuple[str, bytes]], types: list[type]) -> None:
-        self.program = _slave_program(tuple(sources))
-        self.digest = hashlib.sha256(repr(sources).encode()).hexdigest()
-        self.types = types
+    program: Callable[[str, bytes], Any]
+    digest: str
+    types: list[type]
 
 
+@dataclass
 class _Calls:
-    """What ``make_calls()`` queued: the slaves by path and one (slave, input) per call."""
+    """What ``make_calls()`` queued: the slaves by path and one (slave, pickled input) each."""
 
-    def __init__(self) -> None:
-        self.slaves: dict[Path, _Slave] = {}
-        self.calls: list[tuple[_Slave, bytes]] = []
+    slaves: dict[Path, _Slave] = field(default_factory=dict)
+    calls: list[tuple[_Slave, bytes]] = field(default_factory=list)
 
 
 _lock = threading.Lock()
@@ -159,7 +161,7 @@ def pyboinc_master(
         trusted = [t for slave in calls.slaves.values() for t in slave.types]
         executor = BoincExecutor(batch_dir=directory, prefix=_PREFIX, trusted_types=trusted)
     else:
-        trusted = [_resolve_type(name) for name in marker["trusted_types"]]
+        trusted = marker["types"]
         executor = BoincExecutor.resume(marker["batch_id"], trusted_types=trusted)
         if executor.batch_dir != directory:
             executor.shutdown(wait=False)
@@ -223,7 +225,7 @@ def _slave_api(name: str) -> Callable[..., Any]:
 
 
 def _load_slave(path: Path, given: str) -> _Slave:
-    """Read a slave and the sibling modules it imports; find the classes to trust."""
+    """Read a slave and the sibling modules it imports (transitively); find their classes."""
     if not path.is_file():
         raise ConfigError(
             f"slave program {given!r} is not a file in {Path.cwd()}; pyboinc_call() takes "
@@ -234,42 +236,41 @@ def _load_slave(path: Path, given: str) -> _Slave:
     todo, seen = [path], {path.stem}
     while todo:
         current = todo.pop(0)
-        data = current.read_bytes()
-        sources.append((current.name, data))
-        try:
-            tree = ast.parse(data, str(current))
-        except SyntaxError as exc:
-            raise ConfigError(f"{current} cannot be shipped: {exc}") from exc
+        sources.append((current.name, current.read_bytes()))
         if current != path:
             types += _module_types(current)
+        try:
+            tree = ast.parse(sources[-1][1], str(current))
+        except SyntaxError as exc:
+            raise ConfigError(f"{current} cannot be shipped: {exc}") from exc
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            for name in (n.split(".")[0] for n in names):
-                sibling = path.parent / f"{name}.py"
-                if name not in seen and sibling.is_file():
+            for name in {n.split(".")[0] for n in names} - seen:
+                if (path.parent / f"{name}.py").is_file():
                     seen.add(name)
-                    todo.append(sibling)
-                elif name not in seen and (path.parent / name / "__init__.py").is_file():
+                    todo.append(path.parent / f"{name}.py")
+                elif (path.parent / name / "__init__.py").is_file():
                     raise ConfigError(
-                        f"{path.name} imports the package {name}/ next to it; PyBOINC ships "
-                        "sibling modules (name.py) only: make it a module, or install it "
+                        f"{current.name} imports the package {name}/ next to the slave; PyBOINC "
+                        "ships sibling modules (name.py) only: make it one, or install it "
                         "on the volunteers"
                     )
-    return _Slave(sources, types)
+    digest = hashlib.sha256(repr(sources).encode()).hexdigest()
+    return _Slave(_slave_program(tuple(sources)), digest, types)
 
 
 def _module_types(file: Path) -> list[type]:
-    """The classes a shipped module defines, imported on the master from that very file."""
+    """The classes a shipped module defines, from the master's import of that very file."""
     name = file.stem
     try:
         module = importlib.import_module(name)
     except Exception as exc:
         raise ConfigError(
-            f"the master cannot import {name}, which the slave imports from {file} "
-            f"({type(exc).__name__}: {exc}); outputs are read back with its classes, so run "
-            f"the master in {file.parent} or put that directory on sys.path"
+            f"the master cannot import {name} ({type(exc).__name__}: {exc}), which the slave "
+            f"imports from {file}; outputs are read back with its classes, so run the master "
+            f"in {file.parent} or put that directory on sys.path"
         ) from exc
     origin = getattr(module, "__file__", None)
     if origin is None or not os.path.samefile(origin, file):
@@ -278,13 +279,41 @@ def _module_types(file: Path) -> list[type]:
             f"master in {file.parent} so both sides use the same {name}"
         )
     found: list[type] = []
-    todo = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name]
+    todo = list(vars(module).values())
     while todo:
         cls = todo.pop()
-        if cls not in found and "<locals>" not in cls.__qualname__:
+        top = isinstance(cls, type) and cls.__module__ == name and cls not in found
+        if top and "<locals>" not in cls.__qualname__:
             found.append(cls)
-            todo += [v for v in vars(cls).values() if isinstance(v, type) and v.__module__ == name]
+            todo += vars(cls).values()  # nested classes
     return found
+
+
+def _restore(directory: Path) -> dict[str, Any] | None:
+    """Move ``old/`` back to ``new/`` (the design's re-run); return ``pyboinc_calls`` if any."""
+    if not (directory / protocol.CHECKPOINT).is_file():
+        return None
+    from .batch import BatchDir
+
+    batch = BatchDir(directory)  # takes the lock: no other master runs here
+    try:
+        checkpoint = batch.read_checkpoint()
+        batch.restore_handled()
+    finally:
+        batch.close()
+    try:
+        marker: dict[str, Any] = json.loads((directory / CALLS_FILE).read_text())
+        if checkpoint is None or marker["batch_id"] != checkpoint.batch_id:
+            raise ValueError(f"it names batch {marker['batch_id']}")
+        marker["types"] = [_resolve_type(name) for name in marker["trusted_types"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, AttributeError, ImportError) as exc:
+        raise BatchError(
+            f"{directory / CALLS_FILE} is unreadable or not of this batch ({exc!r}); remove it "
+            "to run make_calls() again (calls already journaled are not repeated)"
+        ) from exc
+    return marker
 
 
 def _resolve_type(name: str) -> type:
@@ -294,55 +323,20 @@ def _resolve_type(name: str) -> type:
     for part in qualname.split("."):
         value = getattr(value, part)
     if not isinstance(value, type):
-        raise ConfigError(f"{name} in {CALLS_FILE} is no longer a class")
+        raise ValueError(f"{name} is no longer a class")
     return value
 
 
-def _restore(directory: Path) -> dict[str, Any] | None:
-    """Move ``old/`` back to ``new/`` (the design's re-run) and read ``pyboinc_calls``."""
-    if not (directory / protocol.CHECKPOINT).is_file():
-        return None
-    from .batch import BatchDir
-
-    batch = BatchDir(directory)  # the lock: no master of this directory is running
-    try:
-        checkpoint = batch.read_checkpoint()
-        batch.restore_handled()
-    finally:
-        batch.close()
-    try:
-        marker: dict[str, Any] = json.loads((directory / CALLS_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise BatchError(f"{directory / CALLS_FILE} is unreadable ({exc}); remove it") from exc
-    if checkpoint is None or marker.get("batch_id") != checkpoint.batch_id:
-        raise BatchError(
-            f"{directory / CALLS_FILE} does not belong to the batch in {protocol.CHECKPOINT}; "
-            "remove it to run make_calls() again (jobs already journaled are not repeated)"
-        )
-    return marker
-
-
-def _journaled(directory: Path) -> set[int]:
-    """Job indexes in the journal (protocol.md: one JSON line per job, last may be torn)."""
-    try:
-        lines = (directory / protocol.JOURNAL).read_bytes().split(b"\n")[:-1]
-    except FileNotFoundError:
-        return set()
-    found: set[int] = set()
-    for line in lines:
-        try:
-            found.add(int(json.loads(line)["i"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return found
-
-
 def _write_marker(executor: BoincExecutor, futures: list[Future[Any]], types: list[type]) -> None:
-    """Write ``pyboinc_calls`` once every call is journaled (or has already failed)."""
-    delay = 0.01
-    while len(_journaled(executor.batch_dir) & set(range(len(futures)))) < len(futures):
+    """Write ``pyboinc_calls`` once the journal (protocol.md) holds every call."""
+    delay, wanted = 0.01, set(range(len(futures)))
+    while True:
+        try:
+            lines = (executor.batch_dir / protocol.JOURNAL).read_bytes().split(b"\n")[:-1]
+        except FileNotFoundError:
+            lines = []  # the last piece, empty or torn, is dropped above
+        if wanted <= {json.loads(line)["i"] for line in lines}:
+            break
         if all(f.done() for f in futures):
             return  # a submission failed: a re-run calls make_calls() again to redo it
         time.sleep(delay)
@@ -365,39 +359,31 @@ def _hand_results(
         fut.add_done_callback(lambda _, i=index: done.put(i))  # type: ignore[misc]
     failures: list[tuple[str, BaseException]] = []
     for _ in futures:
-        while True:  # a bounded wait, so ^C is seen on every platform
-            try:
+        index = -1
+        while index < 0:  # bounded waits, so ^C is seen on every platform
+            with contextlib.suppress(queue.Empty):
                 index = done.get(timeout=0.5)
-                break
-            except queue.Empty:
-                continue
         exc = futures[index].exception()
         if exc is None:
             handle_result(futures[index].result())
             continue
         job = protocol.job_name(_PREFIX, executor.batch_id, index)
-        text = f"call {index} (job {job}): {type(exc).__name__}: {exc}"
-        logger.error("pyboinc: %s", text)
-        failures.append((text, exc))
+        failures.append((f"call {index} (job {job}): {type(exc).__name__}: {exc}", exc))
+        logger.error("pyboinc: %s", failures[-1][0])
     return failures
 
 
 def _stop_interrupted(executor: BoincExecutor) -> None:
     """Leave the directory replayable: no job lost, none run twice."""
-    if executor.backend == "local":
-        logger.warning(
-            "pyboinc: stopping; jobs not started yet are cancelled, running ones finish. "
-            "Run the master again in %s to complete the batch",
-            executor.batch_dir,
-        )
-        executor.shutdown(wait=True, cancel_futures=True)
-    else:
-        logger.warning(
-            "pyboinc: stopping; the jobs keep running on the BOINC project. Run the master "
-            "again in %s to collect them",
-            executor.batch_dir,
-        )
-        executor.shutdown(wait=False)
+    local = executor.backend == "local"
+    logger.warning(
+        "pyboinc: stopping; %s. Run the master again in %s to complete the batch",
+        "jobs not started yet are cancelled, running ones finish"
+        if local
+        else "the jobs keep running on the BOINC project",
+        executor.batch_dir,
+    )
+    executor.shutdown(wait=local, cancel_futures=local)
 
 
 # --------------------------------------------------------------------------- volunteer side
@@ -407,7 +393,9 @@ def _slave_program(sources: tuple[tuple[str, bytes], ...]) -> Callable[[str, byt
     """The job's callable for one slave: a closure, so cloudpickle ships it by value.
 
     It names no global of this module (only builtins and what it imports itself),
-    so a volunteer runs it with nothing but the runner's modules.
+    so a volunteer runs it with nothing but the runner's modules. ``sources_digest``
+    is unused here: as an argument it makes the journal's input digest follow the
+    sources, so a replay with an edited slave is refused instead of mixed.
     """
 
     def run_slave(sources_digest: str, payload: bytes) -> Any:
