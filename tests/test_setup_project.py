@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("MySQLdb", reason="the BOINC harness needs mysqlclient")
+
 import boinc_executor
 from boinc_executor import ConfigError, DatabaseError, appversion, protocol
 from boinc_executor.daemonconf import daemon_commands
