@@ -341,3 +341,23 @@ def test_offline_code_signing(boinc_project: Project) -> None:
     assert versions(boinc_project) == {p: [100] for p in appversion.ALL_PLATFORMS}
     doc = boinc_project.query("select xml_doc from app_version limit 1")[0]["xml_doc"]
     assert "offline-signature-of-pyboinc_launcher_" in doc
+
+
+def test_cli_status(pyboinc_project: Project, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "boinc-executor"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "boinc_executor.cli"]
+    batch_dir = tmp_path / "batch"
+    job = submit(pyboinc_project, batch_dir, abs, [((-4,), {})])
+    batch_id = protocol.parse_job_name(job)[1]
+    done = subprocess.run([*cmd, "status", str(batch_id), "--project", str(pyboinc_project.root)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"batch directory: {batch_dir}" in done.stdout
+    assert "work units: 1 total, 1 unsent, 0 in progress, 0 done, 0 failed" in done.stdout
+    assert "records: 0 waiting in new/, 0 handled in old/" in done.stdout
+    missing = subprocess.run([*cmd, "status", "999", "--project", str(pyboinc_project.root)],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "batch 999 is not a boinc-executor batch" in missing.stderr
+    nowhere = subprocess.run([*cmd, "status", "1"], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "PYBOINC_DIR"})
+    assert nowhere.returncode == 1 and "give --project PROJECT_DIR" in nowhere.stderr

@@ -2,8 +2,9 @@
 
 ``boinc-executor setup-project PROJECT_DIR`` turns an existing BOINC project into one
 that runs ``BoincExecutor`` jobs (see :mod:`boinc_executor.project` and
-docs/operator-guide.md). This module is, with the volunteer runner, the only place
-that configures logging; nothing imports it.
+docs/operator-guide.md); ``boinc-executor status BATCH_ID`` shows how far a batch got.
+This module is, with the volunteer runner, the only place that configures logging;
+nothing imports it.
 
 Exit status: 0 done, 1 refused or failed (the message on stderr says what to do),
 2 bad usage.
@@ -87,7 +88,50 @@ def _parser() -> argparse.ArgumentParser:
             "one registers a new app version, e.g. to ship a changed runner"
         ),
     )
+    status = sub.add_parser(
+        "status",
+        help="show how far a batch on a BOINC project has got",
+        description="Count a batch's work units by state and its delivered result records.",
+    )
+    status.add_argument("batch_id", metavar="BATCH_ID", type=int, help="the BOINC batch ID")
+    status.add_argument(
+        "--project",
+        metavar="PROJECT_DIR",
+        help="the BOINC project root (default: $PYBOINC_DIR)",
+    )
     return parser
+
+
+def _status(batch_id: int, project: str | None) -> int:
+    from .config import ProjectConfig, resolve_project_dir
+    from .db import Database
+
+    root = resolve_project_dir(project)
+    if root is None:
+        print(
+            "boinc-executor status: no project: give --project PROJECT_DIR or set PYBOINC_DIR",
+            file=sys.stderr,
+        )
+        return 1
+    with Database(ProjectConfig.load(root)) as db:
+        record = db.batch_record(batch_id)
+        counts = db.batch_counts(batch_id)
+    print(f"batch {batch_id} on {root}")
+    print(f"  batch directory: {record.batch_dir}")
+    print(
+        f"  work units: {counts.total} total, {counts.unsent} unsent, "
+        f"{counts.in_progress} in progress, {counts.done} done, {counts.failed} failed"
+    )
+    try:
+        waiting, handled = (
+            sum(1 for _ in sub.iterdir()) if sub.is_dir() else 0
+            for sub in (record.batch_dir / "new", record.batch_dir / "old")
+        )
+    except OSError as exc:
+        print(f"  records: batch directory not readable from here ({exc.strerror})")
+    else:
+        print(f"  records: {waiting} waiting in new/, {handled} handled in old/")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(report.render())
         return 0
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse requires one
+    try:
+        return _status(args.batch_id, args.project)
+    except BoincExecutorError as exc:
+        print(f"boinc-executor status: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
