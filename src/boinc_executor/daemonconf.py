@@ -40,6 +40,9 @@ DAEMON_SCRIPTS = (ASSIMILATOR_SCRIPT, COMPARE_SCRIPT)
 _DAEMON_RE = re.compile(r"[ \t]*<daemon>.*?</daemon>[ \t]*\n?", re.S)
 _CMD_RE = re.compile(r"<cmd>(.*?)</cmd>", re.S)
 _HOST_RE = re.compile(r"<host>(.*?)</host>", re.S)
+# </daemons> (group 2) and the indentation of its line when it starts the line (group 1).
+_CLOSE_RE = re.compile(r"(?:^([ \t]*))?(</daemons>)", re.M)
+_EMPTY_RE = re.compile(r"(?:^([ \t]*))?(<daemons\s*/>)", re.M)
 
 
 def daemon_commands(*, float_validator: bool = False) -> dict[str, str]:
@@ -146,18 +149,19 @@ def edit_daemons(text: str, commands: dict[str, str], host: str) -> tuple[str, l
             return "validator"
         return None
 
-    close = re.search(r"^([ \t]*)</daemons>", text, re.M)
-    indent = (close.group(1) if close else "    ") + "    "
+    found = _CLOSE_RE.search(text) or _EMPTY_RE.search(text)
+    lead = found.group(1) if found else None
+    unit = lead or "    "  # the file's own indentation step, as </daemons> shows it
+    indent = ("    " if lead is None else lead) + unit
 
     def block(cmd: str) -> str:
         return (
-            f"{indent}<daemon>\n{indent}    <cmd>{html.escape(cmd, quote=False)}</cmd>\n"
-            f"{indent}    <host>{html.escape(host, quote=False)}</host>\n{indent}</daemon>\n"
+            f"{indent}<daemon>\n{indent}{unit}<cmd>{html.escape(cmd, quote=False)}</cmd>\n"
+            f"{indent}{unit}<host>{html.escape(host, quote=False)}</host>\n{indent}</daemon>\n"
         )
 
     changes: list[str] = []
     for what, cmd in commands.items():
-        close = re.search(r"^([ \t]*)</daemons>", text, re.M)
         ours = [m for m in _DAEMON_RE.finditer(text) if role(m.group(0)) == what]
         if len(ours) == 1:
             cmd_m, host_m = _CMD_RE.search(ours[0].group(0)), _HOST_RE.search(ours[0].group(0))
@@ -175,8 +179,17 @@ def edit_daemons(text: str, commands: dict[str, str], host: str) -> tuple[str, l
             text = "".join(pieces) + text[last:]
             changes.append(f"replaced the {what} daemon in config.xml: {cmd} (host {host})")
             continue
+        close = _CLOSE_RE.search(text)
+        empty = _EMPTY_RE.search(text)
         if close:
+            # Before the line holding </daemons>, or right before the tag if it shares a line.
             text = text[: close.start()] + block(cmd) + text[close.start() :]
+        elif empty:  # <daemons/>
+            text = (
+                text[: empty.start(2)]
+                + f"<daemons>\n{block(cmd)}{empty.group(1) or ''}</daemons>"
+                + text[empty.end(2) :]
+            )
         else:
             end = text.rfind("</boinc>")
             if end < 0:
