@@ -361,3 +361,16 @@ def test_cli_status(pyboinc_project: Project, tmp_path: Path) -> None:
     nowhere = subprocess.run([*cmd, "status", "1"], capture_output=True, text=True, timeout=60,
                              env={k: v for k, v in os.environ.items() if k != "PYBOINC_DIR"})
     assert nowhere.returncode == 1 and "give --project PROJECT_DIR" in nowhere.stderr
+
+
+def test_rerun_keeps_the_operators_modes_and_repairs_our_files(pyboinc_project: Project) -> None:
+    root = pyboinc_project.root
+    (root / "templates/pyboinc_in").chmod(0o640)  # the operator's choice: kept
+    (root / "bin/pyboinc_assimilator").chmod(0o644)  # broken: must be executable again
+    (root / "templates/pyboinc_out").write_text("<output_template/>\n")  # edited: restored
+    report = setup_project(root)
+    assert report.changes == ["updated templates/pyboinc_out (template)",
+                              "made executable bin/pyboinc_assimilator (daemon script)"]
+    assert (root / "templates/pyboinc_in").stat().st_mode & 0o777 == 0o640
+    assert (root / "templates/pyboinc_out").read_text() == output_template()
+    assert os.access(root / "bin/pyboinc_assimilator", os.X_OK)

@@ -201,15 +201,22 @@ def _write(path: Path, data: bytes, mode: int | None = None) -> None:
         raise
 
 
-def _ensure_file(path: Path, data: bytes, mode: int, report: SetupReport, what: str) -> None:
+def _ensure_file(
+    path: Path, data: bytes, report: SetupReport, what: str, *, executable: bool = False
+) -> None:
+    """Give ``path`` this content, keeping the operator's mode (plus exec bits if needed)."""
     try:
-        current = path.read_bytes()
+        current: bytes | None = path.read_bytes()
+        old_mode: int | None = path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        current = None
-    if current == data and (path.stat().st_mode & 0o777) == mode:
+        current, old_mode = None, None
+    mode = (0o755 if executable else 0o644) if old_mode is None else old_mode
+    if executable:
+        mode |= 0o111
+    if current == data and mode == old_mode:
         return
     _write(path, data, mode)
-    verb = "wrote" if current is None else ("updated" if current != data else "fixed mode of")
+    verb = "wrote" if current is None else ("updated" if current != data else "made executable")
     report.changes.append(f"{verb} {path.relative_to(report.root)} ({what})")
 
 
@@ -471,7 +478,7 @@ def _setup(
             (f"{APP_NAME}_in", input_template()),
             (f"{APP_NAME}_out", output_template()),
         ):
-            _ensure_file(root / "templates" / name, body.encode(), 0o644, report, "template")
+            _ensure_file(root / "templates" / name, body.encode(), report, "template")
         say("app versions")
         registered = _ensure_app_versions(
             db, config=config, app_id=app_id, release=release, interpreters=shipped, report=report
@@ -480,7 +487,9 @@ def _setup(
         db.close()
     say("daemon scripts")
     for name in DAEMON_SCRIPTS:
-        _ensure_file(root / "bin" / name, daemon_script(name), 0o755, report, "daemon script")
+        _ensure_file(
+            root / "bin" / name, daemon_script(name), report, "daemon script", executable=True
+        )
         if daemon_source(name) is None:
             report.todo.append(
                 f"the daemon module {name}.py is not installed with boinc_executor; "
