@@ -374,3 +374,14 @@ def test_rerun_keeps_the_operators_modes_and_repairs_our_files(pyboinc_project: 
     assert (root / "templates/pyboinc_in").stat().st_mode & 0o777 == 0o640
     assert (root / "templates/pyboinc_out").read_text() == output_template()
     assert os.access(root / "bin/pyboinc_assimilator", os.X_OK)
+
+
+def test_warns_when_the_projects_host_is_not_this_host(boinc_project: Project) -> None:
+    """make_project writes getfqdn() (often "localhost"): reported, not fixed."""
+    text = boinc_project.config_path.read_text()
+    boinc_project.config_path.write_text(
+        text.replace(f"<host>{boinc_project.host}</host>", "<host>localhost</host>", 1))
+    report = setup_project(boinc_project.root)
+    assert any(f"<host> is 'localhost' but this host is {SHORT_HOST!r}" in t for t in report.todo)
+    assert "<host>localhost</host>" in boinc_project.config_path.read_text()
+    assert daemons(boinc_project)[-1][1] == SHORT_HOST
