@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,10 @@ from .errors import BatchNotFoundError, ConfigError, DatabaseError
 
 __all__ = [
     "BATCH_TABLE",
+    "BatchCounts",
     "BatchRecord",
     "Database",
+    "FailedWorkunit",
 ]
 
 BATCH_TABLE = "pyboinc_batch"
@@ -51,6 +53,20 @@ _UNKNOWN_DB = 1049
 _CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 _NO_SUCH_TABLE = 1146
 
+# BOINC enum codes (db/boinc_db_types.h; boinc-facts §2).
+RESULT_UNSENT = 2
+RESULT_IN_PROGRESS = 4
+RESULT_OVER = 5
+OUTCOME_SUCCESS = 1
+OUTCOME_CLIENT_ERROR = 3
+OUTCOME_DIDNT_NEED = 5
+OUTCOME_VALIDATE_ERROR = 6
+WU_ERROR_CANCELLED = 16
+BATCH_COMPLETE = 2
+
+# Names per IN (...) list: keeps statements far below max_allowed_packet.
+_IN_CHUNK = 1000
+
 
 @dataclass(frozen=True)
 class BatchRecord:
@@ -67,6 +83,63 @@ class BatchRecord:
     user_id: int
     batch_dir: Path
     create_time: int
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """Work units of a batch by where BOINC has them (one aggregate query).
+
+    Attributes:
+        total: work units created.
+        unsent: no result of it has been sent to a host yet.
+        in_progress: a result was sent and no outcome is final yet.
+        done: it has a canonical (valid) result.
+        failed: BOINC gave up on it (``error_mask`` is set), cancelled ones included.
+        credit: the sum of the canonical results' credit.
+    """
+
+    total: int
+    unsent: int
+    in_progress: int
+    done: int
+    failed: int
+    credit: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailedWorkunit:
+    """A work unit BOINC gave up on, with what its last run left behind.
+
+    Attributes:
+        wu_id: ``workunit.id``.
+        name: the work unit's name (the job name).
+        error_mask: its ``error_mask`` bits.
+        result_name: the result the details come from ("" if none ran).
+        exit_status: that result's exit status, None if no result ran.
+        stderr_out: that result's ``stderr_out``.
+    """
+
+    wu_id: int
+    name: str
+    error_mask: int
+    result_name: str = ""
+    exit_status: int | None = None
+    stderr_out: str = ""
+
+
+def _chunks(items: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), n):
+        yield items[start : start + n]
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return "" if value is None else str(value)
 
 
 def _translate(exc: MySQLdb.Error, config: ProjectConfig, doing: str) -> Exception:
@@ -245,3 +318,181 @@ class Database:
             )
         row = rows[0]
         return BatchRecord(int(row[0]), int(row[1]), Path(row[2]), int(row[3]))
+
+    # ------------------------------------------------------------------ project checks
+
+    def has_table(self, name: str) -> bool:
+        """Whether the project database has table ``name``."""
+        rows = self.query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema=DATABASE() "
+            "AND table_name=%s",
+            (name,),
+            doing=f"looking for the {name} table",
+        )
+        return bool(rows)
+
+    def user_exists(self, user_id: int) -> bool:
+        """Whether BOINC user ``user_id`` exists."""
+        rows = self.query("SELECT 1 FROM user WHERE id=%s", (user_id,), doing="looking up the user")
+        return bool(rows)
+
+    # ------------------------------------------------------------------ work units
+
+    def existing_workunits(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` already exist as work units (the UNIQUE name index answers)."""
+        found: set[str] = set()
+        for chunk in _chunks(names):
+            rows = self.query(
+                f"SELECT name FROM workunit WHERE name IN ({_placeholders(len(chunk))})",  # noqa: S608
+                chunk,
+                doing="looking up existing work units",
+            )
+            found.update(_text(row[0]) for row in rows)
+        return found
+
+    def count_batch_workunits(self, batch_id: int) -> int:
+        """How many work units carry ``batch_id``."""
+        rows = self.query(
+            "SELECT COUNT(*) FROM workunit WHERE batch=%s", (batch_id,), doing="counting jobs"
+        )
+        return int(rows[0][0])
+
+    def cancel_workunits(self, names: Sequence[str]) -> int:
+        """Cancel work units as BOINC's ``cancel_jobs`` does; returns how many were marked.
+
+        Results not yet sent become OVER / DIDNT_NEED and each work unit gets
+        ``error_mask |= 16`` and ``transition_time = now``, so the transitioner
+        finishes it and the assimilator reports it. Results already on hosts
+        run on (their output is discarded).
+        """
+        now = int(time.time())
+        marked = 0
+        with self.transaction():
+            for chunk in _chunks(names):
+                names_in = f"IN ({_placeholders(len(chunk))})"
+                self.execute(
+                    "UPDATE result r JOIN workunit w ON w.id=r.workunitid "  # noqa: S608
+                    "SET r.server_state=%s, r.outcome=%s "
+                    f"WHERE r.server_state=%s AND w.name {names_in}",
+                    (RESULT_OVER, OUTCOME_DIDNT_NEED, RESULT_UNSENT, *chunk),
+                    doing="cancelling unsent results",
+                )
+                marked += self._rowcount(
+                    "UPDATE workunit SET error_mask=error_mask|%s, transition_time=%s "  # noqa: S608
+                    f"WHERE name {names_in}",
+                    (WU_ERROR_CANCELLED, now, *chunk),
+                    doing="cancelling work units",
+                )
+        return marked
+
+    def _rowcount(self, sql: str, args: Sequence[Any], *, doing: str) -> int:
+        try:
+            with self._conn.cursor() as cur:
+                return int(cur.execute(sql, tuple(args)) or 0)
+        except MySQLdb.Error as exc:
+            raise _translate(exc, self.config, doing) from exc
+
+    def sent_since(self, batch_id: int, since: int) -> list[tuple[str, int]]:
+        """(work unit name, sent_time) of the batch's results sent at or after ``since``.
+
+        ``sent_time`` is set by the scheduler when a result goes IN_PROGRESS and
+        kept afterwards, so a watermark on it finds each start once even when
+        the result finished between two polls. The ``res_batch`` index narrows
+        the scan to the batch.
+        """
+        rows = self.query(
+            "SELECT w.name, r.sent_time FROM result r JOIN workunit w ON w.id=r.workunitid "
+            "WHERE r.batch=%s AND r.sent_time>=%s AND r.sent_time>0",
+            (batch_id, since),
+            doing="checking which jobs were sent",
+        )
+        return [(_text(name), int(sent)) for name, sent in rows]
+
+    def failed_workunits(self, batch_id: int, skip: Collection[str] = ()) -> list[FailedWorkunit]:
+        """The batch's work units with ``error_mask`` set, except those named in ``skip``.
+
+        Each comes with its most telling result: the last client error, else
+        the last result that ran at all.
+        """
+        rows = self.query(
+            "SELECT id, name, error_mask FROM workunit WHERE batch=%s AND error_mask<>0",
+            (batch_id,),
+            doing="checking for failed jobs",
+        )
+        wus = [(int(i), _text(n), int(m)) for i, n, m in rows if _text(n) not in skip]
+        if not wus:
+            return []
+        best: dict[int, tuple[int, str, int, str]] = {}
+        ran = (OUTCOME_SUCCESS, OUTCOME_CLIENT_ERROR, OUTCOME_VALIDATE_ERROR)
+        for chunk in _chunks([w[0] for w in wus]):
+            results = self.query(
+                "SELECT workunitid, name, outcome, exit_status, stderr_out FROM result "  # noqa: S608
+                f"WHERE workunitid IN ({_placeholders(len(chunk))}) ORDER BY id",
+                chunk,
+                doing="reading failed jobs' results",
+            )
+            for wu_id, name, outcome, status, stderr in results:
+                rank = 2 if outcome == OUTCOME_CLIENT_ERROR else 1 if outcome in ran else 0
+                if rank and rank >= best.get(int(wu_id), (0, "", 0, ""))[0]:
+                    best[int(wu_id)] = (rank, _text(name), int(status), _text(stderr))
+        failed = []
+        for wu_id, name, mask in wus:
+            found = best.get(wu_id)
+            if found is None:
+                failed.append(FailedWorkunit(wu_id, name, mask))
+            else:
+                failed.append(FailedWorkunit(wu_id, name, mask, found[1], found[2], found[3]))
+        return failed
+
+    # ------------------------------------------------------------------ batch state
+
+    def batch_counts(self, batch_id: int) -> BatchCounts:
+        """Count the batch's work units the way BOINC's PHP ``get_batch_params`` does.
+
+        A work unit with ``canonical_resultid`` set is done, one with
+        ``error_mask`` set has failed; of the rest, those with a result that
+        reached a host are in progress and the others unsent.
+        """
+        rows = self.query(
+            "SELECT COUNT(*), COALESCE(SUM(w.error_mask<>0), 0), "
+            "COALESCE(SUM(w.error_mask=0 AND w.canonical_resultid<>0), 0), "
+            "COALESCE(SUM(w.error_mask=0 AND w.canonical_resultid=0 AND EXISTS ("
+            "SELECT 1 FROM result r WHERE r.workunitid=w.id AND r.sent_time>0)), 0), "
+            "COALESCE(SUM(IF(w.canonical_resultid<>0, w.canonical_credit, 0)), 0) "
+            "FROM workunit w WHERE w.batch=%s",
+            (batch_id,),
+            doing="counting the batch's jobs",
+        )
+        total, failed, done, running, credit = rows[0]
+        total, failed, done, running = int(total), int(failed), int(done), int(running)
+        return BatchCounts(
+            total=total,
+            unsent=total - failed - done - running,
+            in_progress=running,
+            done=done,
+            failed=failed,
+            credit=float(credit),
+        )
+
+    def update_batch(self, batch_id: int, *, complete: bool) -> BatchCounts:
+        """Refresh the ``batch`` row's counters as BOINC's PHP does; mark it COMPLETE if asked.
+
+        Daemons never write the ``batch`` table (boinc-facts §4, §8.6): only the
+        web code's ``get_batch_params`` sets ``njobs``, ``nerror_jobs``,
+        ``fraction_done``, ``credit_canonical`` and, when every job is done,
+        ``state = 2`` (COMPLETE) and ``completion_time``.
+        """
+        counts = self.batch_counts(batch_id)
+        finished = counts.done + counts.failed
+        fraction = finished / counts.total if counts.total else 1.0
+        sets = "njobs=%s, nerror_jobs=%s, fraction_done=%s, credit_canonical=%s"
+        args: list[Any] = [counts.total, counts.failed, fraction, counts.credit]
+        if complete:
+            sets += ", state=%s, completion_time=%s"
+            args += [BATCH_COMPLETE, time.time()]
+        self.execute(
+            f"UPDATE batch SET {sets} WHERE id=%s",  # noqa: S608
+            (*args, batch_id),
+            doing="updating the batch",
+        )
+        return counts

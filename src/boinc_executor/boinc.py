@@ -1,0 +1,499 @@
+"""The BOINC backend: run jobs as work units of an existing BOINC project.
+
+Data flow (docs/protocol.md, "On a BOINC project")::
+
+    executor ──stage──▶ <download_dir>/<fanout(name)>/<name>    program (shared, once) + data
+             ──submit─▶ SELECT existing WU names ─▶ bin/create_work --appname pyboinc
+                        --batch ID <JobParams> --stdin  (one process per chunk of jobs,
+                        one line "--wu_name <job> <program> <data>" per missing job)
+    BOINC:   transitioner ▶ scheduler ▶ volunteer (launcher ▶ runner) ▶ validator
+             ▶ script_assimilator ▶ bin/pyboinc_assimilator ▶ BATCH_DIR/new/<job>.<tag>.result
+    poll():  result.sent_time watermark ─▶ events.started(job)
+             workunit.error_mask != 0   ─▶ error record (tag "error") into BATCH_DIR/new/
+
+Choices the module makes, and why:
+
+* **Chunking.** ``map`` packs :attr:`BoincBackend.default_chunksize` (10) calls
+  into one work unit unless the caller passes ``chunksize``. Each work unit
+  costs a scheduler round trip, two downloads and an upload on the volunteer
+  (about 15-20 s of turnaround on a real project, boinc-facts §7) plus a
+  workunit row, result rows and a script-assimilator fork on the server
+  (~50 work units/s, §5); ten calls per work unit cut that overhead tenfold
+  while a map of a few hundred items still spreads over dozens of hosts.
+* **Bulk submission.** Submitted calls wait up to :attr:`submit_delay` (0.5 s)
+  so they reach ``create_work`` together; ``create_work --stdin`` then inserts
+  ~1,000 work units per SQL statement. A duplicate name fails a whole statement
+  (§3), so before every ``create_work`` the backend asks the database which of
+  its deterministic work-unit names exist and submits only the others. A lock
+  file inherited by ``create_work`` keeps a re-run from racing an orphaned
+  ``create_work`` whose submitter was killed.
+* **Job parameters** go on the command line (``--rsc_fpops_est`` ...); the
+  input template carries none, because template values would override them
+  (§3, §8.5). A template that does carry some is reported at start-up.
+* **Polling.** The database is asked at most every :attr:`poll_interval`
+  seconds (default 2; ``BOINC_EXECUTOR_POLL_INTERVAL``), with two indexed
+  queries: results of the batch sent since the last poll, and work units of the
+  batch with ``error_mask`` set. Progress counts are one aggregate query, made
+  only when asked for.
+* **Submitting user.** ``user_id`` argument, else ``$BOINC_EXECUTOR_USER_ID``,
+  else the project's user 1 (make_project's administrator) if it exists,
+  else 0. It goes into ``batch.user_id`` and ``pyboinc_batch.user_id``.
+* **Batch directories** default to ``<project>/pyboinc_batches/<batch_id>``:
+  the assimilator runs as the project's user and must be able to write there,
+  as BOINC's own sample assimilator writes into ``<project>/results/<batch>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol
+from .backend import Backend, BackendEvents
+from .batch import BatchDir, Checkpoint, JournalEntry
+from .config import JobParams, ProjectConfig
+from .db import BATCH_TABLE, BatchCounts, Database, FailedWorkunit
+from .errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
+
+__all__ = ["APP_NAME", "BoincBackend", "Progress"]
+
+logger = logging.getLogger("boinc_executor")
+
+APP_NAME = "pyboinc"
+INPUT_TEMPLATE = f"templates/{APP_NAME}_in"
+OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
+BATCHES_DIR = "pyboinc_batches"
+ENV_USER_ID = "BOINC_EXECUTOR_USER_ID"
+ENV_POLL_INTERVAL = "BOINC_EXECUTOR_POLL_INTERVAL"
+SUBMIT_LOCK = ".submit.lock"
+
+_CREATE_WORK_CHUNK = 5000  # jobs per create_work process
+_CREATE_WORK_ATTEMPTS = 3  # a lost race with another submitter is retried with what is missing
+_STARTED_SLACK = 5  # seconds: results sent in the second of the last poll may commit late
+_STDERR_TAIL = 2000
+# <workunit> children that would override the command line's job parameters (§3).
+_PARAM_TAGS = (
+    "rsc_fpops_est",
+    "rsc_fpops_bound",
+    "rsc_memory_bound",
+    "rsc_disk_bound",
+    "delay_bound",
+    "min_quorum",
+    "target_nresults",
+    "max_error_results",
+    "max_total_results",
+    "max_success_results",
+)
+_PARAM_OPTIONS = (*_PARAM_TAGS, "priority")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the jobs of a batch are, as the BOINC database has them.
+
+    Attributes:
+        total: work units created so far.
+        unsent: waiting for a host.
+        in_progress: sent to a host, no final outcome yet (includes results
+            waiting for validation).
+        done: have a valid (canonical) result; their records are on their way.
+        failed: BOINC gave up on them (``error_mask``), cancelled ones included.
+    """
+
+    total: int
+    unsent: int
+    in_progress: int
+    done: int
+    failed: int
+
+    @classmethod
+    def from_counts(cls, counts: BatchCounts) -> Progress:
+        """Build from the database's counts."""
+        return cls(counts.total, counts.unsent, counts.in_progress, counts.done, counts.failed)
+
+
+class BoincBackend(Backend):
+    """Runs jobs as work units of the BOINC project at ``project_dir``.
+
+    Args:
+        project_dir: the project root (holding ``config.xml``).
+        user_id: the BOINC user the batches belong to (see the module docstring).
+        poll_interval: seconds between database polls (default 2).
+
+    Raises:
+        ConfigError: not a BOINC project, setup-project was not run, wrong
+            database credentials, or a bad ``user_id``/``poll_interval``.
+        DatabaseError: the database cannot be reached.
+    """
+
+    kind = "boinc"
+    poll_interval = 2.0
+    default_chunksize = 10
+    submit_delay = 0.5
+
+    def __init__(
+        self,
+        project_dir: Path,
+        *,
+        user_id: int | None = None,
+        poll_interval: float | None = None,
+    ) -> None:
+        self.config = ProjectConfig.load(Path(project_dir))
+        self.root = self.config.root.resolve()
+        self.poll_interval = _poll_interval(poll_interval)
+        self._check_layout()
+        self._db_lock = threading.Lock()
+        self._db = Database(self.config)
+        try:
+            self.app_id = self._check_setup()
+            self.user_id = self._resolve_user(user_id)
+        except BaseException:
+            self._db.close()
+            raise
+        self._batch: BatchDir | None = None
+        self._batch_id = 0
+        self._events: BackendEvents | None = None
+        self._fanout_made: set[str] = set()
+        self._started: set[str] = set()
+        self._failed_seen: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._sent_watermark = 0
+        self._submitted = False
+        self._next_poll = 0.0
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_layout(self) -> None:
+        setup = f"run 'boinc-executor setup-project {self.root}'"
+        create_work = self.root / "bin" / "create_work"
+        if not os.access(create_work, os.X_OK):
+            raise ConfigError(
+                f"{self.root} has no executable bin/create_work; point project_dir at the root "
+                "of a BOINC server project (make_project installs the tools)"
+            )
+        for template in (INPUT_TEMPLATE, OUTPUT_TEMPLATE):
+            if not (self.root / template).is_file():
+                raise ConfigError(f"{self.root} has no {template}; {setup}")
+        self._warn_template_params()
+        download = self.config.download_dir
+        if not download.is_dir() or not os.access(download, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"cannot write into the download directory {download}; run as the project's "
+                "user or give your group write access to it (and its fan-out directories)"
+            )
+
+    def _warn_template_params(self) -> None:
+        path = self.root / INPUT_TEMPLATE
+        try:
+            workunit = ET.parse(path).getroot().find("workunit")  # noqa: S314 - operator's file
+        except (OSError, ET.ParseError) as exc:
+            raise ConfigError(f"cannot read the input template {path}: {exc}") from exc
+        fixed = [t for t in _PARAM_TAGS if workunit is not None and workunit.find(t) is not None]
+        if fixed:
+            logger.warning(
+                "%s sets %s; BOINC lets template values override create_work's options, so "
+                "JobParams cannot change them. Remove them from the template to use JobParams",
+                path,
+                ", ".join(fixed),
+            )
+
+    def _check_setup(self) -> int:
+        setup = f"run 'boinc-executor setup-project {self.root}'"
+        app_id = self._db.app_id(APP_NAME)
+        if app_id is None:
+            raise ConfigError(f"the project at {self.root} has no app {APP_NAME!r}; {setup}")
+        if not self._db.has_table(BATCH_TABLE):
+            raise ConfigError(f"the project at {self.root} has no {BATCH_TABLE} table; {setup}")
+        return app_id
+
+    def _resolve_user(self, user_id: int | None) -> int:
+        source = "user_id"
+        if user_id is None:
+            raw = os.environ.get(ENV_USER_ID)
+            if not raw:
+                return 1 if self._db.user_exists(1) else 0
+            source = ENV_USER_ID
+            try:
+                user_id = int(raw)
+            except ValueError:
+                raise ConfigError(f"{ENV_USER_ID}={raw!r} is not a BOINC user ID") from None
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 0:
+            raise ConfigError(f"{source} must be a BOINC user ID (an integer >= 0)")
+        if user_id and not self._db.user_exists(user_id):
+            raise ConfigError(
+                f"{source} names BOINC user {user_id}, who does not exist in the project at "
+                f"{self.root}; use an existing user's ID (or 0)"
+            )
+        return user_id
+
+    # ------------------------------------------------------------------ batches
+
+    def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:
+        """Insert BOINC's ``batch`` row and our ``pyboinc_batch`` record.
+
+        Without ``batch_dir`` the directory is ``<project>/pyboinc_batches/<id>``.
+        """
+        with self._db_lock:
+            if batch_dir is not None:
+                path = batch_dir.resolve()
+                batch_id = self._db.create_batch(
+                    name=name, app_id=self.app_id, user_id=self.user_id, batch_dir=path
+                )
+                return batch_id, path
+            batch_id = self._db.create_batch(
+                name=name, app_id=self.app_id, user_id=self.user_id, batch_dir=Path()
+            )
+            path = self.root / BATCHES_DIR / str(batch_id)
+            self._db.set_batch_dir(batch_id, path)
+        return batch_id, path
+
+    def locate_batch(self, batch_id: int) -> Path:
+        """The directory recorded for ``batch_id`` in ``pyboinc_batch``."""
+        with self._db_lock:
+            record = self._db.batch_record(batch_id)
+        if not (record.batch_dir / protocol.CHECKPOINT).is_file():
+            raise BatchNotFoundError(
+                f"batch {batch_id} of the project at {self.root} was in {record.batch_dir}, "
+                "which no longer holds its checkpoint"
+            )
+        return record.batch_dir
+
+    def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
+        """Bind to the batch; re-point its record if the directory was moved."""
+        with self._db_lock:
+            record = self._db.batch_record(checkpoint.batch_id)
+            if record.batch_dir != batch.path:
+                logger.info(
+                    "batch %d moved from %s to %s; the assimilator now delivers there",
+                    checkpoint.batch_id,
+                    record.batch_dir,
+                    batch.path,
+                )
+                self._db.set_batch_dir(checkpoint.batch_id, batch.path)
+        self._batch = batch
+        self._batch_id = checkpoint.batch_id
+        self._events = events
+
+    # ------------------------------------------------------------------ staging
+
+    def stage(self, name: str, data: bytes, *, shared: bool) -> None:
+        """Write an input file into the download hierarchy under its fan-out directory.
+
+        Physical names are immutable (the client caches files by name): an
+        existing shared (content-addressed) file is left alone; an existing data
+        file with other bytes can only come from a run killed before it
+        journaled the job, so no work unit uses it and it is replaced.
+
+        Raises:
+            SubmissionError: the file cannot be written.
+        """
+        fanout = self.config.fanout_dir(name)
+        directory = self.config.download_dir / fanout
+        path = directory / name
+        try:
+            if fanout not in self._fanout_made:
+                directory.mkdir(exist_ok=True)
+                self._fanout_made.add(fanout)
+            if path.exists():
+                if shared or path.read_bytes() == data:
+                    return
+                path.with_name(name + ".md5").unlink(missing_ok=True)  # create_work's cache
+            protocol.atomic_write(path, data)
+        except OSError as exc:
+            raise SubmissionError(
+                f"cannot stage {name} into {directory}: {exc}; the submitting user needs write "
+                "access to the project's download directory"
+            ) from exc
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
+        """Create the work units of ``jobs`` that do not exist yet, in bulk.
+
+        Raises:
+            SubmissionError: ``create_work`` failed (its message is included).
+            DatabaseError: the database failed.
+        """
+        assert self._batch is not None, "attach() first"
+        if not jobs:
+            return
+        self._submitted = True
+        with self._submit_lock() as lock_fd:
+            todo = list(jobs)
+            for attempt in range(_CREATE_WORK_ATTEMPTS):
+                with self._db_lock:
+                    existing = self._db.existing_workunits([j.job for j in todo])
+                todo = [j for j in todo if j.job not in existing]
+                if not todo:
+                    break
+                try:
+                    for start in range(0, len(todo), _CREATE_WORK_CHUNK):
+                        self._create_work(todo[start : start + _CREATE_WORK_CHUNK], params, lock_fd)
+                    break
+                except SubmissionError:
+                    # Another submitter may have created some of these names: a duplicate
+                    # fails the whole statement. Retry what is missing if anything changed.
+                    with self._db_lock:
+                        raced = self._db.existing_workunits([j.job for j in todo])
+                    if attempt + 1 == _CREATE_WORK_ATTEMPTS or not raced:
+                        raise
+                    logger.info("create_work met %d existing work units; retrying", len(raced))
+            with self._db_lock:
+                self._db.update_batch(self._batch_id, complete=False)
+
+    @contextlib.contextmanager
+    def _submit_lock(self) -> Iterator[int]:
+        """An exclusive lock that ``create_work`` inherits.
+
+        If the submitter is killed, an orphaned ``create_work`` keeps inserting
+        until it exits; the next submitter waits for it here before it asks
+        which work units exist, so it neither duplicates nor misses any.
+        """
+        assert self._batch is not None
+        path = self._batch.path / SUBMIT_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _create_work(self, jobs: Sequence[JournalEntry], params: JobParams, lock_fd: int) -> None:
+        argv = [
+            str(self.root / "bin" / "create_work"),
+            "--appname",
+            APP_NAME,
+            "--batch",
+            str(self._batch_id),
+            "--wu_template",
+            INPUT_TEMPLATE,
+            "--result_template",
+            OUTPUT_TEMPLATE,
+        ]
+        for option in _PARAM_OPTIONS:
+            argv += [f"--{option}", repr(getattr(params, option))]
+        argv.append("--stdin")
+        lines = "".join(f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs)
+        try:
+            done = subprocess.run(
+                argv,
+                cwd=self.root,
+                input=lines.encode(),
+                capture_output=True,
+                check=False,
+                pass_fds=(lock_fd,),
+            )
+        except OSError as exc:
+            raise SubmissionError(f"cannot run {argv[0]}: {exc}") from exc
+        if done.returncode == 0:
+            return
+        tail = done.stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
+        raise SubmissionError(
+            f"bin/create_work failed (exit code {done.returncode}) for {len(jobs)} jobs of "
+            f"batch {self._batch_id}: {tail}"
+        )
+
+    # ------------------------------------------------------------------ observing
+
+    def poll(self) -> None:
+        """Report started jobs and deliver error records for failed work units.
+
+        Rate-limited to one database round every :attr:`poll_interval`.
+        """
+        if self._events is None or not self._submitted or time.monotonic() < self._next_poll:
+            return
+        self._next_poll = time.monotonic() + self.poll_interval
+        with self._db_lock:
+            sent = self._db.sent_since(self._batch_id, self._sent_watermark)
+            failed = self._db.failed_workunits(
+                self._batch_id, skip=self._failed_seen | self._cancelled
+            )
+        for name, sent_time in sent:
+            self._sent_watermark = max(self._sent_watermark, sent_time - _STARTED_SLACK)
+            if name not in self._started:
+                self._started.add(name)
+                self._events.started(name)
+        for wu in failed:
+            self._failed_seen.add(wu.name)
+            self._deliver_failure(wu)
+        if failed:
+            self._events.wake()
+
+    def _deliver_failure(self, wu: FailedWorkunit) -> None:
+        """Put an error record for a failed work unit into ``new/`` unless one is there."""
+        assert self._batch is not None
+        if protocol.parse_job_name(wu.name) is None:
+            return
+        record_name = protocol.record_file_name(wu.name, "error")
+        if (self._batch.new_dir / record_name).exists() or (
+            self._batch.old_dir / record_name
+        ).exists():
+            return
+        where = (
+            f"; its last result {wu.result_name} ended with exit status {wu.exit_status}"
+            if wu.result_name
+            else "; no result of it ran"
+        )
+        info = protocol.failure_info(
+            "WorkunitError",
+            f"BOINC gave up on job {wu.name} (work unit {wu.wu_id}, error_mask {wu.error_mask}: "
+            f"{describe_error_mask(wu.error_mask)}){where}. Raise JobParams.max_error_results "
+            "and max_total_results to allow more retries",
+            error_mask=wu.error_mask,
+            exit_status=wu.exit_status,
+            stderr_tail=protocol.tail(wu.stderr_out, _STDERR_TAIL),
+        )
+        info["host"] = protocol.host_name()
+        record = protocol.encode_error_record(wu.name, info, source="boinc-backend")
+        protocol.deliver_record(self._batch.path, wu.name, "error", record)
+
+    def progress(self) -> Progress:
+        """Counts of the batch's work units: unsent, in progress, done, failed."""
+        with self._db_lock:
+            return Progress.from_counts(self._db.batch_counts(self._batch_id))
+
+    # ------------------------------------------------------------------ cancel / close
+
+    def cancel(self, jobs: Collection[str]) -> None:
+        """Cancel work units as ``bin/cancel_jobs`` does (running results run on)."""
+        names = sorted(jobs)
+        if not names:
+            return
+        self._cancelled.update(names)
+        with self._db_lock:
+            self._db.cancel_workunits(names)
+
+    def close(self, *, complete: bool) -> None:
+        """Refresh the ``batch`` row (COMPLETE when ``complete``) and disconnect."""
+        try:
+            if self._batch_id:
+                with self._db_lock:
+                    self._db.update_batch(self._batch_id, complete=complete)
+        finally:
+            with self._db_lock:
+                self._db.close()
+
+
+def _poll_interval(value: float | None) -> float:
+    source = "poll_interval"
+    if value is None:
+        raw = os.environ.get(ENV_POLL_INTERVAL)
+        if not raw:
+            return BoincBackend.poll_interval
+        source = ENV_POLL_INTERVAL
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_POLL_INTERVAL}={raw!r} is not a number of seconds") from None
+    if not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{source} must be a positive number of seconds, got {value!r}")
+    return float(value)
