@@ -51,12 +51,18 @@ class VolunteerHost:
     endless restarts of an app that exits 0 without ``boinc_finish_called``; after that
     the task fails with exit_status -226. A task may run for ``rsc_fpops_bound / flops``
     seconds, and never longer than ``max_task_seconds``, then fails with exit_status 197.
+    ``max_tasks_per_rpc`` models the client's work request: None takes up to the
+    scheduler's cap (max_wus_to_send * ncpus, as the verified client with a work buffer
+    did, facts §7); ``ncpus`` is a client with an empty work buffer, which asks only for
+    enough jobs to fill its idle CPUs.
     """
 
     def __init__(self, project: Project, *, client_dir: Path, host_id: int = 1,
                  soft_links: bool = False, ncpus: int = 2, flops: float = 1e9,
-                 max_restarts: int = 3, max_task_seconds: float = 60.0) -> None:
+                 max_restarts: int = 3, max_task_seconds: float = 60.0,
+                 max_tasks_per_rpc: int | None = None) -> None:
         self.project = project
+        self.max_tasks_per_rpc = max_tasks_per_rpc
         self.host_id = host_id
         self.ncpus = ncpus
         self.stopped: set[str] = set()
@@ -96,8 +102,10 @@ class VolunteerHost:
                 self.client.authenticator = srv.q(
                     "select authenticator from user where id=%s", ADMIN_USER_ID)[0]["authenticator"]
             events = transitioner_pass(srv)
-            tasks = scheduler_rpc(srv, self.host_id, ADMIN_USER_ID,
-                                  MAX_WUS_TO_SEND * self.ncpus, events)
+            limit = MAX_WUS_TO_SEND * self.ncpus
+            if self.max_tasks_per_rpc is not None:
+                limit = min(limit, self.max_tasks_per_rpc)
+            tasks = scheduler_rpc(srv, self.host_id, ADMIN_USER_ID, limit, events)
             if tasks:
                 events += handle_reports(srv, self.client.run(tasks))
             events += validator_pass(srv)
