@@ -368,3 +368,53 @@ def test_missing_slave_file_is_a_clear_error(project: Callable[..., Path]) -> No
     with pytest.raises(ConfigError, match=r"'nope.py' is not a file"):
         _master(1, "nope.py")
     assert not Path("pyboinc_checkpoint").exists()  # nothing was created
+
+
+# --------------------------------------------------------------------------- on a BOINC project
+
+
+@pytest.mark.boinc
+def test_example_on_a_boinc_project_interrupted_then_rerun(
+    tmp_path: Path, pyboinc_project: Any, pyboinc_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run with PYBOINC_DIR: the volunteer keeps working while no master runs."""
+    work, env = _example_copy(tmp_path)
+    for name in ("PYBOINC_TEST_LOG", "PYBOINC_TEST_HOLD"):
+        monkeypatch.setenv(name, env[name])  # the volunteer's client inherits them
+    env["PYBOINC_DIR"] = str(pyboinc_project.root)
+    env["BOINC_EXECUTOR_POLL_INTERVAL"] = "0.1"
+    (tmp_path / "hold").touch()
+    with pyboinc_host.running():
+        with (tmp_path / "run1.err").open("w") as err:
+            master = subprocess.Popen(
+                [sys.executable, "app_master.py"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+            try:
+                _wait_for(
+                    "held jobs and every call journaled",
+                    lambda: (
+                        (tmp_path / "executions.log").is_file()
+                        and sum(_executions(tmp_path).values()) >= 11
+                        and (work / "pyboinc_calls").is_file()
+                    ),
+                    timeout=90,
+                )
+                master.send_signal(signal.SIGINT)
+                assert master.wait(timeout=60) != 0
+            finally:
+                if master.poll() is None:
+                    master.kill()
+                    master.wait()
+        assert "the jobs keep running on the BOINC project" in (tmp_path / "run1.err").read_text()
+        (tmp_path / "hold").unlink()  # the held jobs finish while no master runs
+        _wait_for("records of the held jobs", lambda: _records(work) >= 12, timeout=90)
+        again = _run_master(work, env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == ANSWER
+    jobs = _journal_jobs(work)
+    assert len(jobs) == len(set(jobs)) == 100
+    assert _executions(tmp_path) == collections.Counter(range(100))
