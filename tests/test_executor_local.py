@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,11 @@ def test_resume_reruns_jobs_that_never_finished(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     ex.submit(jobs.wait_for_file, str(gate), "blocked")
     ex.submit(jobs.square, 4)
+    journal = tmp_path / "b" / "journal.jsonl"
+    deadline = time.monotonic() + 30
+    while not (journal.exists() and journal.read_text().count("\n") == 2):
+        assert time.monotonic() < deadline, "the jobs were never journaled"
+        time.sleep(0.01)
     # Abandon the executor as a killed master would: jobs journaled, nothing delivered.
     ex._backend.close(complete=False)
     ex._batch.close()
