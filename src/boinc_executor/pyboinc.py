@@ -421,8 +421,7 @@ def _slave_program(sources: tuple[tuple[str, bytes], ...]) -> Callable[[str, byt
 
         api = {"pyboinc_get_input": get_input, "pyboinc_return_output": return_output}
         package = vars(boinc_executor)
-        saved = {k: package[k] for k in api if k in package}
-        saved_path = list(sys.path)
+        saved, saved_path = {k: package[k] for k in api if k in package}, list(sys.path)
         area = os.path.join(tempfile.gettempdir(), "pyboinc-")
         for key in [k for k in linecache.cache if k.startswith(area)]:
             del linecache.cache[key]  # sources of slaves this process ran before
@@ -442,7 +441,11 @@ def _slave_program(sources: tuple[tuple[str, bytes], ...]) -> Callable[[str, byt
             try:
                 state["input"] = pickle.loads(payload)
                 main = os.path.join(tmp, sources[0][0])
-                runpy.run_path(main, init_globals=api, run_name="__main__")
+                try:
+                    runpy.run_path(main, init_globals=api, run_name="__main__")
+                except SystemExit as exc:  # a script may end with sys.exit()
+                    if exc.code not in (None, 0):
+                        raise
             finally:
                 sys.path[:] = saved_path
                 for key in (*api, "_pyboinc_slave"):
