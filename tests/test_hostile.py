@@ -12,12 +12,15 @@ import pytest
 from boinc_executor import BoincExecutor, ResultDecodeError, protocol
 from tests import jobs
 
-PWNED_MARKER = "/tmp/boinc-executor-pwned"
-
 
 class _Exploit:
+    """Unpickling this runs ``touch <marker>``: what a hostile volunteer would upload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {PWNED_MARKER}",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def _record(job: str, payload: bytes) -> bytes:
@@ -46,16 +49,16 @@ def blocked_executor(tmp_path: Path):
     ex.shutdown(wait=True)
 
 
-def test_malicious_pickle_is_refused_without_running(blocked_executor) -> None:
+def test_malicious_pickle_is_refused_without_running(blocked_executor, tmp_path: Path) -> None:
     ex, gate = blocked_executor
-    Path(PWNED_MARKER).unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)
-    payload = pickle.dumps([(True, _Exploit())])
+    payload = pickle.dumps([(True, _Exploit(marker))])
     protocol.deliver_record(ex.batch_dir, job, "evil", _record(job, payload))
     with pytest.raises(ResultDecodeError, match=r"posix\.system|not an allowed result type"):
         victim.result(timeout=30)
-    assert not Path(PWNED_MARKER).exists()
+    assert not marker.exists()
     assert (ex.batch_dir / "old" / protocol.record_file_name(job, "evil")).exists()
     gate.touch()
     assert ex.submit(jobs.square, 4).result(timeout=60) == 16  # the collector survived
