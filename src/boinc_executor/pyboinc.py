@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
+from .config import resolve_project_dir
 from .errors import BatchError, ConfigError, JobFailedError
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ def pyboinc_master(
     try:
         if marker is None:
             futures = [executor.submit(s.program, s.digest, p) for s, p in calls.calls]
+            calls.calls.clear()  # the executor holds the inputs until they are staged
             _write_marker(executor, futures, trusted)
         else:
             futures = executor.futures
@@ -305,13 +307,30 @@ def _restore(directory: Path) -> dict[str, Any] | None:
         marker: dict[str, Any] = json.loads((directory / CALLS_FILE).read_text())
         if checkpoint is None or marker["batch_id"] != checkpoint.batch_id:
             raise ValueError(f"it names batch {marker['batch_id']}")
-        marker["types"] = [_resolve_type(name) for name in marker["trusted_types"]]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, AttributeError, ImportError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BatchError(
-            f"{directory / CALLS_FILE} is unreadable or not of this batch ({exc!r}); remove it "
+            f"{directory / CALLS_FILE} is unreadable or not of this batch ({exc}); remove it "
             "to run make_calls() again (calls already journaled are not repeated)"
+        ) from exc
+    project = resolve_project_dir(None)
+    if checkpoint.backend != ("boinc" if project else "local") or (
+        project and checkpoint.project_dir and Path(checkpoint.project_dir) != project
+    ):
+        fix = (
+            f"PYBOINC_DIR={checkpoint.project_dir}" if checkpoint.project_dir else "no PYBOINC_DIR"
+        )
+        raise ConfigError(
+            f"{directory} holds a batch of the {checkpoint.backend} backend, but PYBOINC_DIR "
+            f"now selects {project or 'the embedded backend'}; run it again with {fix}"
+        )
+    try:
+        marker["types"] = [_resolve_type(name) for name in marker["trusted_types"]]
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"the outputs of this batch use classes the master cannot import now ({exc}); "
+            f"run the master in {directory}, next to the slave's modules"
         ) from exc
     return marker
 
