@@ -350,10 +350,10 @@ def _write_marker(executor: BoincExecutor, futures: list[Future[Any]], types: li
     """Write ``pyboinc_calls`` once the journal (protocol.md) holds every call."""
     delay, wanted = 0.01, set(range(len(futures)))
     while True:
-        try:
+        try:  # the last piece, empty or a torn line, is dropped
             lines = (executor.batch_dir / protocol.JOURNAL).read_bytes().split(b"\n")[:-1]
         except FileNotFoundError:
-            lines = []  # the last piece, empty or torn, is dropped above
+            lines = []
         if wanted <= {json.loads(line)["i"] for line in lines}:
             break
         if all(f.done() for f in futures):
