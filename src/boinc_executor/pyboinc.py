@@ -1,47 +1,41 @@
 """The original PyBOINC API (``pyboinc_call``, ``pyboinc_master``, ...) on top of ``BoincExecutor``.
 
-Decisions, each following the design's intent with the executor's guarantees:
+Decisions (docs/pyboinc-api.md has the full story):
 
-* **Batch directory = the current directory**, as in the design. ``BoincExecutor``
-  keeps ``pyboinc_checkpoint``, ``journal.jsonl``, ``new/`` and ``old/`` there; this
-  module adds ``pyboinc_calls``, written once every call of ``make_calls()`` is
-  journaled. It plays the role of the design's checkpoint "written after
-  make_calls()": with it, a re-run resumes the batch (``BoincExecutor.resume``) without
-  calling ``make_calls()``; without it (the first run was interrupted before its
-  jobs were all journaled), ``make_calls()`` runs again and the executor's journal
-  replay matches every call already created, so none is created twice.
-* **make_calls() first, then the batch**: ``pyboinc_call`` only queues its call; the
-  executor is created after ``make_calls()`` returns, when the slave programs (and so
-  the output classes to trust) are known. A ^C inside ``make_calls()`` leaves nothing.
-* **A slave is a file.** ``pyboinc_call`` ships its source plus exactly the sibling
-  modules (``name.py`` next to it) it imports, transitively. The job is an ordinary
-  executor job: a closure built here, which cloudpickle ships *by value* (a volunteer's
-  ``pyboinc.zip`` holds only the runner's modules), called with ``(sources digest,
-  pickled input)``. One closure per slave per run, so every call shares one
-  content-addressed program file; the digest argument makes the journal's input
-  digest change when the sources do. On the volunteer the closure writes the sources
-  to a temporary directory, puts it first on ``sys.path``, unpickles the input (so
-  ``app_types.Input`` resolves to the shipped module) and runs the slave as
-  ``__main__`` with ``pyboinc_get_input``/``pyboinc_return_output`` in its globals and
-  importable from ``boinc_executor``.
+* **The batch directory is the current directory**, as in the design: ``BoincExecutor``
+  keeps ``pyboinc_checkpoint``, ``journal.jsonl``, ``new/`` and ``old/`` there. This
+  module adds ``pyboinc_calls``, written once every call is journaled: it is the
+  design's checkpoint "written after make_calls()". With it a re-run resumes the batch
+  (``BoincExecutor.resume``) without calling ``make_calls()``; without it (a first run
+  stopped while submitting) ``make_calls()`` runs again and the journal replay matches
+  the calls already created, so none is created twice.
+* **make_calls() first, then the batch**: ``pyboinc_call`` only queues; the executor is
+  created when the slaves, and so the output classes to trust, are known. A ^C inside
+  ``make_calls()`` leaves nothing behind.
+* **A slave is a file**, shipped with exactly the sibling modules (``name.py``) it
+  imports, transitively. The job is an ordinary executor job: a closure that
+  cloudpickle ships *by value* (a volunteer's ``pyboinc.zip`` holds only the runner's
+  modules), one per slave so all its calls share one content-addressed program file,
+  called with (sources digest, pickled input). On the volunteer it writes the sources to
+  a temporary directory first on ``sys.path`` and runs the slave as ``__main__`` with
+  the two slave functions in its globals and on the ``boinc_executor`` package.
 * **Outputs** are pickled by reference (``app_types.Output``): the shipped modules stay
-  in ``sys.modules`` under their own names until the runner has encoded the result.
-  The master trusts exactly the classes those modules define, per executor (never
-  process-wide), after checking it imports each module from the shipped file. A
-  slave's output of any other class is refused by the safe decoder.
-* **Order**: ``handle_result`` gets outputs in completion order (on a re-run, the
-  results already in ``old/`` first), as the design reads ``new/``.
-* **Failures**: a call that raised, or whose output was refused, is logged and skipped;
-  after every other output was handled, ``JobFailedError`` names the failed calls.
-* **^C** (or an exception from ``handle_result``): locally, jobs not yet started are
-  cancelled and running ones finish, so the re-run neither loses nor repeats a job; on
-  a BOINC project the jobs keep running on volunteers and the re-run waits for them.
+  in ``sys.modules`` until the runner has encoded the result. The master trusts exactly
+  the classes those modules define, for this executor only, after checking it imports
+  them from the shipped files; anything else an output names is refused.
+* **Order**: completion order (a re-run hands what is in ``old/`` first), as the design
+  reads ``new/``. **Failures** are logged and skipped; after every other output was
+  handled, ``JobFailedError`` names them.
+* **^C** (or an exception from ``handle_result``): locally, jobs not started yet are
+  cancelled and running ones finish, so a re-run neither loses nor repeats a job; on a
+  BOINC project the jobs keep running and the re-run collects them.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -74,7 +68,7 @@ _PREFIX = "pyb"
 
 @dataclass
 class _Slave:
-    """A slave program as shipped: the job's callable, its sources' digest, its classes."""
+    """A slave as shipped: the jobs' callable, its sources' digest, the classes to trust."""
 
     program: Callable[[str, bytes], Any]
     digest: str
@@ -83,7 +77,7 @@ class _Slave:
 
 @dataclass
 class _Calls:
-    """What ``make_calls()`` queued: the slaves by path and one (slave, pickled input) each."""
+    """What ``make_calls()`` queued: slaves by path, and (slave, pickled input) per call."""
 
     slaves: dict[Path, _Slave] = field(default_factory=dict)
     calls: list[tuple[_Slave, bytes]] = field(default_factory=list)
@@ -338,9 +332,7 @@ def _restore(directory: Path) -> dict[str, Any] | None:
 def _resolve_type(name: str) -> type:
     """A ``module:QualName`` saved in ``pyboinc_calls``, imported again."""
     module, _, qualname = name.partition(":")
-    value: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        value = getattr(value, part)
+    value = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
     if not isinstance(value, type):
         raise ValueError(f"{name} is no longer a class")
     return value
