@@ -31,7 +31,7 @@ from boinc_executor.project import input_template, output_template, setup_projec
 from tests.boinc_harness.mariadb import DbServer, create_boinc_database, drop_database
 from tests.boinc_harness.project import Project, make_project
 from tests.boinc_harness.volunteer import VolunteerHost
-from tests.test_appversion import assimilated, delivered, submit
+from tests.test_appversion import LIVENESS, assimilated, delivered, submit
 
 pytestmark = pytest.mark.boinc
 
@@ -164,7 +164,7 @@ def test_newer_release_adds_an_app_version_and_hosts_get_it(
     # The scheduler sends only the newest version (facts §6).
     host = VolunteerHost(project, client_dir=tmp_path / "client")
     job = submit(project, tmp_path / "batch", abs, [((-1,), {})])
-    host.run_until(lambda: assimilated(project, job))
+    host.run_until(lambda: assimilated(project, job), timeout=LIVENESS)
     (result,) = project.results(job)
     assert result["app_version_num"] == 200 and result["outcome"] == 1
     assert setup_project(project.root, release="0.2.0").changes == []
@@ -203,7 +203,7 @@ def test_float_validator_replaces_the_validator_and_validates(
     # A job validated by bin/pyboinc_compare (the daemons/ module run by our launcher script).
     host = VolunteerHost(project, client_dir=tmp_path / "client")
     job = submit(project, tmp_path / "batch", float, [(("0.5",), {})])
-    host.run_until(lambda: assimilated(project, job))
+    host.run_until(lambda: assimilated(project, job), timeout=LIVENESS)
     (result,) = project.results(job)
     assert (result["outcome"], result["validate_state"]) == (1, 1)
     assert delivered(tmp_path / "batch", job, 1).outcomes == [(True, 0.5)]
