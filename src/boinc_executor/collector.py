@@ -6,15 +6,18 @@ Data flow::
     executor.resume ──register()──▶ jobs ──┤   collector thread, every wake-up:
                                            ▼
           flush: stage inputs ─▶ journal (batch.py) ─▶ backend.submit (in bulk)
-          scan:  BATCH_DIR/new/<job>.<tag>.result ─▶ decode (protocol + decoding)
-                 ─▶ resolve the job's futures ─▶ move to old/ (or quarantine/)
+          scan:  BATCH_DIR/new/<job>.<tag>.result ─▶ decoder thread: read (bounded),
+                 decode (protocol + decoding) ─▶ resolve the job's futures
+                 ─▶ move to old/ (or quarantine/)
           poll:  backend.poll() (outcomes that leave no file become error records)
 
 Everything that touches the batch directory or the backend after ``submit``
 returns happens on this thread; callers' threads only pickle their calls and
 append to the buffer, so an unpicklable call fails at once and a journaled
-digest always matches what was submitted. One lock guards the job table; no
-I/O happens while it is held.
+digest always matches what was submitted. Records are read and decoded on a
+separate decoder thread, so a large or pathological record (up to the size
+cap) never delays submission, cancellation or other jobs' scans. One lock
+guards the job table; no I/O happens while it is held.
 
 Replay: a re-opened batch directory's journal says which job indexes were
 handed over. A re-submitted call whose index and digest match its journal line
@@ -30,7 +33,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,8 @@ class Collector:
         self._staged_programs: set[str] = set()
         self.next_job = 0
         self.next_call = 0
+        self._decoding: set[Path] = set()  # records handed to the decoder, not yet done
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="boinc-executor-decoder")
         self._thread = threading.Thread(
             target=self._run, name=f"boinc-executor-collector-{self.batch_id}", daemon=True
         )
@@ -297,6 +302,7 @@ class Collector:
             self.backend.cancel(names)
 
     def _finish(self) -> None:
+        self._decoder.shutdown(wait=True)
         complete = self.complete
         try:
             self.backend.close(complete=complete)
@@ -327,11 +333,13 @@ class Collector:
                 continue
             job_name = parsed[0]
             with self.lock:
+                if batch.new_dir / name in self._decoding:
+                    continue  # the decoder has it; it moves the file when done
                 job = self._jobs.get(job_name)
                 if job is not None and job.state is JobState.PENDING:
                     continue  # only a replayed job can have a record before it is handed over
             if job is not None:
-                self._read_record(job, batch.new_dir / name, name)
+                self._decode(job, batch.new_dir / name, name)
                 continue
             self._unclaimed_record(job_name, name)
 
@@ -364,10 +372,36 @@ class Collector:
                 job_name, path = self._replay.popleft()
                 job = self._jobs.get(job_name)
             if job is not None:
-                self._read_record(job, path, None)
+                self._decode(job, path, None)
+
+    def _decode(self, job: Job, path: Path, new_name: str | None) -> None:
+        """Hand a record to the decoder thread, unless it is being decoded already."""
+        with self.lock:
+            if path in self._decoding:
+                return
+            self._decoding.add(path)
+        self._decoder.submit(self._read_record, job, path, new_name)
 
     def _read_record(self, job: Job, path: Path, new_name: str | None) -> None:
-        """Decode one record and resolve its job; ``new_name`` set when it sits in ``new/``."""
+        """Decoder thread: read one record, resolve its job, hand the file over."""
+        try:
+            self._read_record_once(job, path, new_name)
+        except Exception:  # never lose the decoder to one file
+            logger.exception("handling record %s failed", path)
+        finally:
+            with self.lock:
+                self._decoding.discard(path)
+            self.wake.set()
+
+    def _read_record_once(self, job: Job, path: Path, new_name: str | None) -> None:
+        """Decode one record and resolve its job; ``new_name`` set when it sits in ``new/``.
+
+        The record is moved to ``old/`` before the futures are resolved, so a
+        caller that sees a result also finds its record handled; a crash in
+        between is harmless, as records in ``old/`` are replayed on a re-run.
+        """
+        outcomes: list[tuple[bool, Any]] | None = None
+        error: BaseException | None = None
         try:
             data = protocol.read_bounded(path, self.max_result_bytes)
             record = protocol.decode_result(
@@ -380,15 +414,15 @@ class Collector:
                 f"the result record {path.name} for job {job.name} was refused: {exc}. "
                 f"It is kept in {self.batch.old_dir}; no code from it was run"
             )
-            self._resolve(job, error=error)
         else:
             if record.ok:
-                self._resolve(job, outcomes=record.outcomes)
+                outcomes = record.outcomes
             else:
                 assert record.error is not None
-                self._resolve(job, error=rebuild_exception(record.error))
+                error = rebuild_exception(record.error)
         if new_name is not None:
             self.batch.mark_handled(new_name)
+        self._resolve(job, outcomes=outcomes, error=error)
 
     def _resolve(
         self,
