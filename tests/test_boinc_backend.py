@@ -8,6 +8,7 @@ client; the volunteer runs our app version (launcher -> pyboinc.zip -> runner).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -140,25 +141,25 @@ def test_submitting_user(pyboinc_project: Project, monkeypatch: pytest.MonkeyPat
 
 def test_staging_uses_boincs_fanout_and_immutable_names(pyboinc_project: Project) -> None:
     backend = BoincBackend(pyboinc_project.root)
+
+    def staged(name: str, data: bytes, *, shared: bool) -> Path:
+        backend.stage(name, data, shared=shared)
+        backend.submit([], JobParams())  # waits for the staging threads
+        return pyboinc_project.download_dir / fanout_dir(name, 1024) / name
+
     try:
-        download = pyboinc_project.download_dir
         program = "pyb_fn_0123456789abcdef0123456789abcdef.pkl"
-        backend.stage(program, b"program", shared=True)
-        path = download / fanout_dir(program, 1024) / program
+        path = staged(program, b"program", shared=True)
         assert path.read_bytes() == b"program"
-        backend.stage(program, b"other", shared=True)  # content-addressed: never rewritten
-        assert path.read_bytes() == b"program"
+        assert path.parent == read_config(pyboinc_project.root).download_path(program).parent
+        assert staged(program, b"other", shared=True).read_bytes() == b"program"  # immutable
         data = "pyb_7_3.pkl"
-        data_path = download / fanout_dir(data, 1024) / data
-        backend.stage(data, b"first", shared=False)
-        data_path.with_name(data + ".md5").write_text("stale 5\n")
-        backend.stage(data, b"second", shared=False)  # a run killed before journaling it
-        assert data_path.read_bytes() == b"second"
-        assert not data_path.with_name(data + ".md5").exists()
-        assert (
-            fanout_dir(data, 1024)
-            == read_config(pyboinc_project.root).download_path(data).parent.name
-        )
+        path = staged(data, b"first", shared=False)
+        # A data file re-staged with other bytes (a run killed before journaling it) is
+        # replaced, and so is create_work's md5 cache beside it.
+        assert staged(data, b"second", shared=False).read_bytes() == b"second"
+        md5 = hashlib.md5(b"second").hexdigest()
+        assert path.with_name(data + ".md5").read_text() == f"{md5} {6.0:.15e}\n"
     finally:
         backend.close(complete=False)
 
