@@ -14,15 +14,27 @@ from pathlib import Path
 
 import pytest
 
-# The BOINC harness fixtures need mysqlclient; the `nomysql` tox env runs without it.
-if (
-    importlib.util.find_spec("MySQLdb") is not None
-    and (Path(__file__).parent / "boinc_harness" / "fixtures.py").exists()
-):
-    from tests.boinc_harness.fixtures import *  # noqa: F403
+HAVE_MYSQLDB = importlib.util.find_spec("MySQLdb") is not None
+_BOINC_MODULE = "pytestmark = pytest.mark.boinc"
 
-    if (Path(__file__).parent / "pyboinc_fixtures.py").exists():
-        from tests.pyboinc_fixtures import *  # noqa: F403
+if HAVE_MYSQLDB:
+    from tests.boinc_harness.fixtures import *  # noqa: F403
+    from tests.pyboinc_fixtures import *  # noqa: F403
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """Without mysqlclient (the ``nomysql`` tox env), leave out what needs the BOINC database.
+
+    Those are the harness and the modules marked ``boinc`` as a whole; they cannot
+    even be imported there, and the ``tests`` env runs every one of them.
+    """
+    if HAVE_MYSQLDB:
+        return None
+    if "boinc_harness" in collection_path.parts:
+        return True
+    if collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return _BOINC_MODULE in collection_path.read_text(encoding="utf-8")
+    return None
 
 
 @pytest.fixture(autouse=True)
