@@ -183,3 +183,17 @@ def test_exception_rebuilding() -> None:
         {"type": "UnicodeDecodeError", "module": "builtins", "args": ["?"], "message": "m"}
     )
     assert isinstance(odd, (UnicodeDecodeError, RemoteError))
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    """Records written by the BOINC daemon user must stay readable by the submitting user."""
+    old = os.umask(0o022)
+    try:
+        protocol.atomic_write(tmp_path / "plain", b"x")
+        protocol.atomic_write(tmp_path / "explicit", b"y", mode=0o640)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "explicit").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "explicit").read_bytes() == b"y"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

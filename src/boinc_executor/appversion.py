@@ -9,7 +9,7 @@ into that directory, for every platform we serve:
   file (Windows) that finds a Python interpreter and runs ``<python> pyboinc.zip``
   with cwd = the slot directory, so the runner's exit code is the task's exit code;
 * ``pyboinc.zip`` (logical name, ``<copy_file/>``): the runner, the modules it
-  imports (protocol, decoding, errors), the ``cloudpickle`` package and a
+  imports (protocol, fileio, decoding, errors), the ``cloudpickle`` package and a
   ``__main__.py``. Nothing server-side: a volunteer needs no ``MySQLdb``;
 * optionally a relocatable interpreter the operator supplies for a platform, as an
   archive the launcher unpacks into the slot (the design's "what if the Windows box
@@ -64,7 +64,7 @@ ALL_PLATFORMS = (*POSIX_PLATFORMS, WINDOWS_PLATFORM)
 ZIP_LOGICAL_NAME = "pyboinc.zip"
 # The runner and exactly the package modules it imports; build_runner_zip checks the
 # closure so a new import in one of them fails here, on the server, not on volunteers.
-RUNNER_MODULES = ("runner", "protocol", "decoding", "errors")
+RUNNER_MODULES = ("runner", "protocol", "fileio", "decoding", "errors")
 
 EXIT_NO_PYTHON = 127  # the shell's "command not found"
 EXIT_BROKEN = 126  # the app version itself is unusable on this host

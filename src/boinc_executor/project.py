@@ -22,12 +22,10 @@ operator still has to do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from .appversion import (
 from .config import ProjectConfig
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
 from .errors import ConfigError
+from .fileio import atomic_write
 from .protocol import DEFAULT_MAX_RESULT_BYTES, OPEN_DATA, OPEN_PROGRAM, OPEN_RESULT
 
 if TYPE_CHECKING:
@@ -176,29 +175,15 @@ def _require_writable(config: ProjectConfig) -> None:
 def _write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Atomic replace that keeps the file's mode and group, or gives it ``mode``.
 
-    protocol.atomic_write's temp file is 0600, which would lock the web server (a
-    different user in the project's group) out of config.xml and the templates.
+    The web server (a different user in the project's group) must keep reading
+    config.xml and the templates, so an edit keeps what the operator set.
     """
     try:
         st = path.stat()
         keep_mode, gid = st.st_mode & 0o7777, st.st_gid
     except FileNotFoundError:
-        keep_mode, gid = 0o644, -1
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), keep_mode if mode is None else mode)
-            if gid >= 0:
-                # Not a member of the group: keep ours, as cp would.
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), -1, gid)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        keep_mode, gid = 0o644, None
+    atomic_write(path, data, mode=keep_mode if mode is None else mode, gid=gid, durable=True)
 
 
 def _ensure_file(

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import platform
 import re
 import socket
-import stat
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from typing import Any
 
 from .decoding import TypePolicy, safe_loads
 from .errors import ProtocolError, ResultDecodeError
+from .fileio import atomic_write, read_bounded
 
 __all__ = [
     "CHECKPOINT",
@@ -161,64 +159,6 @@ def python_tag() -> str:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the whole file or none of it.
-
-    The temp file lives in the target directory (same file system) and is
-    ``os.replace``d over the target; its name starts with ``.`` so directory
-    scanners skip it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """Read a regular file of at most ``limit`` bytes, never following a symlink.
-
-    The size is checked on the open descriptor before anything is read, and the
-    read itself is capped, so a file that grows after the check cannot blow past
-    the limit. FIFOs and devices are refused without blocking.
-
-    Raises:
-        ProtocolError: not a regular file, or larger than ``limit``.
-        OSError: the file vanished or cannot be opened.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    flags |= getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno is not None and os.path.islink(path):
-            raise ProtocolError(f"{path.name} is a symbolic link; refused") from exc
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ProtocolError(f"{path.name} is not a regular file; refused")
-        if st.st_size > limit:
-            raise ProtocolError(f"{path.name} is {st.st_size} bytes, over the {limit}-byte limit")
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ProtocolError(f"{path.name} grew past the {limit}-byte limit while being read")
-    return data
 
 
 def deliver_record(batch_dir: Path, job: str, tag: str, data: bytes) -> Path:

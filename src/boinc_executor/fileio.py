@@ -1,0 +1,119 @@
+"""Crash-safe and hostile-safe file primitives shared by every process of the protocol.
+
+Writers replace files atomically (temp file in the same directory, then
+``os.replace``), so a reader never sees half a file; readers of files another
+party wrote read them bounded and without following links, so a volunteer's
+upload cannot make a reader block, exhaust memory or read outside its tree.
+Standard library only: the volunteer runner ships this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from .errors import ProtocolError
+
+__all__ = ["atomic_write", "read_bounded"]
+
+
+def atomic_write(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int | None = None,
+    gid: int | None = None,
+    durable: bool = False,
+) -> None:
+    """Write ``data`` to ``path`` so that readers see the whole file or none of it.
+
+    The temp file lives in the target directory (same file system) and is
+    ``os.replace``d over the target; its name starts with ``.`` so directory
+    scanners skip it. The file gets ``mode``, by default what a plain ``open``
+    would give (0o666 less the umask), not ``mkstemp``'s 0o600: the assimilator
+    writes records as the BOINC daemon user that the submitting user must read.
+
+    Args:
+        path: the file to create or replace.
+        data: its new content.
+        mode: permission bits (default: 0o666 less the umask).
+        gid: group to give the file, where the caller may (else it is left as is).
+        durable: fsync before the replace (configuration files an operator relies on).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), 0o666 & ~_umask() if mode is None else mode)
+            if gid is not None:
+                with contextlib.suppress(PermissionError):  # not in that group: keep ours
+                    os.fchown(fh.fileno(), -1, gid)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc).
+
+    Not cached: a program may change its umask between two writes.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(mask)
+    return mask
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes, never following a symlink.
+
+    The size is checked on the open descriptor before anything is read, and the
+    read itself is capped, so a file that grows after the check cannot blow past
+    the limit. FIFOs and devices are refused without blocking.
+
+    Raises:
+        ProtocolError: not a regular file, or larger than ``limit``.
+        OSError: the file vanished or cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno is not None and os.path.islink(path):
+            raise ProtocolError(f"{path.name} is a symbolic link; refused") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtocolError(f"{path.name} is not a regular file; refused")
+        if st.st_size > limit:
+            raise ProtocolError(f"{path.name} is {st.st_size} bytes, over the {limit}-byte limit")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ProtocolError(f"{path.name} grew past the {limit}-byte limit while being read")
+    return data
