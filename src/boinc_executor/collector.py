@@ -359,7 +359,10 @@ class Collector:
                 self.batch.mark_handled(name)  # a duplicate delivery
             return  # the re-run has not re-submitted this job yet; it will claim the record
         if seen:
-            self.batch.mark_handled(name)  # a late duplicate, or a cancelled job's record
+            # A late duplicate or a cancelled job's record; or the decoder handled it
+            # while this scan's directory listing was being walked.
+            with contextlib.suppress(FileNotFoundError):
+                self.batch.mark_handled(name)
         else:
             self._quarantine(name, f"record of job {job_name}, which this batch never created")
 

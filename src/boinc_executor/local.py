@@ -299,9 +299,15 @@ def _lay_out_slot(
     slot: Path, download: Path, *, job: str, program: str, data: str, attempt: int
 ) -> None:
     """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
-    if slot.exists():
-        shutil.rmtree(slot)
-    slot.mkdir(parents=True)
+    # Empty the slot rather than re-create it: on common file systems rmdir+mkdir
+    # costs more than the whole job (about 1 ms against 0.1 ms for the unlinks).
+    slot.mkdir(parents=True, exist_ok=True)
+    with os.scandir(slot) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
     for physical, open_name in ((program, protocol.OPEN_PROGRAM), (data, protocol.OPEN_DATA)):
         # A hard link is a real copy for every purpose the runner has, without the bytes.
         try:
