@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from boinc_executor import BoincExecutor, JobParams
+from boinc_executor import BoincExecutor, JobParams, protocol
+from boinc_executor.backend import BackendEvents
+from boinc_executor.batch import BatchDir, Checkpoint, JournalEntry
 from boinc_executor.boinc import BoincBackend, Progress
 from boinc_executor.errors import ConfigError, DatabaseError, WorkunitError
 from tests import jobs
@@ -160,6 +162,36 @@ def test_staging_uses_boincs_fanout_and_immutable_names(pyboinc_project: Project
         assert staged(data, b"second", shared=False).read_bytes() == b"second"
         md5 = hashlib.md5(b"second").hexdigest()
         assert path.with_name(data + ".md5").read_text() == f"{md5} {6.0:.15e}\n"
+    finally:
+        backend.close(complete=False)
+
+
+def test_journaled_job_without_its_input_fails_alone(
+    pyboinc_project: Project, tmp_path: Path
+) -> None:
+    backend = BoincBackend(pyboinc_project.root)
+    try:
+        batch_id, path = backend.create_batch("lost", tmp_path / "batch")
+        batch = BatchDir(path)
+        backend.attach(batch, Checkpoint(batch_id, "boinc"), BackendEvents(print, print))
+        program = protocol.encode_program(jobs.square)
+        program_name = protocol.program_file_name("pyb", program)
+        backend.stage(program_name, program, shared=True)
+        entries = []
+        for i in range(3):
+            job = protocol.job_name("pyb", batch_id, i)
+            data_name = protocol.data_file_name(job)
+            if i != 1:  # job 1 was journaled, then its master died before the write
+                backend.stage(data_name, protocol.encode_data(job, [((i,), {})]), shared=False)
+            entries.append(JournalEntry(job, i, i, 1, "digest", program_name, data_name))
+        backend.submit(entries, JobParams())
+        names = {w["name"] for w in pyboinc_project.query("select name from workunit")}
+        assert names == {f"pyb_{batch_id}_0", f"pyb_{batch_id}_2"}
+        record = batch.new_dir / f"pyb_{batch_id}_1.lost.result"
+        header, _ = protocol.decode_frame(record.read_bytes(), "result")
+        assert header["error"]["type"] == "JobLostError"
+        assert "never staged" in header["error"]["message"]
+        batch.close()
     finally:
         backend.close(complete=False)
 

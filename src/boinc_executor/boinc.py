@@ -11,6 +11,9 @@ Data flow (docs/protocol.md, "On a BOINC project")::
     poll():  result.sent_time watermark ─▶ events.started(job)
              workunit.error_mask != 0   ─▶ error record (tag "error") into BATCH_DIR/new/
 
+Files and ``create_work`` are handled by ``workunits.py``; this module owns the
+database side (batches, replay, progress, failures, cancellation).
+
 Choices the module makes, and why:
 
 * **Chunking.** ``map`` packs :attr:`BoincBackend.default_chunksize` (10) calls
@@ -26,7 +29,10 @@ Choices the module makes, and why:
   (§3), so before every ``create_work`` the backend asks the database which of
   its deterministic work-unit names exist and submits only the others. A lock
   file inherited by ``create_work`` keeps a re-run from racing an orphaned
-  ``create_work`` whose submitter was killed.
+  ``create_work`` whose submitter was killed. Inputs are written by a pool of
+  threads (file creation is latency-bound) and ``submit`` waits for them; a job
+  journaled by a master killed before its input was written fails alone with
+  ``JobLostError`` instead of failing its whole ``create_work`` run.
 * **Job parameters** go on the command line (``--rsc_fpops_est`` ...); the
   input template carries none, because template values would override them
   (§3, §8.5). A template that does carry some is reported at start-up.
@@ -47,15 +53,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,40 +68,27 @@ from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams, ProjectConfig
 from .db import BATCH_TABLE, BatchCounts, Database, FailedWorkunit
 from .errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
+from .workunits import (
+    APP_NAME,
+    INPUT_TEMPLATE,
+    OUTPUT_TEMPLATE,
+    PARAM_TAGS,
+    Stager,
+    create_work,
+)
 
 __all__ = ["APP_NAME", "BoincBackend", "Progress"]
 
 logger = logging.getLogger("boinc_executor")
 
-APP_NAME = "pyboinc"
-INPUT_TEMPLATE = f"templates/{APP_NAME}_in"
-OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
 BATCHES_DIR = "pyboinc_batches"
 ENV_USER_ID = "BOINC_EXECUTOR_USER_ID"
 ENV_POLL_INTERVAL = "BOINC_EXECUTOR_POLL_INTERVAL"
 SUBMIT_LOCK = ".submit.lock"
 
-_CREATE_WORK_CHUNK = 5000  # jobs per create_work process at most
-_CREATE_WORK_MIN_CHUNK = 500  # below this, one more process costs more than it saves
-_STAGE_THREADS = 16  # file creation is latency-bound: parallel writes hide the disk's latency
-_STAGE_WINDOW = 1024  # staged files in flight before stage() waits for the older half
 _CREATE_WORK_ATTEMPTS = 3  # a lost race with another submitter is retried with what is missing
 _STARTED_SLACK = 5  # seconds: results sent in the second of the last poll may commit late
 _STDERR_TAIL = 2000
-# <workunit> children that would override the command line's job parameters (§3).
-_PARAM_TAGS = (
-    "rsc_fpops_est",
-    "rsc_fpops_bound",
-    "rsc_memory_bound",
-    "rsc_disk_bound",
-    "delay_bound",
-    "min_quorum",
-    "target_nresults",
-    "max_error_results",
-    "max_total_results",
-    "max_success_results",
-)
-_PARAM_OPTIONS = (*_PARAM_TAGS, "priority")
 
 
 @dataclass(frozen=True)
@@ -124,83 +114,6 @@ class Progress:
     def from_counts(cls, counts: BatchCounts) -> Progress:
         """Build from the database's counts."""
         return cls(counts.total, counts.unsent, counts.in_progress, counts.done, counts.failed)
-
-
-class _Stager:
-    """Writes input files into the download hierarchy on a pool of threads.
-
-    Creating a file (and, the first time, its fan-out directory) is bound by the
-    disk's latency, not by bandwidth, so writes run in parallel while the
-    executor keeps staging; :meth:`wait` is the barrier ``submit`` crosses before
-    ``create_work`` reads the files. A failed write is reported by the next
-    :meth:`stage` or :meth:`wait`, whichever comes first.
-
-    With ``<cache_md5_info>`` on (make_project's default), create_work keeps
-    ``<file>.md5`` ("<md5> <nbytes>") beside each input and trusts it while it is
-    not older than the file (boinc-facts §3). Writing it here, in parallel, spares
-    create_work a serial read, hash and file creation per job.
-    """
-
-    def __init__(self, config: ProjectConfig) -> None:
-        self._config = config
-        self._md5_cache = _cache_md5_info(config.root)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
-        self._error: SubmissionError | None = None
-        self._fanout_made: set[str] = set()
-
-    def stage(self, name: str, data: bytes, *, shared: bool) -> None:
-        self._raise_error()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_STAGE_THREADS, thread_name_prefix="boinc-stage")
-        self._pending.append(self._pool.submit(self._write, name, data, shared))
-        if len(self._pending) >= _STAGE_WINDOW:  # bound the bytes held in the queue
-            half = _STAGE_WINDOW // 2
-            for future in self._pending[:half]:
-                future.result()
-            del self._pending[:half]
-
-    def wait(self) -> None:
-        """Return once every file staged so far is written.
-
-        Raises:
-            SubmissionError: a write failed.
-        """
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-        self._raise_error()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-    def _raise_error(self) -> None:
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _write(self, name: str, data: bytes, shared: bool) -> None:
-        fanout = self._config.fanout_dir(name)
-        directory = self._config.download_dir / fanout
-        path = directory / name
-        try:
-            if fanout not in self._fanout_made:
-                directory.mkdir(exist_ok=True)
-                self._fanout_made.add(fanout)
-            if path.exists():
-                if shared or path.read_bytes() == data:
-                    return
-                path.with_name(name + ".md5").unlink(missing_ok=True)  # create_work's cache
-            protocol.atomic_write(path, data)
-            if self._md5_cache:
-                digest = hashlib.md5(data).hexdigest()  # noqa: S324 - BOINC's file checksum
-                path.with_name(name + ".md5").write_text(f"{digest} {float(len(data)):.15e}\n")
-        except OSError as exc:
-            self._error = SubmissionError(
-                f"cannot stage {name} into {directory}: {exc}; the submitting user needs write "
-                "access to the project's download directory, and the disk needs room"
-            )
 
 
 class BoincBackend(Backend):
@@ -244,7 +157,7 @@ class BoincBackend(Backend):
         self._batch: BatchDir | None = None
         self._batch_id = 0
         self._events: BackendEvents | None = None
-        self._stager = _Stager(self.config)
+        self._stager = Stager(self.config)
         self._started: set[str] = set()
         self._failed_seen: set[str] = set()
         self._cancelled: set[str] = set()
@@ -279,7 +192,7 @@ class BoincBackend(Backend):
             workunit = ET.parse(path).getroot().find("workunit")  # noqa: S314 - operator's file
         except (OSError, ET.ParseError) as exc:
             raise ConfigError(f"cannot read the input template {path}: {exc}") from exc
-        fixed = [t for t in _PARAM_TAGS if workunit is not None and workunit.find(t) is not None]
+        fixed = [t for t in PARAM_TAGS if workunit is not None and workunit.find(t) is not None]
         if fixed:
             logger.warning(
                 "%s sets %s; BOINC lets template values override create_work's options, so "
@@ -403,10 +316,12 @@ class BoincBackend(Backend):
                 with self._db_lock:
                     existing = self._db.existing_workunits([j.job for j in todo])
                 todo = [j for j in todo if j.job not in existing]
+                if attempt == 0:
+                    todo = self._drop_unstaged(todo)
                 if not todo:
                     break
                 try:
-                    self._create_work_parallel(todo, params, lock_fd)
+                    create_work(self.root, self._batch_id, todo, params, lock_fd)
                     break
                 except SubmissionError:
                     # Another submitter may have created some of these names: a duplicate
@@ -418,6 +333,41 @@ class BoincBackend(Backend):
                     logger.info("create_work met %d existing work units; retrying", len(raced))
             with self._db_lock:
                 self._db.update_batch(self._batch_id, complete=False)
+
+    def _drop_unstaged(self, jobs: list[JournalEntry]) -> list[JournalEntry]:
+        """Fail the jobs whose input files are missing; return the others.
+
+        Staging runs in the background, so a master killed just after it
+        journaled a job can leave the job without its data file, and the
+        re-run, which does not stage journaled jobs again, would hand
+        create_work a missing file, failing every job of that create_work run.
+        Such a job gets a ``JobLostError`` record instead.
+        """
+        assert self._batch is not None
+        present: dict[str, bool] = {}
+
+        def staged(name: str) -> bool:
+            if name not in present:
+                present[name] = self._stager.path(name).is_file()
+            return present[name]
+
+        kept = []
+        for job in jobs:
+            if staged(job.program) and staged(job.data):
+                kept.append(job)
+                continue
+            info = protocol.failure_info(
+                "JobLostError",
+                f"the input of job {job.job} was never staged: the process that submitted it "
+                "was stopped before the file was written. Submit the call again, in a new "
+                "batch_dir",
+            )
+            info["host"] = protocol.host_name()
+            record = protocol.encode_error_record(job.job, info, source="boinc-backend")
+            protocol.deliver_record(self._batch.path, job.job, "lost", record)
+        if len(kept) < len(jobs):
+            logger.error("%d journaled jobs have no input file; they fail", len(jobs) - len(kept))
+        return kept
 
     @contextlib.contextmanager
     def _submit_lock(self) -> Iterator[int]:
@@ -435,62 +385,6 @@ class BoincBackend(Backend):
             yield fd
         finally:
             os.close(fd)
-
-    def _create_work_parallel(
-        self, jobs: Sequence[JournalEntry], params: JobParams, lock_fd: int
-    ) -> None:
-        """One ``create_work --stdin`` per chunk, as many at a time as there are CPUs.
-
-        Work units are independent rows, so chunks may be inserted concurrently;
-        create_work spends most of its time on per-job template processing.
-        """
-        cpus = os.cpu_count() or 1
-        size = min(_CREATE_WORK_CHUNK, max(_CREATE_WORK_MIN_CHUNK, -(-len(jobs) // cpus)))
-        chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
-        if len(chunks) == 1:
-            self._create_work(chunks[0], params, lock_fd)
-            return
-        with ThreadPoolExecutor(min(cpus, len(chunks)), thread_name_prefix="boinc-cw") as pool:
-            futures = [pool.submit(self._create_work, c, params, lock_fd) for c in chunks]
-        errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
-
-    def _create_work(self, jobs: Sequence[JournalEntry], params: JobParams, lock_fd: int) -> None:
-        argv = [
-            str(self.root / "bin" / "create_work"),
-            "--appname",
-            APP_NAME,
-            "--batch",
-            str(self._batch_id),
-            "--wu_template",
-            INPUT_TEMPLATE,
-            "--result_template",
-            OUTPUT_TEMPLATE,
-        ]
-        for option in _PARAM_OPTIONS:
-            argv += [f"--{option}", repr(getattr(params, option))]
-        argv.append("--stdin")
-        lines = "".join(f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs)
-        try:
-            done = subprocess.run(
-                argv,
-                cwd=self.root,
-                input=lines.encode(),
-                capture_output=True,
-                check=False,
-                pass_fds=(lock_fd,),
-            )
-        except OSError as exc:
-            raise SubmissionError(f"cannot run {argv[0]}: {exc}") from exc
-        if done.returncode == 0:
-            return
-        tail = done.stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
-        raise SubmissionError(
-            f"bin/create_work failed (exit code {done.returncode}) for {len(jobs)} jobs of "
-            f"batch {self._batch_id}: {tail}"
-        )
 
     # ------------------------------------------------------------------ observing
 
@@ -572,15 +466,6 @@ class BoincBackend(Backend):
             self._stager.close()
             with self._db_lock:
                 self._db.close()
-
-
-def _cache_md5_info(root: Path) -> bool:
-    """Whether config.xml turns on create_work's ``.md5`` cache (``<cache_md5_info>``)."""
-    try:
-        node = ET.parse(root / "config.xml").getroot().find("config/cache_md5_info")  # noqa: S314
-    except (OSError, ET.ParseError):
-        return False
-    return node is not None and (node.text or "").strip() not in ("", "0")
 
 
 def _poll_interval(value: float | None) -> float:

@@ -1,0 +1,220 @@
+"""Putting jobs into a BOINC project's files: staging inputs and running ``create_work``.
+
+The database side of the BOINC backend lives in ``boinc.py`` and ``db.py``; this
+module only writes files into the download hierarchy (fan-out directories,
+boinc-facts §3) and runs ``bin/create_work --stdin`` from the project root, so it
+works without ``MySQLdb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from . import protocol
+from .batch import JournalEntry
+from .config import JobParams, ProjectConfig
+from .errors import SubmissionError
+
+__all__ = [
+    "APP_NAME",
+    "INPUT_TEMPLATE",
+    "OUTPUT_TEMPLATE",
+    "PARAM_TAGS",
+    "Stager",
+    "cache_md5_info",
+    "create_work",
+]
+
+APP_NAME = "pyboinc"
+INPUT_TEMPLATE = f"templates/{APP_NAME}_in"
+OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
+
+_CREATE_WORK_CHUNK = 5000  # jobs per create_work process at most
+_CREATE_WORK_MIN_CHUNK = 500  # below this, one more process costs more than it saves
+_STAGE_THREADS = 16  # file creation is latency-bound: parallel writes hide the disk's latency
+_STAGE_WINDOW = 1024  # staged files in flight before stage() waits for the older half
+_STDERR_TAIL = 2000
+# JobParams fields that are create_work options; the first ten are also <workunit>
+# children of an input template, whose values would override the options (§3).
+PARAM_TAGS = (
+    "rsc_fpops_est",
+    "rsc_fpops_bound",
+    "rsc_memory_bound",
+    "rsc_disk_bound",
+    "delay_bound",
+    "min_quorum",
+    "target_nresults",
+    "max_error_results",
+    "max_total_results",
+    "max_success_results",
+)
+_PARAM_OPTIONS = (*PARAM_TAGS, "priority")
+
+
+class Stager:
+    """Writes input files into the download hierarchy on a pool of threads.
+
+    Creating a file (and, the first time, its fan-out directory) is bound by the
+    disk's latency, not by bandwidth, so writes run in parallel while the
+    executor keeps staging; :meth:`wait` is the barrier ``submit`` crosses before
+    ``create_work`` reads the files. A failed write is reported by the next
+    :meth:`stage` or :meth:`wait`, whichever comes first.
+
+    With ``<cache_md5_info>`` on (make_project's default), create_work keeps
+    ``<file>.md5`` ("<md5> <nbytes>") beside each input and trusts it while it is
+    not older than the file (boinc-facts §3). Writing it here, in parallel, spares
+    create_work a serial read, hash and file creation per job.
+    """
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self._config = config
+        self._md5_cache = cache_md5_info(config.root)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        self._error: SubmissionError | None = None
+        self._fanout_made: set[str] = set()
+
+    def path(self, name: str) -> Path:
+        """Where file ``name`` lives in the download hierarchy."""
+        return self._config.download_dir / self._config.fanout_dir(name) / name
+
+    def stage(self, name: str, data: bytes, *, shared: bool) -> None:
+        """Queue ``data`` to be written as ``name`` (see :meth:`BoincBackend.stage`).
+
+        Raises:
+            SubmissionError: an earlier write failed.
+        """
+        self._raise_error()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_STAGE_THREADS, thread_name_prefix="boinc-stage")
+        self._pending.append(self._pool.submit(self._write, name, data, shared))
+        if len(self._pending) >= _STAGE_WINDOW:  # bound the bytes held in the queue
+            half = _STAGE_WINDOW // 2
+            for future in self._pending[:half]:
+                future.result()
+            del self._pending[:half]
+
+    def wait(self) -> None:
+        """Return once every file staged so far is written.
+
+        Raises:
+            SubmissionError: a write failed.
+        """
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Finish the queued writes and stop the threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write(self, name: str, data: bytes, shared: bool) -> None:
+        fanout = self._config.fanout_dir(name)
+        directory = self._config.download_dir / fanout
+        path = directory / name
+        try:
+            if fanout not in self._fanout_made:
+                directory.mkdir(exist_ok=True)
+                self._fanout_made.add(fanout)
+            if path.exists():
+                if shared or path.read_bytes() == data:
+                    return
+                path.with_name(name + ".md5").unlink(missing_ok=True)  # create_work's cache
+            protocol.atomic_write(path, data)
+            if self._md5_cache:
+                digest = hashlib.md5(data).hexdigest()  # noqa: S324 - BOINC's file checksum
+                path.with_name(name + ".md5").write_text(f"{digest} {float(len(data)):.15e}\n")
+        except OSError as exc:
+            self._error = SubmissionError(
+                f"cannot stage {name} into {directory}: {exc}; the submitting user needs write "
+                "access to the project's download directory, and the disk needs room"
+            )
+
+
+def create_work(
+    root: Path, batch_id: int, jobs: Sequence[JournalEntry], params: JobParams, lock_fd: int
+) -> None:
+    """Create work units with one ``create_work --stdin`` per chunk, a CPU's worth at a time.
+
+    Work units are independent rows, so chunks may be inserted concurrently;
+    create_work spends most of its time on per-job template processing. The
+    child processes inherit ``lock_fd`` (see ``BoincBackend._submit_lock``).
+
+    Raises:
+        SubmissionError: a create_work run failed (the first failure is raised
+            after every run has ended).
+    """
+    cpus = os.cpu_count() or 1
+    size = min(_CREATE_WORK_CHUNK, max(_CREATE_WORK_MIN_CHUNK, -(-len(jobs) // cpus)))
+    chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+    if len(chunks) == 1:
+        _create_work_chunk(root, batch_id, chunks[0], params, lock_fd)
+        return
+    with ThreadPoolExecutor(min(cpus, len(chunks)), thread_name_prefix="boinc-cw") as pool:
+        futures = [
+            pool.submit(_create_work_chunk, root, batch_id, c, params, lock_fd) for c in chunks
+        ]
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _create_work_chunk(
+    root: Path, batch_id: int, jobs: Sequence[JournalEntry], params: JobParams, lock_fd: int
+) -> None:
+    argv = [
+        str(root / "bin" / "create_work"),
+        "--appname",
+        APP_NAME,
+        "--batch",
+        str(batch_id),
+        "--wu_template",
+        INPUT_TEMPLATE,
+        "--result_template",
+        OUTPUT_TEMPLATE,
+    ]
+    for option in _PARAM_OPTIONS:
+        argv += [f"--{option}", repr(getattr(params, option))]
+    argv.append("--stdin")
+    lines = "".join(f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs)
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=root,
+            input=lines.encode(),
+            capture_output=True,
+            check=False,
+            pass_fds=(lock_fd,),
+        )
+    except OSError as exc:
+        raise SubmissionError(f"cannot run {argv[0]}: {exc}") from exc
+    if done.returncode == 0:
+        return
+    tail = done.stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
+    raise SubmissionError(
+        f"bin/create_work failed (exit code {done.returncode}) for {len(jobs)} jobs of "
+        f"batch {batch_id}: {tail}"
+    )
+
+
+def cache_md5_info(root: Path) -> bool:
+    """Whether config.xml turns on create_work's ``.md5`` cache (``<cache_md5_info>``)."""
+    try:
+        node = ET.parse(root / "config.xml").getroot().find("config/cache_md5_info")  # noqa: S314
+    except (OSError, ET.ParseError):
+        return False
+    return node is not None and (node.text or "").strip() not in ("", "0")
