@@ -124,6 +124,29 @@ def test_wrong_credentials_and_unreachable_database(pyboinc_project: Project) ->
         BoincBackend(pyboinc_project.root)
 
 
+def test_database_connection_killed_by_the_server_is_reopened(pyboinc_project: Project) -> None:
+    from boinc_executor.config import ProjectConfig
+    from boinc_executor.db import Database
+
+    db = Database(ProjectConfig.load(pyboinc_project.root))
+
+    def kill() -> None:  # as MariaDB does to a connection idle past wait_timeout
+        (conn_id,) = db.query("select connection_id()")[0]
+        admin = pyboinc_project.connect()
+        admin.cursor().execute(f"kill {int(conn_id)}")
+        admin.close()
+
+    try:
+        for _ in range(2):
+            kill()
+            assert db.app_id("pyboinc") is not None
+        kill()
+        with db.transaction():
+            db.execute("update batch set name=name where id=0")
+    finally:
+        db.close()
+
+
 def test_submitting_user(pyboinc_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = BoincBackend(pyboinc_project.root)
     assert backend.user_id == 1  # make_project's administrator

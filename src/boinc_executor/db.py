@@ -52,6 +52,8 @@ _ACCESS_DENIED = {1044, 1045, 1698}
 _UNKNOWN_DB = 1049
 _CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 _NO_SUCH_TABLE = 1146
+_GONE_AWAY = 2006  # CR_SERVER_GONE_ERROR: the connection was dead before the statement
+_LOST = 2013  # CR_SERVER_LOST: the connection died during the statement
 
 # BOINC enum codes (db/boinc_db_types.h; boinc-facts §2).
 RESULT_UNSENT = 2
@@ -178,8 +180,13 @@ class Database:
 
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
+        self._in_transaction = False
+        self._conn = self._connect()
+
+    def _connect(self) -> MySQLdb.connections.Connection:
+        config = self.config
         try:
-            self._conn = MySQLdb.connect(
+            return MySQLdb.connect(
                 host=config.db_host,
                 port=config.db_port,
                 user=config.db_user,
@@ -205,38 +212,61 @@ class Database:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _run(
+        self, sql: str, args: Sequence[Any], *, doing: str, idempotent: bool
+    ) -> tuple[list[tuple[Any, ...]], int, int]:
+        """Run one statement: (rows, lastrowid, affected rows), translating errors.
+
+        The server drops a connection that idles past its ``wait_timeout`` (8 h by
+        default) and a batch runs for days, so a connection found gone is opened
+        again once. A statement is re-sent only when it cannot have run: the
+        connection was already gone (2006), or it is a read lost mid-way (2013);
+        never inside a transaction.
+        """
+        for attempt in (0, 1):
+            try:
+                with self._conn.cursor() as cur:
+                    affected = cur.execute(sql, tuple(args))
+                    return list(cur.fetchall()), int(cur.lastrowid or 0), int(affected or 0)
+            except MySQLdb.Error as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                resend = code == _GONE_AWAY or (code == _LOST and idempotent)
+                if attempt or self._in_transaction or not resend:
+                    raise _translate(exc, self.config, doing) from exc
+                self.close()
+                self._conn = self._connect()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def query(
         self, sql: str, args: Sequence[Any] = (), *, doing: str = "querying"
     ) -> list[tuple[Any, ...]]:
-        """Run a statement and return its rows, translating errors."""
-        try:
-            with self._conn.cursor() as cur:
-                cur.execute(sql, tuple(args))
-                return list(cur.fetchall())
-        except MySQLdb.Error as exc:
-            raise _translate(exc, self.config, doing) from exc
+        """Run a read and return its rows, translating errors."""
+        return self._run(sql, args, doing=doing, idempotent=True)[0]
 
     def execute(self, sql: str, args: Sequence[Any] = (), *, doing: str = "updating") -> int:
         """Run a statement; returns ``lastrowid`` (or the affected row count if none)."""
-        try:
-            with self._conn.cursor() as cur:
-                affected = cur.execute(sql, tuple(args))
-                return int(cur.lastrowid or affected or 0)
-        except MySQLdb.Error as exc:
-            raise _translate(exc, self.config, doing) from exc
+        _, lastrowid, affected = self._run(sql, args, doing=doing, idempotent=False)
+        return lastrowid or affected
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group statements so they commit together or not at all."""
         try:
+            self._conn.ping()
             self._conn.begin()
-        except MySQLdb.Error as exc:
-            raise _translate(exc, self.config, "starting a transaction") from exc
+        except MySQLdb.Error:
+            self.close()  # gone away while idle: a fresh connection, before anything is sent
+            self._conn = self._connect()
+            self._conn.begin()
+        self._in_transaction = True
         try:
             yield
         except BaseException:
-            self._conn.rollback()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(MySQLdb.Error):
+                self._conn.rollback()  # type: ignore[no-untyped-call]
             raise
+        finally:
+            self._in_transaction = False
         try:
             self._conn.commit()  # type: ignore[no-untyped-call]
         except MySQLdb.Error as exc:
@@ -386,11 +416,7 @@ class Database:
         return marked
 
     def _rowcount(self, sql: str, args: Sequence[Any], *, doing: str) -> int:
-        try:
-            with self._conn.cursor() as cur:
-                return int(cur.execute(sql, tuple(args)) or 0)
-        except MySQLdb.Error as exc:
-            raise _translate(exc, self.config, doing) from exc
+        return self._run(sql, args, doing=doing, idempotent=False)[2]
 
     def sent_since(self, batch_id: int, since: int) -> list[tuple[str, int]]:
         """(work unit name, sent_time) of the batch's results sent at or after ``since``.
