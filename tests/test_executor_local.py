@@ -189,3 +189,39 @@ def test_import_and_local_run_without_mysqlclient(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_exit_without_shutdown_finishes_the_work(tmp_path: Path) -> None:
+    """Like ProcessPoolExecutor: a script that never shuts down still runs its jobs at exit."""
+    batch = tmp_path / "b"
+    script = (
+        "from boinc_executor import BoincExecutor\n"
+        "def f(x): return x * 2\n"
+        "if __name__ == '__main__':\n"
+        f"    ex = BoincExecutor(max_workers=1, batch_dir={str(batch)!r})\n"
+        "    for i in range(5):\n"
+        "        ex.submit(f, i)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in (batch / "old").iterdir()) == sorted(
+        f"pyb_{i}_{j}.local-0.result" for i in [_batch_id(batch)] for j in range(5)
+    )
+    assert list((batch / "new").iterdir()) == []
+
+
+def _batch_id(batch: Path) -> int:
+    import json
+
+    return int(json.loads((batch / "pyboinc_checkpoint").read_text())["batch_id"])
+
+
+def test_flush_returns_once_every_call_is_journaled(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        futures = [ex.submit(jobs.square, i) for i in range(20)]
+        assert ex.flush(timeout=60)
+        assert (tmp_path / "b" / "journal.jsonl").read_text().count("\n") == 20
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(20)]

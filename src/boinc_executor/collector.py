@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import shutil
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,9 @@ class Collector:
         self._remove_when_complete = remove_when_complete
         self.lock = threading.RLock()
         self.wake = threading.Event()
+        # Signalled whenever a flush pass ends; see wait_handed_over().
+        self._handed_over = threading.Condition(self.lock)
+        self._flushing = 0
         self.journal = batch.read_journal()
         self._handled = batch.handled_records()
         # Records already in new/ for journaled jobs the re-run has not re-submitted yet.
@@ -128,7 +132,14 @@ class Collector:
         self.next_job = 0
         self.next_call = 0
         self._decoding: set[Path] = set()  # records handed to the decoder, not yet done
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="boinc-executor-decoder")
+        # A plain daemon thread, not a ThreadPoolExecutor: those refuse work once the
+        # interpreter starts exiting, when an atexit shutdown still needs records read.
+        self._decode_queue: queue.SimpleQueue[tuple[Job, Path, str | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._decoder = threading.Thread(
+            target=self._decode_loop, name=f"boinc-executor-decoder-{self.batch_id}", daemon=True
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"boinc-executor-collector-{self.batch_id}", daemon=True
         )
@@ -136,7 +147,8 @@ class Collector:
     # ------------------------------------------------------------------ front-end side
 
     def start(self) -> None:
-        """Start the collector thread."""
+        """Start the collector and decoder threads."""
+        self._decoder.start()
         self._thread.start()
 
     def allocate(self, n_calls: int) -> tuple[int, int]:
@@ -192,6 +204,18 @@ class Collector:
         self.wake.set()
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def wait_handed_over(self, timeout: float | None = None) -> bool:
+        """Block until every buffered job is journaled and handed to the backend.
+
+        Returns:
+            False if ``timeout`` seconds passed first.
+        """
+        self.wake.set()
+        with self._handed_over:
+            return self._handed_over.wait_for(
+                lambda: not (self._buffer or self._resubmit or self._flushing), timeout
+            )
 
     @property
     def stopping(self) -> bool:
@@ -267,6 +291,20 @@ class Collector:
                 return
             buffer, self._buffer = (self._buffer, []) if due else ([], self._buffer)
             resubmit, self._resubmit = self._resubmit, []
+            self._flushing += 1
+        try:
+            self._hand_over(buffer, resubmit)
+        finally:
+            with self._handed_over:
+                self._flushing -= 1
+                self._handed_over.notify_all()
+
+    def _hand_over(
+        self,
+        buffer: list[tuple[Job, JournalEntry, bytes | None, bytes]],
+        resubmit: list[JournalEntry],
+    ) -> None:
+        backend = self.backend
         live = [item for item in buffer if item[0].state is JobState.PENDING]
         try:
             for _job, entry, program, data in live:
@@ -302,7 +340,8 @@ class Collector:
             self.backend.cancel(names)
 
     def _finish(self) -> None:
-        self._decoder.shutdown(wait=True)
+        self._decode_queue.put(None)
+        self._decoder.join()
         complete = self.complete
         try:
             self.backend.close(complete=complete)
@@ -383,7 +422,11 @@ class Collector:
             if path in self._decoding:
                 return
             self._decoding.add(path)
-        self._decoder.submit(self._read_record, job, path, new_name)
+        self._decode_queue.put((job, path, new_name))
+
+    def _decode_loop(self) -> None:
+        while (item := self._decode_queue.get()) is not None:
+            self._read_record(*item)
 
     def _read_record(self, job: Job, path: Path, new_name: str | None) -> None:
         """Decoder thread: read one record, resolve its job, hand the file over."""

@@ -37,6 +37,7 @@ __all__ = ["BoincExecutor"]
 logger = logging.getLogger("boinc_executor")
 T = TypeVar("T")
 ENV_BATCH_DIR = "BOINC_EXECUTOR_BATCH_DIR"
+_EXIT_FLUSH_SECONDS = 120.0
 
 
 def _batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -325,6 +326,21 @@ class BoincExecutor(Executor):
 
         return results()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every call submitted so far is journaled and handed to the backend.
+
+        After it returns True, killing the script loses nothing: a re-run or
+        :meth:`resume` finds every call. Useful on BOINC before a script exits
+        without waiting for results.
+
+        Args:
+            timeout: seconds to wait at most (None: no limit).
+
+        Returns:
+            False if the timeout passed first.
+        """
+        return self._collector.wait_handed_over(timeout)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; optionally cancel what has not started; optionally wait.
 
@@ -410,6 +426,14 @@ def _script_name() -> str:
 def _shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
     executor = ref()
     if executor is not None:
-        # Locally, like ProcessPoolExecutor, finish the work; on BOINC the jobs are
-        # journaled and keep running on volunteers, so do not block the exit.
-        executor.shutdown(wait=executor.backend == "local")
+        # Locally, like ProcessPoolExecutor, finish the work. On BOINC the jobs keep
+        # running on volunteers, so only make sure every call is handed over.
+        local = executor.backend == "local"
+        executor.shutdown(wait=local)
+        if not local and not executor.flush(timeout=_EXIT_FLUSH_SECONDS):
+            logger.warning(
+                "exiting before every call of batch %d was handed to BOINC; run the script "
+                "again (or BoincExecutor.resume(%d)) to submit the rest",
+                executor.batch_id,
+                executor.batch_id,
+            )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -344,6 +345,10 @@ def _deliver(batch_dir: Path, slot: Path, job: str, attempt: int, code: int) -> 
 def _worker_main(batch_dir: Path, slot_index: int) -> int:
     """Run jobs read from stdin until it closes; report on the saved stdout."""
     from .runner import run_slot
+
+    # A ^C in the terminal reaches the whole process group: let the master decide
+    # (it cancels what has not started); a job already running finishes and reports.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
     if extra:
