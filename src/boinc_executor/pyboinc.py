@@ -45,7 +45,6 @@ import pickle
 import queue
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import protocol
 from .config import resolve_project_dir
-from .errors import BatchError, ConfigError, JobFailedError
+from .errors import BatchError, ConfigError, JobFailedError, SubmissionError
 
 if TYPE_CHECKING:
     from .executor import BoincExecutor
@@ -339,19 +338,17 @@ def _resolve_type(name: str) -> type:
 
 
 def _write_marker(executor: BoincExecutor, futures: list[Future[Any]], types: list[type]) -> None:
-    """Write ``pyboinc_calls`` once the journal (protocol.md) holds every call."""
-    delay, wanted = 0.01, set(range(len(futures)))
-    while True:
-        try:  # the last piece, empty or a torn line, is dropped
-            lines = (executor.batch_dir / protocol.JOURNAL).read_bytes().split(b"\n")[:-1]
-        except FileNotFoundError:
-            lines = []
-        if wanted <= {json.loads(line)["i"] for line in lines}:
-            break
-        if all(f.done() for f in futures):
-            return  # a submission failed: a re-run calls make_calls() again to redo it
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    """Write ``pyboinc_calls`` once every call is journaled and handed over.
+
+    A call whose hand-over failed leaves the marker unwritten, so a re-run calls
+    ``make_calls()`` again to redo it (calls already journaled are not repeated).
+    """
+    executor.flush()
+    if any(
+        f.done() and not f.cancelled() and isinstance(f.exception(), SubmissionError)
+        for f in futures
+    ):
+        return
     marker = {
         "format": 1,
         "batch_id": executor.batch_id,
