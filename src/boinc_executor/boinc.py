@@ -59,7 +59,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
@@ -91,29 +90,8 @@ _STARTED_SLACK = 5  # seconds: results sent in the second of the last poll may c
 _STDERR_TAIL = 2000
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where the jobs of a batch are, as the BOINC database has them.
-
-    Attributes:
-        total: work units created so far.
-        unsent: waiting for a host.
-        in_progress: sent to a host, no final outcome yet (includes results
-            waiting for validation).
-        done: have a valid (canonical) result; their records are on their way.
-        failed: BOINC gave up on them (``error_mask``), cancelled ones included.
-    """
-
-    total: int
-    unsent: int
-    in_progress: int
-    done: int
-    failed: int
-
-    @classmethod
-    def from_counts(cls, counts: BatchCounts) -> Progress:
-        """Build from the database's counts."""
-        return cls(counts.total, counts.unsent, counts.in_progress, counts.done, counts.failed)
+#: Where the jobs of a batch are, as the BOINC database has them (see :class:`BatchCounts`).
+Progress = BatchCounts
 
 
 class BoincBackend(Backend):
@@ -443,7 +421,7 @@ class BoincBackend(Backend):
     def progress(self) -> Progress:
         """Counts of the batch's work units: unsent, in progress, done, failed."""
         with self._db_lock:
-            return Progress.from_counts(self._db.batch_counts(self._batch_id))
+            return self._db.batch_counts(self._batch_id)
 
     # ------------------------------------------------------------------ cancel / close
 

@@ -91,11 +91,14 @@ class BatchRecord:
 class BatchCounts:
     """Work units of a batch by where BOINC has them (one aggregate query).
 
+    ``BoincBackend.progress()`` returns this (as ``boinc.Progress``).
+
     Attributes:
-        total: work units created.
-        unsent: no result of it has been sent to a host yet.
-        in_progress: a result was sent and no outcome is final yet.
-        done: it has a canonical (valid) result.
+        total: work units created so far.
+        unsent: waiting for a host (no result of it has been sent yet).
+        in_progress: sent to a host, no final outcome yet (includes results
+            waiting for validation).
+        done: has a valid (canonical) result; its record is on its way.
         failed: BOINC gave up on it (``error_mask`` is set), cancelled ones included.
         credit: the sum of the canonical results' credit.
     """
