@@ -35,9 +35,11 @@ pytestmark = pytest.mark.boinc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# A master that submits N calls, one per job, then waits to be killed.
+# A master that submits N calls, one per job, then waits to be killed. It runs on one
+# CPU, so its create_work runs are one process at a time.
 SUBMITTER = """\
-import sys, time
+import os, sys, time
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
 from boinc_executor import BoincExecutor
 from tests import jobs
 n = int(sys.argv[3])
@@ -368,7 +370,7 @@ def test_cancel_unsent_jobs_like_cancel_jobs(pyboinc_project: Project, host: Vol
 def test_kill_during_bulk_create_work_then_rerun(
     pyboinc_project: Project, tmp_path: Path, kill_group: bool
 ) -> None:
-    n = 2500  # three multi-row INSERTs of create_work
+    n = 2500  # one create_work process, three multi-row INSERTs
     script = tmp_path / "submit.py"
     script.write_text(SUBMITTER)
     batch_dir = tmp_path / "batch"

@@ -157,7 +157,7 @@ def create_work(
         SubmissionError: a create_work run failed (the first failure is raised
             after every run has ended).
     """
-    cpus = os.cpu_count() or 1
+    cpus = _usable_cpus()
     size = min(_CREATE_WORK_CHUNK, max(_CREATE_WORK_MIN_CHUNK, -(-len(jobs) // cpus)))
     chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
     if len(chunks) == 1:
@@ -171,6 +171,13 @@ def create_work(
     for error in errors:
         if error is not None:
             raise error
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _create_work_chunk(
