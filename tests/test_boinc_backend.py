@@ -363,6 +363,21 @@ def test_cancel_unsent_jobs_like_cancel_jobs(pyboinc_project: Project, host: Vol
     assert not [r for r in pyboinc_project.results(name) if r["sent_time"]]
 
 
+def test_job_cancelled_by_the_operator_fails_with_workunit_error(
+    pyboinc_project: Project,
+) -> None:
+    with BoincExecutor(project_dir=pyboinc_project.root) as ex:
+        future = ex.submit(jobs.square, 5)
+        wait_for(lambda: count_wus(pyboinc_project, ex.batch_id) == 1)
+        wu = pyboinc_project.workunit(f"pyb_{ex.batch_id}_0")
+        assert wu is not None
+        done = pyboinc_project.run("cancel_jobs", str(wu["id"]), str(wu["id"]))
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(WorkunitError, match="cancelled outside this executor") as info:
+            future.result(timeout=60)
+        assert info.value.error_mask == 16 and info.value.exit_status is None
+
+
 # --------------------------------------------------------------------------- replay
 
 

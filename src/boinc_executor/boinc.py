@@ -88,6 +88,7 @@ SUBMIT_LOCK = ".submit.lock"
 _CREATE_WORK_ATTEMPTS = 3  # a lost race with another submitter is retried with what is missing
 _STARTED_SLACK = 5  # seconds: results sent in the second of the last poll may commit late
 _STDERR_TAIL = 2000
+_CANCELLED = 16  # workunit.error_mask bit
 
 
 #: Where the jobs of a batch are, as the BOINC database has them (see :class:`BatchCounts`).
@@ -405,11 +406,15 @@ class BoincBackend(Backend):
             if wu.result_name
             else "; no result of it ran"
         )
+        hint = (
+            "It was cancelled outside this executor (bin/cancel_jobs or the web pages)"
+            if wu.error_mask & _CANCELLED
+            else "Raise JobParams.max_error_results and max_total_results to allow more retries"
+        )
         info = protocol.failure_info(
             "WorkunitError",
             f"BOINC gave up on job {wu.name} (work unit {wu.wu_id}, error_mask {wu.error_mask}: "
-            f"{describe_error_mask(wu.error_mask)}){where}. Raise JobParams.max_error_results "
-            "and max_total_results to allow more retries",
+            f"{describe_error_mask(wu.error_mask)}){where}. {hint}",
             error_mask=wu.error_mask,
             exit_status=wu.exit_status,
             stderr_tail=protocol.tail(wu.stderr_out, _STDERR_TAIL),
