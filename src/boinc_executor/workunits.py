@@ -122,13 +122,12 @@ class Stager:
             raise error
 
     def _write(self, name: str, data: bytes, shared: bool) -> None:
-        fanout = self._config.fanout_dir(name)
-        directory = self._config.download_dir / fanout
-        path = directory / name
+        path = self.path(name)
+        directory = path.parent
         try:
-            if fanout not in self._fanout_made:
+            if directory.name not in self._fanout_made:
                 directory.mkdir(exist_ok=True)
-                self._fanout_made.add(fanout)
+                self._fanout_made.add(directory.name)
             if path.exists():
                 if shared or path.read_bytes() == data:
                     return
