@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 
 from .errors import ProtocolError
@@ -43,15 +43,15 @@ def atomic_write(
         gid: group to give the file, where the caller may (else it is left as is).
         durable: fsync before the replace (configuration files an operator relies on).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), 0o666 & ~_umask() if mode is None else mode)
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), mode)
             if gid is not None:
                 with contextlib.suppress(PermissionError):  # not in that group: keep ours
                     os.fchown(fh.fileno(), -1, gid)
@@ -61,21 +61,21 @@ def atomic_write(
         raise
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux /proc).
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create a fresh temp file beside ``path`` as ``open`` would (0o666, less the umask).
 
-    Not cached: a program may change its umask between two writes.
+    ``tempfile.mkstemp`` forces 0o600; creating with ``O_EXCL`` under an unguessable
+    name is just as safe and lets the kernel apply the umask, with no need to read it.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic read-and-restore
-    os.umask(mask)
-    return mask
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
