@@ -75,6 +75,8 @@ class Backend(abc.ABC):
     default_chunksize: int = 1
     #: seconds a submitted job may wait so that it is handed over in bulk with others
     submit_delay: float = 0.0
+    #: jobs staged, journaled and handed over together at most (later ones wait a pass)
+    handover_size: int = 1024
 
     @abc.abstractmethod
     def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:

@@ -49,24 +49,40 @@ __all__ = ["Collector", "Job"]
 
 logger = logging.getLogger("boinc_executor")
 
+_BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
+
 
 class Job:
     """One job: its name, its calls' futures, and where it is.
+
+    A job has one future per call, except a ``map`` chunk: like
+    ``ProcessPoolExecutor``, it has a single future whose result is the list of
+    the calls' outcomes, ``(True, value)`` or ``(False, exception)``, so a map
+    over many small calls does not pay for a future per call.
 
     It is also the done-callback of its futures, so cancelling a future reaches
     the collector without a closure per future.
     """
 
-    __slots__ = ("call", "collector", "futures", "index", "name", "state")
+    __slots__ = ("call", "chunk", "collector", "futures", "index", "n", "name", "state")
 
     def __init__(
-        self, collector: Collector, name: str, index: int, call: int, futures: list[Future[Any]]
+        self,
+        collector: Collector,
+        name: str,
+        index: int,
+        call: int,
+        futures: list[Future[Any]],
+        *,
+        n: int | None = None,
     ) -> None:
         self.collector = collector
         self.name = name
         self.index = index
         self.call = call
         self.futures = futures
+        self.n = len(futures) if n is None else n  # calls the job carries
+        self.chunk = n is not None  # one future for all n calls
         self.state = JobState.PENDING
 
     def __call__(self, future: Future[Any]) -> None:
@@ -123,7 +139,7 @@ class Collector:
         self.handled_at_start = len(self._handled)
         self._stopping = False
         self._jobs: dict[str, Job] = {}
-        self._buffer: list[tuple[Job, JournalEntry, bytes | None, bytes]] = []
+        self._buffer: deque[tuple[Job, JournalEntry, bytes | None, bytes]] = deque()
         self._buffered_since = 0.0
         self._resubmit: list[JournalEntry] = []
         self._to_cancel: list[str] = []
@@ -131,7 +147,7 @@ class Collector:
         self._staged_programs: set[str] = set()
         self.next_job = 0
         self.next_call = 0
-        self._decoding: set[Path] = set()  # records handed to the decoder, not yet done
+        self._decoding: set[str] = set()  # paths of records the decoder has, not yet done
         # A plain daemon thread, not a ThreadPoolExecutor: those refuse work once the
         # interpreter starts exiting, when an atexit shutdown still needs records read.
         self._decode_queue: queue.SimpleQueue[tuple[Job, Path, str | None] | None] = (
@@ -256,7 +272,7 @@ class Collector:
 
     def _run(self) -> None:
         """Flush submissions, scan new/, poll the backend, until stopped and drained."""
-        last_poll = 0.0
+        last_poll = last_scan = 0.0
         backend = self.backend
         timeout = backend.poll_interval
         while True:
@@ -266,7 +282,14 @@ class Collector:
                 self._flush(force=self.stopping)
                 self._cancel_pending()
                 self._replay_records()
-                self._scan()
+                # While the decoder works through a backlog, rescanning new/ on every
+                # wake-up would cost O(backlog) each time; look again when it is done
+                # (or now and then, for records of other jobs behind a slow one).
+                with self.lock:
+                    busy = bool(self._decoding)
+                if not busy or time.monotonic() - last_scan >= _BUSY_SCAN_INTERVAL:
+                    last_scan = time.monotonic()
+                    self._scan()
                 if time.monotonic() - last_poll >= backend.poll_interval:
                     last_poll = time.monotonic()
                     backend.poll()
@@ -289,7 +312,9 @@ class Collector:
             due = force or time.monotonic() - self._buffered_since >= backend.submit_delay
             if not (self._buffer and due) and not self._resubmit:
                 return
-            buffer, self._buffer = (self._buffer, []) if due else ([], self._buffer)
+            # A slice at a time, so the first jobs run while later ones are still staged.
+            take = min(len(self._buffer), backend.handover_size) if due else 0
+            buffer = [self._buffer.popleft() for _ in range(take)]
             resubmit, self._resubmit = self._resubmit, []
             self._flushing += 1
         try:
@@ -372,7 +397,7 @@ class Collector:
                 continue
             job_name = parsed[0]
             with self.lock:
-                if batch.new_dir / name in self._decoding:
+                if entry.path in self._decoding:
                     continue  # the decoder has it; it moves the file when done
                 job = self._jobs.get(job_name)
                 if job is not None and job.state is JobState.PENDING:
@@ -418,10 +443,11 @@ class Collector:
 
     def _decode(self, job: Job, path: Path, new_name: str | None) -> None:
         """Hand a record to the decoder thread, unless it is being decoded already."""
+        key = str(path)
         with self.lock:
-            if path in self._decoding:
+            if key in self._decoding:
                 return
-            self._decoding.add(path)
+            self._decoding.add(key)
         self._decode_queue.put((job, path, new_name))
 
     def _decode_loop(self) -> None:
@@ -436,8 +462,10 @@ class Collector:
             logger.exception("handling record %s failed", path)
         finally:
             with self.lock:
-                self._decoding.discard(path)
-            self.wake.set()
+                self._decoding.discard(str(path))
+                idle = not self._decoding
+            if idle:  # the backlog is read: scan new/ again now
+                self.wake.set()
 
     def _read_record_once(self, job: Job, path: Path, new_name: str | None) -> None:
         """Decode one record and resolve its job; ``new_name`` set when it sits in ``new/``.
@@ -451,7 +479,7 @@ class Collector:
         try:
             data = protocol.read_bounded(path, self.max_result_bytes)
             record = protocol.decode_result(
-                data, self.policy, expect_job=job.name, expect_calls=len(job.futures)
+                data, self.policy, expect_job=job.name, expect_calls=job.n
             )
         except FileNotFoundError:
             return
@@ -492,6 +520,8 @@ class Collector:
                 continue
             if outcomes is None:
                 fut.set_exception(error)
+            elif job.chunk:
+                fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
             else:
                 ok, value = outcomes[i]
                 if ok:

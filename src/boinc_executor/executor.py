@@ -289,14 +289,14 @@ class BoincExecutor(Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         chunks = _batched(zip(*iterables, strict=False), chunksize)
         window = chunks if buffersize is None else itertools.islice(chunks, buffersize)
-        pending = deque(self._submit_calls(fn, [(args, {}) for args in c]) for c in window)
+        pending = deque(self._submit_chunk(fn, c) for c in window)
         more = chunks if buffersize is not None else None
         return self._map_results(fn, pending, more, end_time)
 
     def _map_results(
         self,
         fn: Callable[..., T],
-        pending: deque[list[Future[T]]],
+        pending: deque[Future[list[tuple[bool, Any]]]],
         more: Iterator[list[tuple[Any, ...]]] | None,
         end_time: float | None,
     ) -> Iterator[T]:
@@ -311,18 +311,17 @@ class BoincExecutor(Executor):
                     if more is not None and ex is not None:
                         args = next(more, None)
                         if args is not None:
-                            pending.append(ex._submit_calls(fn, [(a, {}) for a in args]))
+                            pending.append(ex._submit_chunk(fn, args))
                     del ex
-                    for fut in chunk:
-                        if end_time is None:
-                            yield _result_or_cancel(fut)
-                        else:
-                            yield _result_or_cancel(fut, end_time - time.monotonic())
+                    timeout = None if end_time is None else end_time - time.monotonic()
+                    for ok, value in _result_or_cancel(chunk, timeout):
+                        if not ok:
+                            raise value
+                        yield value
                     del chunk
             finally:
                 for chunk in pending:
-                    for fut in chunk:
-                        fut.cancel()
+                    chunk.cancel()
 
         return results()
 
@@ -365,13 +364,23 @@ class BoincExecutor(Executor):
         self._programs[id(fn)] = (fn, name, identity, data)  # holds fn: its id stays unique
         return name, identity, data
 
+    def _submit_chunk(
+        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+    ) -> Future[list[tuple[bool, Any]]]:
+        """One ``map`` job: its single future resolves to the calls' outcomes."""
+        return self._submit_calls(fn, [(args, {}) for args in chunk], chunk=True)[0]
+
     def _submit_calls(
-        self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        chunk: bool = False,
     ) -> list[Future[Any]]:
         collector = self._collector
         index, call = collector.allocate(len(calls))
         name = protocol.job_name(self._checkpoint.prefix, self.batch_id, index)
-        futures: list[Future[Any]] = [Future() for _ in calls]
+        futures: list[Future[Any]] = [Future() for _ in range(1 if chunk else len(calls))]
         try:
             program_name, identity, program = self._program(fn)
             data = protocol.encode_data(name, calls)
@@ -401,7 +410,7 @@ class BoincExecutor(Executor):
                 f"{self.batch_dir}: the script's inputs changed since the batch was started; "
                 "restore them, or run the new inputs with a new batch_dir"
             )
-        job = Job(collector, name, index, call, futures)
+        job = Job(collector, name, index, call, futures, n=len(calls) if chunk else None)
         if journaled is not None:
             collector.register(job, journaled)
         else:

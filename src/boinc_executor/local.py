@@ -99,6 +99,8 @@ class LocalBackend(Backend):
     kind = "local"
     poll_interval = 0.5
     default_chunksize = 1
+    # Small hand-overs: a worker starts on the first jobs while the rest are staged.
+    handover_size = 64
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
