@@ -249,7 +249,7 @@ def test_chunked_map_in_one_create_work_with_job_params(
         ex = BoincExecutor(project_dir=root, job_params=params, name="chunky")
         batch_id = ex.batch_id
         assert list(ex.map(jobs.square, range(23), chunksize=5)) == [x * x for x in range(23)]
-        assert ex._backend.progress() == Progress(  # type: ignore[attr-defined]
+        assert ex.progress() == Progress(
             total=5, unsent=0, in_progress=0, done=5, failed=0
         )
         ex.shutdown()
@@ -311,7 +311,7 @@ def test_exhausted_retries_raise_workunit_error_without_an_assimilator(
         future = ex.submit(jobs.square, 4)
         with pytest.raises(WorkunitError) as info:
             future.result(timeout=60)
-        progress = ex._backend.progress()  # type: ignore[attr-defined]
+        progress = ex.progress()
         ex.shutdown()
     error = info.value
     assert error.error_mask & 2 and error.error_mask & 8

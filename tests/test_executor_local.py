@@ -225,3 +225,8 @@ def test_flush_returns_once_every_call_is_journaled(tmp_path: Path) -> None:
         assert ex.flush(timeout=60)
         assert (tmp_path / "b" / "journal.jsonl").read_text().count("\n") == 20
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(20)]
+
+
+def test_progress_is_none_on_the_embedded_backend(tmp_path: Path) -> None:
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        assert ex.progress() is None

@@ -105,6 +105,13 @@ class Backend(abc.ABC):
         same content is a no-op. ``shared`` files (programs) serve many jobs.
         """
 
+    def wait_staged(self) -> None:  # noqa: B027 - optional hook for asynchronous staging
+        """Return once every file staged so far is durable where volunteers fetch it.
+
+        The collector calls it before journaling, so a journaled job always has
+        its input files, even when the master is killed right after.
+        """
+
     @abc.abstractmethod
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Hand journaled jobs over; jobs the backend already has are skipped."""

@@ -275,6 +275,10 @@ class BoincBackend(Backend):
 
     # ------------------------------------------------------------------ submission
 
+    def wait_staged(self) -> None:
+        """Wait for the staging threads, so the collector journals only staged jobs."""
+        self._stager.wait()
+
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Create the work units of ``jobs`` that do not exist yet, in bulk.
 

@@ -336,6 +336,7 @@ class Collector:
                 if program is not None:
                     backend.stage(entry.program, program, shared=True)
                 backend.stage(entry.data, data, shared=False)
+            backend.wait_staged()  # journaled implies staged, whenever the master dies
             entries = [entry for _, entry, _, _ in live]
             if entries:
                 self.batch.append_journal(entries)

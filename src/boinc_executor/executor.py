@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
 from .backend import Backend, BackendEvents, load_backend
@@ -31,6 +31,9 @@ from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
 from .decoding import TypePolicy
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
+
+if TYPE_CHECKING:
+    from .db import BatchCounts
 
 __all__ = ["BoincExecutor"]
 
@@ -324,6 +327,15 @@ class BoincExecutor(Executor):
                     chunk.cancel()
 
         return results()
+
+    def progress(self) -> BatchCounts | None:
+        """The batch's work units by state, from the BOINC database (None locally).
+
+        Cheap enough to call now and then (two indexed queries); see
+        ``docs/boinc-backend.md`` for what each count means.
+        """
+        progress = getattr(self._backend, "progress", None)
+        return progress() if progress is not None else None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every call submitted so far is journaled and handed to the backend.
