@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import shutil
 import threading
 import time
@@ -42,8 +41,9 @@ from . import protocol
 from .backend import Backend, JobState
 from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams
+from .decoder import RecordDecoder
 from .decoding import TypePolicy
-from .errors import BoincExecutorError, ResultDecodeError, SubmissionError, rebuild_exception
+from .errors import BoincExecutorError, SubmissionError, rebuild_exception
 
 __all__ = ["Collector", "Job"]
 
@@ -120,8 +120,6 @@ class Collector:
         self.prefix = checkpoint.prefix
         self.backend = backend
         self.params = params
-        self.policy = policy
-        self.max_result_bytes = max_result_bytes
         self._remove_when_complete = remove_when_complete
         self.lock = threading.RLock()
         self.wake = threading.Event()
@@ -147,14 +145,13 @@ class Collector:
         self._staged_programs: set[str] = set()
         self.next_job = 0
         self.next_call = 0
-        self._decoding: set[str] = set()  # paths of records the decoder has, not yet done
-        # A plain daemon thread, not a ThreadPoolExecutor: those refuse work once the
-        # interpreter starts exiting, when an atexit shutdown still needs records read.
-        self._decode_queue: queue.SimpleQueue[tuple[Job, Path, str | None] | None] = (
-            queue.SimpleQueue()
-        )
-        self._decoder = threading.Thread(
-            target=self._decode_loop, name=f"boinc-executor-decoder-{self.batch_id}", daemon=True
+        self._decoder: RecordDecoder[Job] = RecordDecoder(
+            batch,
+            policy,
+            max_result_bytes,
+            resolve=lambda job, outcomes, error: self._resolve(job, outcomes=outcomes, error=error),
+            on_idle=self.wake.set,  # the backlog is read: scan new/ again now
+            name=f"boinc-executor-decoder-{self.batch_id}",
         )
         self._thread = threading.Thread(
             target=self._run, name=f"boinc-executor-collector-{self.batch_id}", daemon=True
@@ -285,9 +282,7 @@ class Collector:
                 # While the decoder works through a backlog, rescanning new/ on every
                 # wake-up would cost O(backlog) each time; look again when it is done
                 # (or now and then, for records of other jobs behind a slow one).
-                with self.lock:
-                    busy = bool(self._decoding)
-                if not busy or time.monotonic() - last_scan >= _BUSY_SCAN_INTERVAL:
+                if not self._decoder.busy or time.monotonic() - last_scan >= _BUSY_SCAN_INTERVAL:
                     last_scan = time.monotonic()
                     self._scan()
                 if time.monotonic() - last_poll >= backend.poll_interval:
@@ -366,8 +361,7 @@ class Collector:
             self.backend.cancel(names)
 
     def _finish(self) -> None:
-        self._decode_queue.put(None)
-        self._decoder.join()
+        self._decoder.close()
         complete = self.complete
         try:
             self.backend.close(complete=complete)
@@ -397,14 +391,14 @@ class Collector:
                 self._quarantine(name, "not a regular file (symlink, FIFO or directory)")
                 continue
             job_name = parsed[0]
+            if self._decoder.holds(entry.path):
+                continue  # the decoder has it; it moves the file when done
             with self.lock:
-                if entry.path in self._decoding:
-                    continue  # the decoder has it; it moves the file when done
                 job = self._jobs.get(job_name)
                 if job is not None and job.state is JobState.PENDING:
                     continue  # only a replayed job can have a record before it is handed over
             if job is not None:
-                self._decode(job, batch.new_dir / name, name)
+                self._decoder.submit(job, batch.new_dir / name, name)
                 continue
             self._unclaimed_record(job_name, name)
 
@@ -440,64 +434,7 @@ class Collector:
                 job_name, path = self._replay.popleft()
                 job = self._jobs.get(job_name)
             if job is not None:
-                self._decode(job, path, None)
-
-    def _decode(self, job: Job, path: Path, new_name: str | None) -> None:
-        """Hand a record to the decoder thread, unless it is being decoded already."""
-        key = str(path)
-        with self.lock:
-            if key in self._decoding:
-                return
-            self._decoding.add(key)
-        self._decode_queue.put((job, path, new_name))
-
-    def _decode_loop(self) -> None:
-        while (item := self._decode_queue.get()) is not None:
-            self._read_record(*item)
-
-    def _read_record(self, job: Job, path: Path, new_name: str | None) -> None:
-        """Decoder thread: read one record, resolve its job, hand the file over."""
-        try:
-            self._read_record_once(job, path, new_name)
-        except Exception:  # never lose the decoder to one file
-            logger.exception("handling record %s failed", path)
-        finally:
-            with self.lock:
-                self._decoding.discard(str(path))
-                idle = not self._decoding
-            if idle:  # the backlog is read: scan new/ again now
-                self.wake.set()
-
-    def _read_record_once(self, job: Job, path: Path, new_name: str | None) -> None:
-        """Decode one record and resolve its job; ``new_name`` set when it sits in ``new/``.
-
-        The record is moved to ``old/`` before the futures are resolved, so a
-        caller that sees a result also finds its record handled; a crash in
-        between is harmless, as records in ``old/`` are replayed on a re-run.
-        """
-        outcomes: list[tuple[bool, Any]] | None = None
-        error: BaseException | None = None
-        try:
-            data = protocol.read_bounded(path, self.max_result_bytes)
-            record = protocol.decode_result(
-                data, self.policy, expect_job=job.name, expect_calls=job.n
-            )
-        except FileNotFoundError:
-            return
-        except (BoincExecutorError, OSError) as exc:
-            error = ResultDecodeError(
-                f"the result record {path.name} for job {job.name} was refused: {exc}. "
-                f"It is kept in {self.batch.old_dir}; no code from it was run"
-            )
-        else:
-            if record.ok:
-                outcomes = record.outcomes
-            else:
-                assert record.error is not None
-                error = rebuild_exception(record.error)
-        if new_name is not None:
-            self.batch.mark_handled(new_name)
-        self._resolve(job, outcomes=outcomes, error=error)
+                self._decoder.submit(job, path, None)
 
     def _resolve(
         self,
