@@ -65,8 +65,9 @@ from . import protocol
 from .backend import Backend, BackendEvents
 from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams, ProjectConfig
-from .db import BATCH_TABLE, BatchCounts, Database, FailedWorkunit
+from .db import BATCH_TABLE, Database
 from .errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
+from .rows import BatchCounts, FailedWorkunit
 from .workunits import (
     APP_NAME,
     INPUT_TEMPLATE,

@@ -19,7 +19,6 @@ import contextlib
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,19 @@ import MySQLdb
 
 from .config import ProjectConfig
 from .errors import BatchNotFoundError, ConfigError, DatabaseError
+from .rows import (
+    BATCH_COMPLETE,
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_DIDNT_NEED,
+    OUTCOME_SUCCESS,
+    OUTCOME_VALIDATE_ERROR,
+    RESULT_OVER,
+    RESULT_UNSENT,
+    WU_ERROR_CANCELLED,
+    BatchCounts,
+    BatchRecord,
+    FailedWorkunit,
+)
 
 __all__ = [
     "BATCH_TABLE",
@@ -55,81 +67,8 @@ _NO_SUCH_TABLE = 1146
 _GONE_AWAY = 2006  # CR_SERVER_GONE_ERROR: the connection was dead before the statement
 _LOST = 2013  # CR_SERVER_LOST: the connection died during the statement
 
-# BOINC enum codes (db/boinc_db_types.h; boinc-facts §2).
-RESULT_UNSENT = 2
-RESULT_IN_PROGRESS = 4
-RESULT_OVER = 5
-OUTCOME_SUCCESS = 1
-OUTCOME_CLIENT_ERROR = 3
-OUTCOME_DIDNT_NEED = 5
-OUTCOME_VALIDATE_ERROR = 6
-WU_ERROR_CANCELLED = 16
-BATCH_COMPLETE = 2
-
 # Names per IN (...) list: keeps statements far below max_allowed_packet.
 _IN_CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """A row of ``pyboinc_batch``: where a batch's results are delivered.
-
-    Attributes:
-        batch_id: BOINC's ``batch.id``.
-        user_id: the submitting BOINC user.
-        batch_dir: the batch directory.
-        create_time: Unix time of creation.
-    """
-
-    batch_id: int
-    user_id: int
-    batch_dir: Path
-    create_time: int
-
-
-@dataclass(frozen=True)
-class BatchCounts:
-    """Work units of a batch by where BOINC has them (one aggregate query).
-
-    ``BoincBackend.progress()`` returns this (as ``boinc.Progress``).
-
-    Attributes:
-        total: work units created so far.
-        unsent: waiting for a host (no result of it has been sent yet).
-        in_progress: sent to a host, no final outcome yet (includes results
-            waiting for validation).
-        done: has a valid (canonical) result; its record is on its way.
-        failed: BOINC gave up on it (``error_mask`` is set), cancelled ones included.
-        credit: the sum of the canonical results' credit.
-    """
-
-    total: int
-    unsent: int
-    in_progress: int
-    done: int
-    failed: int
-    credit: float = 0.0
-
-
-@dataclass(frozen=True)
-class FailedWorkunit:
-    """A work unit BOINC gave up on, with what its last run left behind.
-
-    Attributes:
-        wu_id: ``workunit.id``.
-        name: the work unit's name (the job name).
-        error_mask: its ``error_mask`` bits.
-        result_name: the result the details come from ("" if none ran).
-        exit_status: that result's exit status, None if no result ran.
-        stderr_out: that result's ``stderr_out``.
-    """
-
-    wu_id: int
-    name: str
-    error_mask: int
-    result_name: str = ""
-    exit_status: int | None = None
-    stderr_out: str = ""
 
 
 def _chunks(items: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:

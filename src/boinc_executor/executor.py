@@ -33,7 +33,7 @@ from .decoding import TypePolicy
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
 
 if TYPE_CHECKING:
-    from .db import BatchCounts
+    from .rows import BatchCounts
 
 __all__ = ["BoincExecutor"]
 
