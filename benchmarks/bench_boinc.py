@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from boinc_executor import BoincExecutor, JobParams, protocol  # noqa: E402
 from boinc_executor.boinc import BoincBackend  # noqa: E402
+from boinc_executor.workunits import param_options  # noqa: E402
 from tests.boinc_harness.mariadb import (  # noqa: E402
     create_boinc_database,
     drop_database,
@@ -110,21 +111,7 @@ def measure_naive(project: Project, n: int) -> float:
     params = JobParams()
     try:
         batch_id, _ = backend.create_batch("bench-naive", project.root / "naive-batch")
-        options = []
-        for name in (
-            "rsc_fpops_est",
-            "rsc_fpops_bound",
-            "rsc_memory_bound",
-            "rsc_disk_bound",
-            "delay_bound",
-            "min_quorum",
-            "target_nresults",
-            "max_error_results",
-            "max_total_results",
-            "max_success_results",
-            "priority",
-        ):
-            options += [f"--{name}", repr(getattr(params, name))]
+        options = param_options(params)
         start = time.perf_counter()
         program = protocol.encode_program(square)
         program_name = protocol.program_file_name("naive", program)

@@ -27,6 +27,7 @@ from boinc_executor import errors, protocol
 from boinc_executor.config import ProjectConfig
 from boinc_executor.db import Database
 from boinc_executor.decoding import TypePolicy
+from boinc_executor.project import input_template, output_template
 from tests.boinc_harness.backend import output_files
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
@@ -42,45 +43,6 @@ if head -c 4 data.pkl | grep -q FAIL; then
 fi
 cp data.pkl result.pkl
 echo 0 > boinc_finish_called
-"""
-IN_TEMPLATE = """<input_template>
-    <file_info>
-        <number>0</number>
-        <no_delete/>
-    </file_info>
-    <file_info>
-        <number>1</number>
-    </file_info>
-    <workunit>
-        <file_ref>
-            <file_number>0</file_number>
-            <open_name>program.pkl</open_name>
-            <copy_file/>
-        </file_ref>
-        <file_ref>
-            <file_number>1</file_number>
-            <open_name>data.pkl</open_name>
-            <copy_file/>
-        </file_ref>
-    </workunit>
-</input_template>
-"""
-OUT_TEMPLATE = f"""<output_template>
-    <file_info>
-        <name><OUTFILE_0/></name>
-        <generated_locally/>
-        <upload_when_present/>
-        <max_nbytes>{protocol.DEFAULT_MAX_RESULT_BYTES}</max_nbytes>
-        <url><UPLOAD_URL/></url>
-    </file_info>
-    <result>
-        <file_ref>
-            <file_name><OUTFILE_0/></file_name>
-            <open_name>result.pkl</open_name>
-            <copy_file/>
-        </file_ref>
-    </result>
-</output_template>
 """
 PROGRAM = "pyb_fn_0123456789abcdef0123456789abcdef.pkl"
 
@@ -104,8 +66,8 @@ def project(boinc_project: Project) -> Project:
     (app_dir / "pyboinc_1.0.sh").write_text(APP)
     (app_dir / "pyboinc_1.0.sh").chmod(0o755)
     assert p.run("update_versions", "--noconfirm").returncode == 0
-    (p.root / "templates/pyboinc_in").write_text(IN_TEMPLATE)
-    (p.root / "templates/pyboinc_out").write_text(OUT_TEMPLATE)
+    (p.root / "templates/pyboinc_in").write_text(input_template())
+    (p.root / "templates/pyboinc_out").write_text(output_template())
     p.add_daemon("sample_bitwise_validator -d 3 --app pyboinc --sleep_interval 1")
     launcher(p.bin_dir / "pyboinc_assimilator", "pyboinc_assimilator.py")
     launcher(p.bin_dir / "pyboinc_compare", "pyboinc_compare.py")

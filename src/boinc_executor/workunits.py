@@ -29,6 +29,7 @@ __all__ = [
     "Stager",
     "cache_md5_info",
     "create_work",
+    "param_options",
 ]
 
 APP_NAME = "pyboinc"
@@ -55,6 +56,14 @@ PARAM_TAGS = (
     "max_success_results",
 )
 _PARAM_OPTIONS = (*PARAM_TAGS, "priority")
+
+
+def param_options(params: JobParams) -> list[str]:
+    """``JobParams`` as create_work command-line options (``--rsc_fpops_est 1e10`` ...)."""
+    argv: list[str] = []
+    for option in _PARAM_OPTIONS:
+        argv += [f"--{option}", repr(getattr(params, option))]
+    return argv
 
 
 class Stager:
@@ -193,8 +202,7 @@ def _create_work_chunk(
         "--result_template",
         OUTPUT_TEMPLATE,
     ]
-    for option in _PARAM_OPTIONS:
-        argv += [f"--{option}", repr(getattr(params, option))]
+    argv += param_options(params)
     argv.append("--stdin")
     lines = "".join(f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs)
     try:
