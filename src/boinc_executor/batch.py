@@ -29,7 +29,7 @@ from .errors import BatchError, BatchLockedError
 __all__ = ["BatchDir", "Checkpoint", "JournalEntry"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """What ties a batch directory to its batch.
 
@@ -48,7 +48,7 @@ class Checkpoint:
     created: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One job as journaled before it was handed to the backend.
 
