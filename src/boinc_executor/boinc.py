@@ -114,6 +114,9 @@ class BoincBackend(Backend):
     poll_interval = 2.0
     default_chunksize = 10
     submit_delay = 0.5
+    # Hand over whole bulks: create_work runs them in parallel chunks, and a volunteer
+    # job costs minutes of scheduling anyway, so nothing gains from early small slices.
+    handover_size = 20_000
 
     def __init__(
         self,
