@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
@@ -296,9 +297,7 @@ def _stage_version_dir(pdir: Path, files: list[AppFile]) -> None:
                 _write(target, f.data, mode)
         elif f.source is not None and not target.is_file():
             tmp = pdir / f".{f.physical_name}.tmp"
-            with f.source.open("rb") as src, tmp.open("wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
+            shutil.copyfile(f.source, tmp)  # an interpreter archive: streamed, not read whole
             tmp.chmod(mode)
             os.replace(tmp, target)
         target.chmod(mode)
