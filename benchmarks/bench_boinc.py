@@ -46,8 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from boinc_executor import BoincExecutor, JobParams, protocol  # noqa: E402
-from boinc_executor.boinc import BoincBackend  # noqa: E402
-from boinc_executor.workunits import param_options  # noqa: E402
+from boinc_executor.backends.boinc import BoincBackend  # noqa: E402
+from boinc_executor.backends.workunits import param_options  # noqa: E402
 from tests.boinc_harness.mariadb import (  # noqa: E402
     create_boinc_database,
     drop_database,
@@ -164,7 +164,7 @@ def measure_collection(project: Project, n: int) -> tuple[float, float]:
 @contextmanager
 def bench_project(scratch: Path) -> Iterator[Project]:
     """A stand-in project configured by setup-project, with its own database."""
-    from boinc_executor.project import setup_project
+    from boinc_executor.server.project import setup_project
 
     server = ensure_server()
     db_name = f"bench_{uuid.uuid4().hex[:12]}"

@@ -36,7 +36,7 @@ from boinc_executor import errors, protocol
 from boinc_executor.errors import ProtocolError
 
 if TYPE_CHECKING:
-    from boinc_executor.db import Database
+    from boinc_executor.backends.db import Database
 
 NAME = "pyboinc_assimilator"
 CLIENT_ERROR = 3  # result.outcome
@@ -193,8 +193,8 @@ def main(argv: list[str]) -> int:
         return 2
     project, args = parsed
     try:
+        from boinc_executor.backends.db import Database
         from boinc_executor.config import ProjectConfig
-        from boinc_executor.db import Database
 
         config = ProjectConfig.load(project_root(project))
         with Database(config) as db:

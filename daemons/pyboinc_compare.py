@@ -19,7 +19,7 @@ In general one path checks it and ``2n`` paths compare the first ``n`` files wit
 ``--rtol X`` (default ``$BOINC_EXECUTOR_COMPARE_RTOL`` or 1e-9), ``--atol X`` (default 0),
 and ``--trust module.QualName`` (repeatable) for result types beyond the default policy.
 
-A record is decoded under the default :class:`~boinc_executor.decoding.TypePolicy`, so a
+A record is decoded under the default :class:`~boinc_executor.protocol.decoding.TypePolicy`, so a
 hostile pickle runs nothing and is simply invalid. Floats and complex numbers (and numpy
 float arrays, when numpy is importable) must agree within the relative tolerance, NaN
 matching NaN; everything else must be equal and of the same type. Calls that failed match
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from boinc_executor import protocol
-from boinc_executor.decoding import TypePolicy
+from boinc_executor.protocol.decoding import TypePolicy
 
 USAGE = 3
 _BOINC_OUTPUT = re.compile(r"(.+)_[0-9]+_r[0-9]+_[0-9]+")  # <wu>_<n>_r<random>_<i>

@@ -3,7 +3,7 @@
 Loaded by tests/conftest.py next to the harness fixtures (both need mysqlclient):
 
 * ``pyboinc_project`` (function): the harness ``boinc_project`` after
-  :func:`boinc_executor.project.setup_project` ran on it: app ``pyboinc``, its templates,
+  :func:`boinc_executor.server.project.setup_project` ran on it: app ``pyboinc``, its templates,
   app versions for every platform, ``pyboinc_batch``, the daemon scripts in bin/ and the
   assimilator/validator daemons in config.xml. Returns the harness ``Project``.
 * ``pyboinc_host`` (function): a ``VolunteerHost`` (client dir ``<tmp_path>/client``)
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from boinc_executor import BoincExecutor
-from boinc_executor.project import setup_project
+from boinc_executor.server.project import setup_project
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
 

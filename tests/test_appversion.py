@@ -19,11 +19,12 @@ import pytest
 
 pytest.importorskip("MySQLdb", reason="the BOINC harness needs mysqlclient")
 
-from boinc_executor import appversion, protocol
+from boinc_executor import protocol
+from boinc_executor.backends.db import Database
 from boinc_executor.config import ProjectConfig
-from boinc_executor.db import Database
-from boinc_executor.decoding import TypePolicy
-from boinc_executor.project import setup_project
+from boinc_executor.protocol.decoding import TypePolicy
+from boinc_executor.server import appversion
+from boinc_executor.server.project import setup_project
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
 

@@ -32,7 +32,7 @@ MakeExecutor = Callable[..., Executor]
 
 KINDS = ["process", "local"]
 if "boinc_executor_factory" in dir(sys.modules.get("tests.conftest")):
-    from boinc_executor.boinc import BoincBackend
+    from boinc_executor.backends.boinc import BoincBackend
 
     KINDS.append("boinc")
 

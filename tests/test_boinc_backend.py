@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor, JobParams, protocol
-from boinc_executor.backend import BackendEvents
+from boinc_executor.backends.base import BackendEvents
+from boinc_executor.backends.boinc import BoincBackend, Progress
 from boinc_executor.batch import BatchDir, Checkpoint, JournalEntry
-from boinc_executor.boinc import BoincBackend, Progress
 from boinc_executor.errors import ConfigError, DatabaseError, WorkunitError
 from tests import jobs
 from tests.boinc_harness.common import fanout_dir, read_config
@@ -127,8 +127,8 @@ def test_wrong_credentials_and_unreachable_database(pyboinc_project: Project) ->
 
 
 def test_database_connection_killed_by_the_server_is_reopened(pyboinc_project: Project) -> None:
+    from boinc_executor.backends.db import Database
     from boinc_executor.config import ProjectConfig
-    from boinc_executor.db import Database
 
     db = Database(ProjectConfig.load(pyboinc_project.root))
 

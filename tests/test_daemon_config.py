@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from boinc_executor.daemonconf import daemon_commands, edit_daemons
+from boinc_executor.server.daemonconf import daemon_commands, edit_daemons
 
 CMDS = daemon_commands()
 ASSIM, VALID = CMDS["assimilator"], CMDS["validator"]

@@ -175,7 +175,7 @@ def test_import_and_local_run_without_mysqlclient(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "sys.modules['MySQLdb'] = None  # any import of it now fails\n"
-        "import boinc_executor, boinc_executor.runner\n"
+        "import boinc_executor, boinc_executor.volunteer.runner\n"
         "from boinc_executor import BoincExecutor\n"
         "def f(x): return x + 1\n"
         "if __name__ == '__main__':\n"

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from boinc_executor import appversion, protocol
-from boinc_executor.decoding import TypePolicy
+from boinc_executor import protocol
 from boinc_executor.errors import ConfigError
+from boinc_executor.protocol.decoding import TypePolicy
+from boinc_executor.server import appversion
 
 LINUX = "x86_64-pc-linux-gnu"
+
+PACKAGE = Path(appversion.__file__).resolve().parents[1]
 
 
 def lay_out(tmp_path: Path, fn, calls, *, soft_links: bool, job: str = "pyb_3_1",
@@ -123,7 +126,9 @@ def test_runner_zip_is_self_contained(tmp_path: Path) -> None:
     assert "__main__.py" in names and "cloudpickle/__init__.py" in names
     assert any(n.startswith("cloudpickle-LICENSE") for n in names)
     assert {n for n in names if n.startswith("boinc_executor/")} == {
-        f"boinc_executor/{m}.py" for m in ("__init__", *appversion.RUNNER_MODULES)}
+        "boinc_executor/__init__.py",
+        *(f"boinc_executor/{appversion.runner_module_path(m).relative_to(PACKAGE).as_posix()}"
+          for m in appversion.RUNNER_MODULES)}
     slot = tmp_path / "slot"
     slot.mkdir()
     (slot / "pyboinc.zip").write_bytes(data)

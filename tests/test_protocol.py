@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import ProtocolError, UnsafeResultError, protocol, register_trusted_type
-from boinc_executor.decoding import TypePolicy, safe_loads
 from boinc_executor.errors import JobLostError, RemoteError, WorkunitError, rebuild_exception
+from boinc_executor.protocol.decoding import TypePolicy, safe_loads
 
 
 class Point:

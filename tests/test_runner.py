@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from boinc_executor import protocol
-from boinc_executor.decoding import TypePolicy
+from boinc_executor.protocol.decoding import TypePolicy
 from tests import jobs
 
 SRC = str(Path(__file__).parent.parent / "src")
@@ -18,7 +18,7 @@ ROOT = str(Path(__file__).parent.parent)
 def _run(slot: Path, extra_path: str = "") -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (extra_path, SRC, ROOT) if p))
     return subprocess.run(
-        [sys.executable, "-m", "boinc_executor.runner"],
+        [sys.executable, "-m", "boinc_executor.volunteer.runner"],
         cwd=slot,
         env=env,
         capture_output=True,

@@ -25,9 +25,10 @@ import pytest
 pytest.importorskip("MySQLdb", reason="the BOINC harness needs mysqlclient")
 
 import boinc_executor
-from boinc_executor import ConfigError, DatabaseError, appversion, protocol
-from boinc_executor.daemonconf import daemon_commands
-from boinc_executor.project import input_template, output_template, setup_project
+from boinc_executor import ConfigError, DatabaseError, protocol
+from boinc_executor.server import appversion
+from boinc_executor.server.daemonconf import daemon_commands
+from boinc_executor.server.project import input_template, output_template, setup_project
 from tests.boinc_harness.mariadb import DbServer, create_boinc_database, drop_database
 from tests.boinc_harness.project import Project, make_project
 from tests.boinc_harness.volunteer import VolunteerHost
@@ -228,7 +229,7 @@ def test_daemon_sources_are_found_in_a_wheel_layout(tmp_path: Path) -> None:
     site = tmp_path / "site"
     shutil.copytree(REPO / "src/boinc_executor", site / "boinc_executor")
     shutil.copytree(REPO / "daemons", site / "boinc_executor/_daemons")
-    code = ("from boinc_executor.daemonconf import daemon_source; "
+    code = ("from boinc_executor.server.daemonconf import daemon_source; "
             "print(daemon_source('pyboinc_assimilator'))")
     # -I: no PYTHONPATH and no current directory; the copy goes first on sys.path.
     code = f"import sys; sys.path.insert(0, {str(site)!r}); " + code

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BoincExecutor": "executor",
     "JobParams": "config",
-    "register_trusted_type": "decoding",
+    "register_trusted_type": "protocol.decoding",
     "pyboinc_call": "pyboinc",
     "pyboinc_master": "pyboinc",
     "pyboinc_get_input": "pyboinc",
@@ -66,7 +66,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import JobParams
-    from .decoding import register_trusted_type
     from .errors import (
         BatchError,
         BatchLockedError,
@@ -85,6 +84,7 @@ if TYPE_CHECKING:
         WorkunitError,
     )
     from .executor import BoincExecutor
+    from .protocol.decoding import register_trusted_type
     from .pyboinc import pyboinc_call, pyboinc_get_input, pyboinc_master, pyboinc_return_output
 
 

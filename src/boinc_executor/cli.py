@@ -1,7 +1,7 @@
 """The ``boinc-executor`` command line.
 
 ``boinc-executor setup-project PROJECT_DIR`` turns an existing BOINC project into one
-that runs ``BoincExecutor`` jobs (see :mod:`boinc_executor.project` and
+that runs ``BoincExecutor`` jobs (see :mod:`boinc_executor.server.project` and
 docs/operator-guide.md); ``boinc-executor status BATCH_ID`` shows how far a batch got.
 This module is, with the volunteer runner, the only place that configures logging;
 nothing imports it.
@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .appversion import ALL_PLATFORMS
 from .errors import BoincExecutorError
+from .server.appversion import ALL_PLATFORMS
 
 __all__ = ["main"]
 
@@ -103,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(batch_id: int, project: str | None) -> int:
+    from .backends.db import Database
     from .config import ProjectConfig, resolve_project_dir
-    from .db import Database
 
     root = resolve_project_dir(project)
     if root is None:
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "setup-project":
-        from .project import setup_project
+        from .server.project import setup_project
 
         interpreters = dict(args.python)
         if len(interpreters) != len(args.python):

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .backend import Backend, JobState
+from .backends.base import Backend, JobState
 from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams
 from .decoder import RecordDecoder
-from .decoding import TypePolicy
 from .errors import BoincExecutorError, SubmissionError, rebuild_exception
+from .protocol.decoding import TypePolicy
 
 __all__ = ["Collector", "Job"]
 

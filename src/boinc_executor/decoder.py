@@ -21,8 +21,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .batch import BatchDir
-from .decoding import TypePolicy
 from .errors import BoincExecutorError, ResultDecodeError, rebuild_exception
+from .protocol.decoding import TypePolicy
 
 __all__ = ["RecordDecoder"]
 

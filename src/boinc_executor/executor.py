@@ -5,7 +5,7 @@ batch directory, and turning ``submit``/``map`` calls into journaled jobs with
 plain ``Future``s. Everything after that (bulk hand-over to the backend,
 reading records from ``new/``, resolving futures) belongs to the collector
 thread in :mod:`boinc_executor.collector`; the engines behind it are in
-:mod:`boinc_executor.backend`.
+:mod:`boinc_executor.backends.base`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
-from .backend import Backend, BackendEvents, load_backend
+from .backends.base import Backend, BackendEvents, load_backend
 from .batch import BatchDir, Checkpoint, JournalEntry
 from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
-from .decoding import TypePolicy
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
+from .protocol.decoding import TypePolicy
 
 if TYPE_CHECKING:
-    from .rows import BatchCounts
+    from .backends.rows import BatchCounts
 
 __all__ = ["BoincExecutor"]
 

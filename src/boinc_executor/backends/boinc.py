@@ -61,12 +61,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-from . import protocol
-from .backend import Backend, BackendEvents
-from .batch import BatchDir, Checkpoint, JournalEntry
-from .config import JobParams, ProjectConfig
+from .. import protocol
+from ..batch import BatchDir, Checkpoint, JournalEntry
+from ..config import JobParams, ProjectConfig
+from ..errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
+from .base import Backend, BackendEvents
 from .db import BATCH_TABLE, Database
-from .errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
 from .rows import BatchCounts, FailedWorkunit
 from .workunits import (
     APP_NAME,

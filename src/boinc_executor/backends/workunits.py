@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from . import protocol
-from .batch import JournalEntry
-from .config import JobParams, ProjectConfig
-from .errors import SubmissionError
+from .. import protocol
+from ..batch import JournalEntry
+from ..config import JobParams, ProjectConfig
+from ..errors import SubmissionError
 
 __all__ = [
     "APP_NAME",

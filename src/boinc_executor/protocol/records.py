@@ -26,24 +26,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ProtocolError, ResultDecodeError
 from .decoding import TypePolicy, safe_loads
-from .errors import ProtocolError, ResultDecodeError
 from .fileio import atomic_write, read_bounded
 
 __all__ = [
     "CHECKPOINT",
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
+    "FORMAT_VERSION",
     "JOURNAL",
+    "KIND_DATA",
+    "KIND_PROGRAM",
+    "KIND_RESULT",
+    "LOCK",
     "NEW",
     "OLD",
     "OPEN_DATA",
     "OPEN_PROGRAM",
     "OPEN_RESULT",
     "QUARANTINE",
+    "TAIL_CHARS",
     "ProtocolError",
     "ResultRecord",
     "atomic_write",
+    "check_prefix",
+    "data_file_name",
     "decode_frame",
     "decode_result",
     "deliver_record",
@@ -54,14 +62,17 @@ __all__ = [
     "encode_result",
     "error_info",
     "failure_info",
+    "host_name",
     "input_digest",
     "job_name",
     "parse_job_name",
     "parse_record_name",
     "program_file_name",
     "program_identity",
+    "python_tag",
     "read_bounded",
     "record_file_name",
+    "tail",
 ]
 
 FORMAT_VERSION = 1

@@ -1,6 +1,6 @@
 """Volunteer-side entry point: run one job in a BOINC slot directory.
 
-``python -m boinc_executor.runner`` is what the app version's shell script or
+``python -m boinc_executor.volunteer.runner`` is what the app version's shell script or
 batch file runs, with the slot directory as the working directory. The runner
 
 1. resolves the open names ``program.pkl``, ``data.pkl`` and ``result.pkl``
@@ -31,7 +31,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import protocol
+from .. import protocol
 
 _SOFT_LINK_OPEN = b"<soft_link>"
 _SOFT_LINK_CLOSE = b"</soft_link>"

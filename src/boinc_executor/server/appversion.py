@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "ALL_PLATFORMS",
@@ -64,13 +64,21 @@ ALL_PLATFORMS = (*POSIX_PLATFORMS, WINDOWS_PLATFORM)
 ZIP_LOGICAL_NAME = "pyboinc.zip"
 # The runner and exactly the package modules it imports; build_runner_zip checks the
 # closure so a new import in one of them fails here, on the server, not on volunteers.
-RUNNER_MODULES = ("runner", "protocol", "fileio", "decoding", "errors")
+RUNNER_MODULES = (
+    "volunteer",
+    "volunteer.runner",
+    "protocol",
+    "protocol.records",
+    "protocol.fileio",
+    "protocol.decoding",
+    "errors",
+)
 
 EXIT_NO_PYTHON = 127  # the shell's "command not found"
 EXIT_BROKEN = 126  # the app version itself is unusable on this host
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same release gives the same bytes
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _HASH_CHARS = 10
 _RELEASE_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar")
@@ -219,22 +227,43 @@ def _file_hash(path: Path) -> str:
 # --------------------------------------------------------------------------- the runner zip
 
 
-def _relative_imports(source: str, filename: str) -> set[str]:
-    """Modules of this package that ``source`` imports (``from . import x``, ``from .x import``)."""
+def runner_module_path(module: str) -> Path:
+    """The file of package module ``module`` (dotted, relative to ``boinc_executor``)."""
+    base = _PACKAGE_DIR.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _package_imports(source: str, module: str) -> set[str]:
+    """Modules of this package that ``module``'s ``source`` imports, as dotted names.
+
+    Relative imports are resolved against the module's own package; ``from pkg import
+    name`` counts ``pkg.name`` when that is a module, else ``pkg`` itself.
+    """
+    path = runner_module_path(module)
+    here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source, filename)):
+
+    def add(parts: list[str], names: list[str]) -> None:
+        for name in names:
+            candidate = [*parts, name]
+            if runner_module_path(".".join(candidate)).exists():
+                found.add(".".join(candidate))
+            elif parts:
+                found.add(".".join(parts))
+
+    for node in ast.walk(ast.parse(source, str(path))):
         if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)]
             if node.module:
-                found.add(node.module.split(".")[0])
+                found.add(".".join([*base, *node.module.split(".")]))
             else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom | ast.Import):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
+                add(base, [alias.name for alias in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("boinc_executor."):
+            found.add(str(node.module).split(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            found.update(
+                a.name.split(".", 1)[1] for a in node.names if a.name.startswith("boinc_executor.")
             )
-            found.update(n.split(".")[1] for n in names if n.startswith("boinc_executor."))
     return found
 
 
@@ -276,16 +305,16 @@ def build_runner_zip(release: str) -> bytes:
     """
     entries: list[tuple[str, bytes]] = []
     for module in RUNNER_MODULES:
-        path = _PACKAGE_DIR / f"{module}.py"
+        path = runner_module_path(module)
         source = path.read_bytes()
-        extra = _relative_imports(source.decode(), str(path)) - set(RUNNER_MODULES)
+        extra = _package_imports(source.decode(), module) - set(RUNNER_MODULES)
         if extra:
             raise ConfigError(
                 f"boinc_executor.{module} imports {', '.join(sorted(extra))}, which the "
                 "volunteer-side zip does not ship; the runner must import only "
                 f"{', '.join(RUNNER_MODULES)}"
             )
-        entries.append((f"boinc_executor/{module}.py", source))
+        entries.append((f"boinc_executor/{path.relative_to(_PACKAGE_DIR).as_posix()}", source))
     init = (
         '"""boinc-executor, volunteer side: the runner and the protocol modules it needs."""\n'
         f"__version__ = {release!r}\n"
@@ -294,7 +323,7 @@ def build_runner_zip(release: str) -> bytes:
     main = (
         '"""Entry point of pyboinc.zip: run the job laid out in the current directory."""\n'
         "import sys\n\n"
-        "from boinc_executor.runner import main\n\n"
+        "from boinc_executor.volunteer.runner import main\n\n"
         "sys.exit(main())\n"
     )
     entries.append(("__main__.py", main.encode()))

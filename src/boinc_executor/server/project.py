@@ -8,7 +8,7 @@ docs/protocol.md's "On a BOINC project" contract needs (boinc-facts §5, §6, §
 2. the app ``pyboinc``: an ``<app>`` in project.xml, then ``bin/xadd``;
 3. the ``pyboinc_batch`` table (:meth:`Database.ensure_batch_table`);
 4. ``templates/pyboinc_in`` and ``templates/pyboinc_out``;
-5. an app version per platform (:mod:`boinc_executor.appversion`) in
+5. an app version per platform (:mod:`boinc_executor.server.appversion`) in
    ``apps/pyboinc/<version>/<platform>/``, registered with ``bin/update_versions``;
 6. ``bin/pyboinc_assimilator`` and ``bin/pyboinc_compare``, the daemon scripts;
 7. the assimilator and validator ``<daemon>`` entries in config.xml, edited as text so
@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from .. import __version__
+from ..config import ProjectConfig
+from ..errors import ConfigError
+from ..protocol import DEFAULT_MAX_RESULT_BYTES, OPEN_DATA, OPEN_PROGRAM, OPEN_RESULT
+from ..protocol.fileio import atomic_write
 from .appversion import (
     ALL_PLATFORMS,
     APP_NAME,
@@ -44,14 +48,10 @@ from .appversion import (
     version_num,
     version_xml,
 )
-from .config import ProjectConfig
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
-from .errors import ConfigError
-from .fileio import atomic_write
-from .protocol import DEFAULT_MAX_RESULT_BYTES, OPEN_DATA, OPEN_PROGRAM, OPEN_RESULT
 
 if TYPE_CHECKING:
-    from .db import Database
+    from ..backends.db import Database
 
 __all__ = ["SetupReport", "input_template", "output_template", "setup_project"]
 
@@ -259,7 +259,7 @@ def _ensure_app(db: Database, root: Path, report: SetupReport) -> int:
 
 
 def _ensure_batch_table(db: Database, report: SetupReport) -> None:
-    from .db import BATCH_TABLE
+    from ..backends.db import BATCH_TABLE
 
     if db.query("SHOW TABLES LIKE %s", (BATCH_TABLE,), doing="looking for the batch table"):
         return
@@ -448,7 +448,7 @@ def _setup(
     report: SetupReport,
     say: Callable[[str], None],
 ) -> None:
-    from .db import Database
+    from ..backends.db import Database
 
     root = config.root
     db = Database(config)

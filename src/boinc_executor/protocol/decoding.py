@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ResultDecodeError, UnsafeResultError
+from ..errors import ResultDecodeError, UnsafeResultError
 
 __all__ = ["TypePolicy", "register_trusted_type", "safe_loads"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .batch import BatchDir, Checkpoint, JournalEntry
-from .config import JobParams
-from .errors import ConfigError
+from ..batch import BatchDir, Checkpoint, JournalEntry
+from ..config import JobParams
+from ..errors import ConfigError
 
 __all__ = ["Backend", "BackendEvents", "JobState", "load_backend"]
 

@@ -1,6 +1,6 @@
 """BOINC's enum codes and the rows boinc-executor reads from a project's database.
 
-Plain data, free of ``MySQLdb``: :mod:`boinc_executor.db` (the only module that
+Plain data, free of ``MySQLdb``: :mod:`boinc_executor.backends.db` (the only module that
 talks to the database) returns these, and code that only handles the values,
 such as ``BoincExecutor.progress()``'s callers, needs no database driver.
 """

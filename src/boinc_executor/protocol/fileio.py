@@ -15,7 +15,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["atomic_write", "read_bounded"]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import MySQLdb
 
-from .config import ProjectConfig
-from .errors import BatchNotFoundError, ConfigError, DatabaseError
+from ..config import ProjectConfig
+from ..errors import BatchNotFoundError, ConfigError, DatabaseError
 from .rows import (
     BATCH_COMPLETE,
     OUTCOME_CLIENT_ERROR,

@@ -10,7 +10,7 @@ to a real project unchanged::
             then deliver slot/result.pkl into BATCH_DIR/new/ as the assimilator does
     worker ──"S job" / "D job"──▶ reader thread ──▶ events.started / events.wake
 
-Workers are plain ``python -m boinc_executor.local`` subprocesses rather than
+Workers are plain ``python -m boinc_executor.backends.local`` subprocesses rather than
 ``multiprocessing`` children: nothing re-imports the user's ``__main__``, and
 like a volunteer they know only the files they are given. A worker that dies
 mid-job has that job retried once; the second death delivers an error record.
@@ -36,11 +36,11 @@ from typing import IO
 
 import filelock
 
-from . import protocol
-from .backend import Backend, BackendEvents
-from .batch import BatchDir, Checkpoint, JournalEntry
-from .config import JobParams, state_home
-from .errors import BatchNotFoundError
+from .. import protocol
+from ..batch import BatchDir, Checkpoint, JournalEntry
+from ..config import JobParams, state_home
+from ..errors import BatchNotFoundError
+from .base import Backend, BackendEvents
 
 __all__ = ["LocalBackend"]
 
@@ -202,7 +202,13 @@ class LocalBackend(Backend):
             slot = self._free_slot()
             env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
             proc = subprocess.Popen(
-                [sys.executable, "-m", "boinc_executor.local", str(self._batch_dir), str(slot)],
+                [
+                    sys.executable,
+                    "-m",
+                    "boinc_executor.backends.local",
+                    str(self._batch_dir),
+                    str(slot),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -346,7 +352,7 @@ def _deliver(batch_dir: Path, slot: Path, job: str, attempt: int, code: int) -> 
 
 def _worker_main(batch_dir: Path, slot_index: int) -> int:
     """Run jobs read from stdin until it closes; report on the saved stdout."""
-    from .runner import run_slot
+    from ..volunteer.runner import run_slot
 
     # A ^C in the terminal reaches the whole process group: let the master decide
     # (it cancels what has not started); a job already running finishes and reports.

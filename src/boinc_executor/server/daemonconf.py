@@ -19,9 +19,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
+from ..errors import ConfigError
 from .appversion import APP_NAME
-from .errors import ConfigError
 
 __all__ = [
     "ASSIMILATOR_SCRIPT",
@@ -72,7 +72,7 @@ def daemon_commands(*, float_validator: bool = False) -> dict[str, str]:
 def daemon_script(name: str) -> bytes:
     """bin/<name>: runs daemons/<name>.py with the interpreter that has boinc_executor."""
     code = (
-        "import sys; from boinc_executor.daemonconf import run_daemon_script; "
+        "import sys; from boinc_executor.server.daemonconf import run_daemon_script; "
         f'sys.exit(run_daemon_script("{name}", sys.argv[1:]))'
     )
     return (
@@ -86,7 +86,7 @@ def daemon_script(name: str) -> bytes:
 
 def daemon_source(name: str) -> Path | None:
     """daemons/<name>.py: in a wheel it is boinc_executor/_daemons, in a checkout ../../daemons."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for candidate in (
         package / "_daemons" / f"{name}.py",
         package.parents[1] / "daemons" / f"{name}.py",
@@ -106,7 +106,7 @@ def run_daemon_script(name: str, args: list[str]) -> int:
     if path is None:
         print(
             f"boinc-executor: the daemon module {name}.py is not installed with "
-            f"boinc_executor ({Path(__file__).resolve().parent}); reinstall boinc-executor",
+            f"boinc_executor ({Path(__file__).resolve().parents[1]}); reinstall boinc-executor",
             file=sys.stderr,
         )
         return 2

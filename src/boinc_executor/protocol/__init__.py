@@ -1,0 +1,103 @@
+"""The contract every side shares: batch-dir layout, framing, records, safe decoding, file I/O.
+
+The master, both backends, the volunteer runner and the server daemons speak only through
+the files this package reads and writes (``docs/protocol.md``). It imports nothing beyond
+the standard library and ``boinc_executor.errors``, so it ships in the volunteer-side
+``pyboinc.zip`` as it is:
+
+* :mod:`.records` -- naming, framing, input envelopes, result and error records;
+* :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
+* :mod:`.fileio` -- atomic writes and bounded reads.
+"""
+
+from __future__ import annotations
+
+from .records import (
+    CHECKPOINT,
+    DEFAULT_MAX_RESULT_BYTES,
+    FINISH_FILE,
+    FORMAT_VERSION,
+    JOURNAL,
+    KIND_DATA,
+    KIND_PROGRAM,
+    KIND_RESULT,
+    LOCK,
+    NEW,
+    OLD,
+    OPEN_DATA,
+    OPEN_PROGRAM,
+    OPEN_RESULT,
+    QUARANTINE,
+    TAIL_CHARS,
+    ProtocolError,
+    ResultRecord,
+    atomic_write,
+    check_prefix,
+    data_file_name,
+    decode_frame,
+    decode_result,
+    deliver_record,
+    encode_data,
+    encode_error_record,
+    encode_frame,
+    encode_program,
+    encode_result,
+    error_info,
+    failure_info,
+    host_name,
+    input_digest,
+    job_name,
+    parse_job_name,
+    parse_record_name,
+    program_file_name,
+    program_identity,
+    python_tag,
+    read_bounded,
+    record_file_name,
+    tail,
+)
+
+__all__ = [
+    "CHECKPOINT",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "FINISH_FILE",
+    "FORMAT_VERSION",
+    "JOURNAL",
+    "KIND_DATA",
+    "KIND_PROGRAM",
+    "KIND_RESULT",
+    "LOCK",
+    "NEW",
+    "OLD",
+    "OPEN_DATA",
+    "OPEN_PROGRAM",
+    "OPEN_RESULT",
+    "QUARANTINE",
+    "TAIL_CHARS",
+    "ProtocolError",
+    "ResultRecord",
+    "atomic_write",
+    "check_prefix",
+    "data_file_name",
+    "decode_frame",
+    "decode_result",
+    "deliver_record",
+    "encode_data",
+    "encode_error_record",
+    "encode_frame",
+    "encode_program",
+    "encode_result",
+    "error_info",
+    "failure_info",
+    "host_name",
+    "input_digest",
+    "job_name",
+    "parse_job_name",
+    "parse_record_name",
+    "program_file_name",
+    "program_identity",
+    "python_tag",
+    "read_bounded",
+    "record_file_name",
+    "tail",
+]
