@@ -39,6 +39,8 @@ class Checkpoint:
         prefix: the job-name prefix.
         project_dir: the BOINC project root, for the BOINC backend.
         created: when the batch was created (Unix time).
+        script: absolute path of the script that created it ("" if interactive).
+        name: the batch's name (the executor's ``name``, else the script's stem).
     """
 
     batch_id: int
@@ -46,6 +48,8 @@ class Checkpoint:
     prefix: str = "pyb"
     project_dir: str | None = None
     created: float = 0.0
+    script: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ class BatchDir:
                 prefix=str(data.get("prefix", "pyb")),
                 project_dir=data.get("project_dir"),
                 created=float(data.get("created", 0.0)),
+                script=str(data.get("script") or ""),
+                name=str(data.get("name") or ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BatchError(

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,9 @@ class Collector:
         params: work-unit parameters handed to every ``backend.submit``.
         policy: which types result payloads may contain.
         max_result_bytes: records larger than this are refused unread.
-        remove_when_complete: delete the batch directory once every job is resolved
-            (for directories the executor chose itself).
+        on_finish: called once the thread is done and the directory is unlocked,
+            with (complete, abandoned, failed calls); the executor decides there whether the
+            batch directory is kept (see :meth:`abandon`).
     """
 
     def __init__(
@@ -113,14 +114,16 @@ class Collector:
         params: JobParams,
         policy: TypePolicy,
         max_result_bytes: int,
-        remove_when_complete: bool = False,
+        on_finish: Callable[[bool, bool, int], None] | None = None,
     ) -> None:
         self.batch = batch
         self.batch_id = checkpoint.batch_id
         self.prefix = checkpoint.prefix
         self.backend = backend
         self.params = params
-        self._remove_when_complete = remove_when_complete
+        self._on_finish = on_finish
+        self._abandoned = False
+        self.failed_calls = 0  # calls resolved with an exception (they can be retried)
         self.lock = threading.RLock()
         self.wake = threading.Event()
         # Signalled whenever a flush pass ends; see wait_handed_over().
@@ -218,6 +221,38 @@ class Collector:
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def abandon(self, timeout: float | None = None) -> bool:
+        """Stop now, for an interrupted master: cancel nothing, hand nothing more over.
+
+        Jobs already handed over stay with the backend (on BOINC they keep
+        running); jobs still buffered were never journaled, so the next run
+        submits them. Waits up to ``timeout`` for the thread to finish.
+
+        Returns:
+            False if the thread was still busy (e.g. inside ``create_work``) when
+            the timeout passed; it is a daemon thread and dies with the process.
+        """
+        with self.lock:
+            self._stopping = True
+            self._abandoned = True
+            self._to_cancel.clear()
+        self.wake.set()
+        if self._thread is threading.current_thread() or not self._thread.is_alive():
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread still runs (it ends once the batch is drained or abandoned)."""
+        return self._thread.is_alive()
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether :meth:`abandon` was called."""
+        with self.lock:
+            return self._abandoned
+
     def wait_handed_over(self, timeout: float | None = None) -> bool:
         """Block until every buffered job is journaled and handed to the backend.
 
@@ -261,7 +296,7 @@ class Collector:
             was_submitted = job.state is JobState.SUBMITTED
             job.state = JobState.CANCELLED
             del self._jobs[job.name]
-            if was_submitted:
+            if was_submitted and not self._abandoned:
                 self._to_cancel.append(job.name)
         self.wake.set()
 
@@ -275,6 +310,8 @@ class Collector:
         while True:
             self.wake.wait(timeout)
             self.wake.clear()
+            if self.abandoned:
+                break
             try:
                 self._flush(force=self.stopping)
                 self._cancel_pending()
@@ -362,14 +399,15 @@ class Collector:
 
     def _finish(self) -> None:
         self._decoder.close()
-        complete = self.complete
+        abandoned = self.abandoned
+        complete = self.complete and not abandoned
         try:
-            self.backend.close(complete=complete)
+            self.backend.close(complete=complete, interrupted=abandoned)
         except Exception:
             logger.exception("closing the %s backend failed", self.backend.kind)
         self.batch.close()
-        if self._remove_when_complete and complete:
-            shutil.rmtree(self.batch.path, ignore_errors=True)
+        if self._on_finish is not None:
+            self._on_finish(complete, abandoned, self.failed_calls)
 
     @property
     def complete(self) -> bool:
@@ -405,7 +443,9 @@ class Collector:
     def _unclaimed_record(self, job_name: str, name: str) -> None:
         """A record in ``new/`` for a job no future waits on: keep, hand over, or refuse it."""
         prefix, batch_id, index = protocol.parse_job_name(job_name) or ("", -1, -1)
-        if (prefix, batch_id) != (self.prefix, self.batch_id):
+        journaled = self.journal.get(index)
+        retried = journaled is not None and journaled.job == job_name  # a retry's own name
+        if batch_id != self.batch_id or (prefix != self.prefix and not retried):
             self._quarantine(name, f"record of job {job_name}, which belongs to another batch")
             return
         with self.lock:
@@ -457,11 +497,14 @@ class Collector:
             if not running[i]:
                 continue
             if outcomes is None:
+                self.failed_calls += 1
                 fut.set_exception(error)
             elif job.chunk:
+                self.failed_calls += sum(1 for ok, _ in outcomes if not ok)
                 fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
             else:
                 ok, value = outcomes[i]
+                self.failed_calls += not ok
                 if ok:
                     fut.set_result(value)
                 else:

@@ -11,6 +11,7 @@ thread in :mod:`boinc_executor.collector`; the engines behind it are in
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -24,12 +25,20 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import protocol
+from . import fingerprint, interrupts, protocol
 from .backends.base import Backend, BackendEvents, load_backend
-from .batch import BatchDir, Checkpoint, JournalEntry
+from .batch import JournalEntry
 from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
+from .lifecycle import (
+    discard_batch,
+    finished_jobs,
+    mismatch_message,
+    open_batch,
+    retry_entry,
+    when_finished,
+)
 from .protocol.decoding import TypePolicy
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ logger = logging.getLogger("boinc_executor")
 T = TypeVar("T")
 ENV_BATCH_DIR = "BOINC_EXECUTOR_BATCH_DIR"
 _EXIT_FLUSH_SECONDS = 120.0
+_ABANDON_SECONDS = 10.0  # how long an interrupted executor waits for its thread
 
 
 def _batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -52,8 +62,10 @@ def _batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
 def _result_or_cancel(fut: Future[T], timeout: float | None = None) -> T:
     try:
         return fut.result(timeout)
-    finally:
-        fut.cancel()
+    except BaseException as exc:
+        if not (interrupts.is_interrupt(exc) or interrupts.interrupted()):
+            fut.cancel()
+        raise
 
 
 class BoincExecutor(Executor):
@@ -65,9 +77,13 @@ class BoincExecutor(Executor):
             means the embedded local backend.
         batch_dir: the batch directory. Re-using one replays its batch: calls
             already journaled are not submitted again. Default
-            ``$BOINC_EXECUTOR_BATCH_DIR``, else a fresh directory that is removed
-            after a clean, complete shutdown.
-        name: a label for the batch (default: the script's name).
+            ``$BOINC_EXECUTOR_BATCH_DIR``, else the running script's own batch:
+            running the script again after an interruption replays it; once it
+            completes and the executor is shut down normally, the next run starts
+            fresh (docs/user-guide.md, "Batches").
+        name: names the batch, so one script can own several, and an interactive
+            session can own one (default: none; the batch is labelled with the
+            script's name).
         prefix: job-name prefix (``<prefix>_<batch_id>_<index>``).
         job_params: BOINC work-unit parameters for this batch's jobs.
         trusted_types: extra classes (or ``"module.QualName"`` strings) results may contain.
@@ -112,39 +128,22 @@ class BoincExecutor(Executor):
         self._resumed: list[Future[Any]] = []
         if self._project_dir is None:
             _announce_local()
-        self._open_batch(batch_dir, name or _script_name(), prefix)
+        self._kept = False
+        interrupts.install_handlers()
+        self._open_batch(batch_dir, name, prefix)
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ opening
 
-    def _open_batch(self, batch_dir: str | os.PathLike[str] | None, name: str, prefix: str) -> None:
+    def _open_batch(
+        self, batch_dir: str | os.PathLike[str] | None, name: str | None, prefix: str
+    ) -> None:
         explicit = batch_dir if batch_dir is not None else os.environ.get(ENV_BATCH_DIR) or None
         backend = self._backend
-        if explicit is None:
-            batch_id, path = backend.create_batch(name, None)
-        else:
-            path = Path(explicit).expanduser()
-        batch = BatchDir(path)
+        opened = open_batch(backend, explicit, name, prefix, self._project_dir)
+        batch, checkpoint = opened.batch, opened.checkpoint
         try:
-            checkpoint = batch.read_checkpoint()
-            if checkpoint is None:
-                if explicit is not None:
-                    batch_id, _ = backend.create_batch(name, batch.path)
-                project = str(self._project_dir) if self._project_dir else None
-                checkpoint = Checkpoint(batch_id, backend.kind, prefix, project, time.time())
-                batch.write_checkpoint(checkpoint)
-            elif checkpoint.backend != backend.kind:
-                raise ConfigError(
-                    f"{batch.path} holds a {checkpoint.backend} batch, but this executor runs on "
-                    f"the {backend.kind} backend; "
-                    + (
-                        f"set project_dir={checkpoint.project_dir!r}"
-                        if checkpoint.project_dir
-                        else "unset project_dir and PYBOINC_DIR"
-                    )
-                    + ", or use another batch_dir"
-                )
             collector = Collector(
                 batch,
                 checkpoint,
@@ -152,7 +151,7 @@ class BoincExecutor(Executor):
                 params=self._params,
                 policy=self._policy,
                 max_result_bytes=self._max_result_bytes,
-                remove_when_complete=explicit is None,
+                on_finish=when_finished(opened),
             )
             backend.attach(
                 batch, checkpoint, BackendEvents(collector.job_started, collector.wake.set)
@@ -163,18 +162,23 @@ class BoincExecutor(Executor):
         self._batch = batch
         self._checkpoint = checkpoint
         self._collector = collector
+        owner = f" of {checkpoint.script}" if checkpoint.script else ""
+        if checkpoint.name and opened.claim is not None and opened.claim.owner.name:
+            owner += f" (name={checkpoint.name!r})"
         if collector.journal:
             logger.info(
-                "replaying batch %d in %s: %d jobs journaled, %d handled",
+                "replaying batch %d%s in %s: %d jobs journaled, %d handled",
                 checkpoint.batch_id,
+                owner,
                 batch.path,
                 len(collector.journal),
                 collector.handled_at_start,
             )
         else:
             logger.info(
-                "batch %d in %s (reattach with BoincExecutor.resume(%d))",
+                "batch %d%s in %s (reattach with BoincExecutor.resume(%d))",
                 checkpoint.batch_id,
+                owner,
                 batch.path,
                 checkpoint.batch_id,
             )
@@ -186,6 +190,7 @@ class BoincExecutor(Executor):
         *,
         project_dir: str | os.PathLike[str] | None = None,
         max_workers: int | None = None,
+        retry_failed: bool = False,
         **kwargs: Any,
     ) -> BoincExecutor:
         """Reattach to an existing batch from any directory.
@@ -198,33 +203,81 @@ class BoincExecutor(Executor):
             batch_id: the batch's ID, as logged when it was created.
             project_dir: the BOINC project (default ``$PYBOINC_DIR``; none: local).
             max_workers: local worker processes.
+            retry_failed: submit again, under new job names, every job whose
+                record is an error or holds a call that raised; every other
+                result is kept. A job of a ``map`` chunk is retried whole.
             **kwargs: other :class:`BoincExecutor` options (``trusted_types``, ...).
 
         Raises:
             BatchNotFoundError: no such batch, or its directory is gone.
+            BatchError: a failed job's staged input is gone (with ``retry_failed``).
         """
-        if not isinstance(batch_id, int) or isinstance(batch_id, bool) or batch_id <= 0:
-            raise BatchNotFoundError(f"batch IDs are positive integers, got {batch_id!r}")
+        _check_batch_id(batch_id)
         backend = load_backend(resolve_project_dir(project_dir), max_workers=max_workers)
         path = backend.locate_batch(batch_id)
         executor = cls(project_dir=project_dir, batch_dir=path, _backend=backend, **kwargs)
         if executor.batch_id != batch_id:
             executor.shutdown(wait=False)
             raise BatchError(f"{path} holds batch {executor.batch_id}, not batch {batch_id}")
-        executor._resume_journaled()
+        try:
+            executor._resume_journaled(retry_failed=retry_failed)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=False)
+            raise
         return executor
 
-    def _resume_journaled(self) -> None:
+    @classmethod
+    def discard(cls, batch_id: int, *, project_dir: str | os.PathLike[str] | None = None) -> Path:
+        """Remove a batch for good: cancel its unfinished jobs and delete its directory.
+
+        The next run of the script that owned it starts a fresh batch. Refused
+        while an executor uses the batch.
+
+        Args:
+            batch_id: the batch's ID.
+            project_dir: the BOINC project (default ``$PYBOINC_DIR``; none: local).
+
+        Returns:
+            The directory that was removed.
+
+        Raises:
+            BatchNotFoundError: no such batch, or its directory is gone.
+            BatchLockedError: an executor is using it.
+        """
+        _check_batch_id(batch_id)
+        return discard_batch(
+            load_backend(resolve_project_dir(project_dir), max_workers=1), batch_id
+        )
+
+    def _resume_journaled(self, *, retry_failed: bool = False) -> None:
         collector = self._collector
         journal = collector.journal
+        done = finished_jobs(self._batch) if retry_failed else set()
+        jobs: list[tuple[JournalEntry, list[Future[Any]]]] = []
         for index in sorted(journal):
             entry = journal[index]
             futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
             collector.register(Job(collector, entry.job, entry.i, entry.call, futures), entry)
-            self._resumed.extend(futures)
+            jobs.append((entry, futures))
         with collector.lock:
             collector.next_job = max(journal, default=-1) + 1
             collector.next_call = max((e.call + e.n for e in journal.values()), default=0)
+        if done:  # results in hand resolve from their records; see which failed
+            concurrent.futures.wait([f for e, fs in jobs if e.job in done for f in fs])
+        for entry, futures in jobs:
+            retry = entry.job in done and _failed(futures)
+            self._resumed.extend(self._retry(entry) if retry else futures)
+
+    def _retry(self, entry: JournalEntry) -> list[Future[Any]]:
+        """Submit a failed job again under a new name, journaled at the same index."""
+        collector = self._collector
+        new, program, data = retry_entry(self._backend, self._checkpoint, entry)
+        futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
+        with collector.lock:
+            collector.journal[entry.i] = new
+        collector.add(Job(collector, new.job, new.i, new.call, futures), new, program, data)
+        logger.info("retrying job %s as %s", entry.job, new.job)
+        return futures
 
     # ------------------------------------------------------------------ public API
 
@@ -307,6 +360,7 @@ class BoincExecutor(Executor):
         del self  # the generator must not keep the executor alive
 
         def results() -> Iterator[T]:
+            stopped = False  # the process is being interrupted: cancel nothing
             try:
                 while pending:
                     chunk = pending.popleft()
@@ -322,9 +376,15 @@ class BoincExecutor(Executor):
                             raise value
                         yield value
                     del chunk
+            except BaseException as exc:
+                stopped = interrupts.is_interrupt(exc)
+                raise
             finally:
-                for chunk in pending:
-                    chunk.cancel()
+                # Closed by break/close() or failed: cancel the rest, as ProcessPoolExecutor
+                # does. Closed because ^C or SIGTERM unwinds the caller: keep everything.
+                if not (stopped or interrupts.interrupted()):
+                    for chunk in pending:
+                        chunk.cancel()
 
         return results()
 
@@ -361,20 +421,50 @@ class BoincExecutor(Executor):
         """
         self._collector.stop(wait, cancel_futures=cancel_futures)
 
+    def __exit__(self, exc_type: Any, exc_val: BaseException | None, exc_tb: Any) -> None:
+        """Shut down, waiting; but on ^C, SIGTERM or an early ``SystemExit``, keep the batch."""
+        stopping = isinstance(exc_val, KeyboardInterrupt) or (
+            exc_val is not None and interrupts.interrupted()
+        )
+        if stopping or (isinstance(exc_val, SystemExit) and not self._collector.complete):
+            self._keep_interrupted()
+        else:
+            self.shutdown(wait=True)
+
+    def _keep_interrupted(self, *, tell: bool = True) -> None:
+        """Stop at once, for an interrupted master: cancel nothing, keep the batch, say where."""
+        if self._kept or not self._collector.running:
+            return  # already kept, or the batch ended (and was dealt with) before
+        self._kept = True
+        if not self._collector.abandon(timeout=_ABANDON_SECONDS):
+            logger.warning(
+                "batch %d: the collector was still busy after %.0f s; leaving it",
+                self.batch_id,
+                _ABANDON_SECONDS,
+            )
+        if tell:
+            interrupts.tell_kept(
+                self.batch_id, self.batch_dir, script=bool(self._checkpoint.script)
+            )
+
     # ------------------------------------------------------------------ submission
 
     def _program(self, fn: Callable[..., Any]) -> tuple[str, str, bytes]:
-        """The program file for ``fn``: (physical name, identity, bytes), pickled once."""
+        """The program file for ``fn``: (physical name, fingerprint, bytes), made once.
+
+        The fingerprint (:mod:`boinc_executor.fingerprint`) covers the function
+        and everything it captures, as they were when it was first pickled.
+        """
         cached = self._programs.get(id(fn))
         if cached is not None and cached[0] is fn:
             return cached[1], cached[2], cached[3]
         data = protocol.encode_program(fn)
         name = protocol.program_file_name(self._checkpoint.prefix, data)
-        identity = protocol.program_identity(data)
+        digest = fingerprint.function_digest(fn)
         if len(self._programs) >= 64:
             self._programs.pop(next(iter(self._programs)))
-        self._programs[id(fn)] = (fn, name, identity, data)  # holds fn: its id stays unique
-        return name, identity, data
+        self._programs[id(fn)] = (fn, name, digest, data)  # holds fn: its id stays unique
+        return name, digest, data
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
@@ -394,8 +484,9 @@ class BoincExecutor(Executor):
         name = protocol.job_name(self._checkpoint.prefix, self.batch_id, index)
         futures: list[Future[Any]] = [Future() for _ in range(1 if chunk else len(calls))]
         try:
-            program_name, identity, program = self._program(fn)
+            program_name, fn_digest, program = self._program(fn)
             data = protocol.encode_data(name, calls)
+            digest = fingerprint.call_digest(fn_digest, calls)
         except Exception as exc:
             error = TypeError(
                 f"cannot send {getattr(fn, '__qualname__', fn)!r} or its arguments to a volunteer: "
@@ -411,23 +502,33 @@ class BoincExecutor(Executor):
             i=index,
             call=call,
             n=len(calls),
-            digest=protocol.input_digest(identity, data),
+            digest=digest,
             program=program_name,
             data=protocol.data_file_name(name),
         )
         journaled = collector.journal.get(index)
         if journaled is not None and (journaled.digest, journaled.n) != (entry.digest, entry.n):
             raise BatchMismatchError(
-                f"call {call} (job {name}) differs from the call journaled at that index in "
-                f"{self.batch_dir}: the script's inputs changed since the batch was started; "
-                "restore them, or run the new inputs with a new batch_dir"
+                mismatch_message(fn, journaled, entry, self._checkpoint, self.batch_dir)
             )
+        if journaled is not None:
+            name = journaled.job  # a retried job carries its new name
         job = Job(collector, name, index, call, futures, n=len(calls) if chunk else None)
         if journaled is not None:
             collector.register(job, journaled)
         else:
             collector.add(job, entry, program, data)
         return futures
+
+
+def _check_batch_id(batch_id: object) -> None:
+    if not isinstance(batch_id, int) or isinstance(batch_id, bool) or batch_id <= 0:
+        raise BatchNotFoundError(f"batch IDs are positive integers, got {batch_id!r}")
+
+
+def _failed(futures: list[Future[Any]]) -> bool:
+    """Whether a resolved job failed (any of its calls raised or the job itself failed)."""
+    return any(f.done() and not f.cancelled() and f.exception() is not None for f in futures)
 
 
 @functools.lru_cache(maxsize=1)
@@ -439,14 +540,13 @@ def _announce_local() -> None:
     )
 
 
-def _script_name() -> str:
-    main = sys.argv[0] if sys.argv and sys.argv[0] else "interactive"
-    return Path(main).stem or "interactive"
-
-
 def _shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
     executor = ref()
-    if executor is not None:
+    if executor is not None and not executor._kept:
+        uncaught = getattr(sys, "last_value", None)  # set when a traceback was printed
+        if interrupts.interrupted() or isinstance(uncaught, KeyboardInterrupt):
+            executor._keep_interrupted()
+            return
         # Locally, like ProcessPoolExecutor, finish the work. On BOINC the jobs keep
         # running on volunteers, so only make sure every call is handed over.
         local = executor.backend == "local"

@@ -85,6 +85,11 @@ class Backend(abc.ABC):
         With ``batch_dir`` None the backend chooses the directory from the ID.
         """
 
+    @property
+    @abc.abstractmethod
+    def batch_root(self) -> Path:
+        """Where the batch directories the backend chooses live (and the script claims)."""
+
     @abc.abstractmethod
     def locate_batch(self, batch_id: int) -> Path:
         """The directory of an existing batch.
@@ -103,6 +108,14 @@ class Backend(abc.ABC):
 
         Physical names are immutable: staging a name that already exists with the
         same content is a no-op. ``shared`` files (programs) serve many jobs.
+        """
+
+    @abc.abstractmethod
+    def read_input(self, name: str) -> bytes:
+        """The bytes of an input file staged earlier (to re-submit it under a new job name).
+
+        Raises:
+            OSError: the file is not where it was staged.
         """
 
     def wait_staged(self) -> None:  # noqa: B027 - optional hook for asynchronous staging
@@ -128,8 +141,13 @@ class Backend(abc.ABC):
         """Stop jobs that have not started; running ones are best effort."""
 
     @abc.abstractmethod
-    def close(self, *, complete: bool) -> None:
-        """Release resources; ``complete`` means every job of the batch is done."""
+    def close(self, *, complete: bool, interrupted: bool = False) -> None:
+        """Release resources; ``complete`` means every job of the batch is done.
+
+        ``interrupted`` means the master is being stopped (^C, SIGTERM): stop
+        promptly, and never cancel a job that was handed over; it stays
+        journaled, and the next run or ``resume`` collects it.
+        """
 
 
 def load_backend(project_dir: Path | None, *, max_workers: int | None = None) -> Backend:

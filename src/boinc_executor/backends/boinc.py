@@ -234,6 +234,11 @@ class BoincBackend(Backend):
             self._db.set_batch_dir(batch_id, path)
         return batch_id, path
 
+    @property
+    def batch_root(self) -> Path:
+        """``<project>/pyboinc_batches``: default batch directories and script claims."""
+        return self.root / BATCHES_DIR
+
     def locate_batch(self, batch_id: int) -> Path:
         """The directory recorded for ``batch_id`` in ``pyboinc_batch``."""
         with self._db_lock:
@@ -278,6 +283,10 @@ class BoincBackend(Backend):
         self._stager.stage(name, data, shared=shared)
 
     # ------------------------------------------------------------------ submission
+
+    def read_input(self, name: str) -> bytes:
+        """Read a staged input file back from the download hierarchy."""
+        return self._stager.path(name).read_bytes()
 
     def wait_staged(self) -> None:
         """Wait for the staging threads, so the collector journals only staged jobs."""
@@ -447,8 +456,12 @@ class BoincBackend(Backend):
         with self._db_lock:
             self._db.cancel_workunits(names)
 
-    def close(self, *, complete: bool) -> None:
-        """Refresh the ``batch`` row (COMPLETE when ``complete``) and disconnect."""
+    def close(self, *, complete: bool, interrupted: bool = False) -> None:
+        """Refresh the ``batch`` row (COMPLETE when ``complete``) and disconnect.
+
+        Nothing is cancelled here, interrupted or not: work units handed to BOINC
+        keep running on the volunteers, and the next run collects their results.
+        """
         try:
             if self._batch_id:
                 with self._db_lock:

@@ -21,7 +21,9 @@ so ``BoincExecutor.resume(batch_id)`` finds a local batch from any directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -39,10 +41,12 @@ import filelock
 from .. import protocol
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams, state_home
-from ..errors import BatchNotFoundError
+from ..errors import BatchError, BatchNotFoundError
 from .base import Backend, BackendEvents
 
 __all__ = ["LocalBackend"]
+
+logger = logging.getLogger("boinc_executor")
 
 _PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
 _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
@@ -52,21 +56,43 @@ _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
 
 
 def _registry() -> Path:
-    path = state_home() / "registry"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return state_home() / "registry"
 
 
 def _register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
+    """Allocate a batch ID and record the batch's directory in the registry.
+
+    With an explicit ``batch_dir`` the registry is a convenience (it lets
+    ``resume(batch_id)`` find the batch): if the state home is not writable,
+    the batch gets an ID derived from its directory and is resumed by
+    ``batch_dir`` instead.
+    """
     registry = _registry()
-    with filelock.FileLock(registry / ".lock", timeout=30):
-        counter = registry / "last_id"
-        try:
-            last = int(counter.read_text())
-        except (FileNotFoundError, ValueError):
-            last = 0
-        batch_id = last + 1
-        protocol.atomic_write(counter, str(batch_id).encode())
+    try:
+        registry.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(registry / ".lock", timeout=30):
+            counter = registry / "last_id"
+            try:
+                last = int(counter.read_text())
+            except (FileNotFoundError, ValueError):
+                last = 0
+            batch_id = last + 1
+            protocol.atomic_write(counter, str(batch_id).encode())
+    except OSError as exc:
+        if batch_dir is None:
+            raise BatchError(
+                f"cannot register a batch under {state_home()} ({exc}); set "
+                "BOINC_EXECUTOR_HOME to a writable directory, or pass batch_dir"
+            ) from exc
+        path = batch_dir.resolve()
+        batch_id = 1_000_000_000 + int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16)
+        logger.warning(
+            "cannot register batch %s in %s (%s); re-run with the same batch_dir to resume it",
+            batch_id,
+            registry,
+            exc,
+        )
+        return batch_id, path
     path = batch_dir if batch_dir is not None else state_home() / "batches" / str(batch_id)
     record = {"batch_id": batch_id, "name": name, "batch_dir": str(path.resolve())}
     protocol.atomic_write(registry / f"{batch_id}.json", json.dumps(record).encode())
@@ -120,15 +146,25 @@ class LocalBackend(Backend):
         """Allocate the next local batch ID and record its directory in the registry."""
         return _register(name, batch_dir)
 
+    @property
+    def batch_root(self) -> Path:
+        """``<state home>/batches``: default batch directories and script claims."""
+        return state_home() / "batches"
+
     def locate_batch(self, batch_id: int) -> Path:
         """Find a local batch's directory through the registry."""
         record = _registry() / f"{batch_id}.json"
         try:
             path = Path(json.loads(record.read_text())["batch_dir"])
-        except (FileNotFoundError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
+            where = (
+                f"the registry at {record.parent}"
+                if record.parent.is_dir()
+                else f"{state_home()}, which has no registry (no local batch was created there)"
+            )
             raise BatchNotFoundError(
-                f"no local batch {batch_id} in the registry at {record.parent}; "
-                "check the ID, or set BOINC_EXECUTOR_HOME to the registry it was created under"
+                f"no local batch {batch_id} in {where}; check the ID, or set "
+                "BOINC_EXECUTOR_HOME to the state home it was created under"
             ) from exc
         if not (path / protocol.CHECKPOINT).is_file():
             raise BatchNotFoundError(
@@ -153,6 +189,11 @@ class LocalBackend(Backend):
         if not path.exists():
             protocol.atomic_write(path, data)
 
+    def read_input(self, name: str) -> bytes:
+        """Read a staged input file back from the local download area."""
+        assert self._root is not None, "attach() first"
+        return (self._root / "download" / name).read_bytes()
+
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Queue jobs for the workers; ``params`` only matter on BOINC."""
         with self._lock:
@@ -170,14 +211,21 @@ class LocalBackend(Backend):
                 if self._pending.pop(job, None) is not None:
                     self._known.discard(job)
 
-    def close(self, *, complete: bool) -> None:
-        """Stop the workers: ask nicely, then kill the ones still busy."""
+    def close(self, *, complete: bool, interrupted: bool = False) -> None:
+        """Stop the workers: ask nicely, then kill the ones still busy.
+
+        Interrupted, a worker is also told (SIGINT) to skip the jobs it has
+        queued: it finishes and delivers the job it runs, then exits; jobs that
+        never started have no record, so the next run submits them again.
+        """
         with self._lock:
             self._closing = True
             self._pending.clear()
             workers = list(self._workers)
         for w in workers:
             try:
+                if interrupted and w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGINT)
                 assert w.proc.stdin is not None
                 w.proc.stdin.close()
             except OSError:
@@ -354,9 +402,11 @@ def _worker_main(batch_dir: Path, slot_index: int) -> int:
     """Run jobs read from stdin until it closes; report on the saved stdout."""
     from ..volunteer.runner import run_slot
 
-    # A ^C in the terminal reaches the whole process group: let the master decide
-    # (it cancels what has not started); a job already running finishes and reports.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A ^C in the terminal reaches the whole process group. The job running now
+    # finishes and reports (so no finished work is lost); the jobs queued after it
+    # are skipped, and the master's next run submits them again.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
 
     extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
     if extra:
@@ -368,6 +418,8 @@ def _worker_main(batch_dir: Path, slot_index: int) -> int:
     slot = batch_dir / "local" / "slots" / str(slot_index)
     download = batch_dir / "local" / "download"
     for line in sys.stdin:
+        if stop.is_set():
+            break
         job, program, data, attempt_text = line.rstrip("\n").split("\t")
         attempt = int(attempt_text)
         report.write(f"S {job}\n")

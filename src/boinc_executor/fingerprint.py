@@ -1,0 +1,251 @@
+"""Replay fingerprints: a digest of everything a call's result depends on that the master controls.
+
+Design note. A replayed call is matched to its journal line by index and by this
+digest, so the digest must change whenever the result could, and must not change
+between two runs of the same unchanged script. Hashing the pickle does neither
+well: cloudpickle output carries memo order, set iteration order (which depends on
+``PYTHONHASHSEED``), dict insertion order and, for by-reference functions, only a
+name. So the digest is taken over a *canonical traversal* instead:
+
+* plain data (``None``, ``bool``, numbers, ``str``, ``bytes``) by type and value;
+  lists and tuples in order; dicts and sets as the *sorted* digests of their items,
+  so their construction order does not matter;
+* a function by its qualified name, its code (bytecode, constants, names, nested
+  code objects; not file names or line numbers, so moving code does not
+  invalidate a batch), its defaults and keyword defaults, its closure cells, and
+  every global its code (or nested code) reads, each digested in turn;
+* ``functools.partial`` by its function, arguments and keywords; a bound method by
+  its function and ``self``; a module by name; a class by qualified name, plus its
+  attributes when it is defined in ``__main__`` (where cloudpickle ships it by value);
+* any other object the way pickle would rebuild it: its ``__reduce_ex__`` parts
+  (callable, arguments, state, items), which covers dataclasses, enums, slotted
+  objects and extension types such as arrays.
+
+A shared object is digested once (its digest is cached by identity); a cycle is
+written as its distance up the path, so no digest depends on traversal order.
+
+Limits: objects whose ``__reduce_ex__`` depends on process state (an address, a
+random salt) digest differently in each run and so never replay; such arguments
+make a re-run raise ``BatchMismatchError`` rather than return stale results. A
+function called by name from an installed module is digested by its own code and
+globals, not by the code of everything it calls in turn (a changed library
+dependency is the library's version, outside the batch). Values reached only
+through ``getattr`` at run time, files the function reads, and the environment of
+the volunteer are outside the master's control and outside the digest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["call_digest", "function_digest", "split_digest"]
+
+_MAX_DEPTH = 200  # deeper structures are digested through their pickle
+_NO_REF = 1 << 30  # "refers to no ancestor": the digest may be cached by identity
+
+
+def _leaf(tag: bytes, data: bytes = b"") -> bytes:
+    return hashlib.sha256(tag + struct.pack("<Q", len(data)) + data).digest()
+
+
+class _Digest:
+    """One canonical traversal.
+
+    Every value gets a 32-byte digest of its own. A reference back to an object
+    still being digested (a cycle) is written as its distance up the path, so the
+    result never depends on memo order; digests of finished objects that refer to
+    no ancestor are cached by identity, so shared sub-structures cost once.
+    """
+
+    def __init__(self) -> None:
+        self._path: dict[int, int] = {}  # id -> depth of the objects being digested
+        self._cache: dict[int, bytes] = {}
+        self._keep: list[Any] = []  # keeps cached objects alive so their ids stay unique
+
+    def digest(self, value: Any) -> bytes:
+        """The canonical digest of ``value``."""
+        return self._digest(value, 0)[0]
+
+    def _digest(self, value: Any, depth: int) -> tuple[bytes, int]:
+        """(digest, shallowest ancestor depth it refers to, or ``_NO_REF``)."""
+        kind = type(value)
+        if value is None or kind is bool:
+            return _leaf(b"c", repr(value).encode()), _NO_REF
+        if kind is int:
+            return _leaf(b"i", str(value).encode()), _NO_REF
+        if kind is float or kind is complex:
+            return _leaf(b"f", repr(value).encode()), _NO_REF
+        if kind is str:
+            return _leaf(b"s", value.encode("utf-8", "surrogatepass")), _NO_REF
+        if kind is bytes:
+            return _leaf(b"b", value), _NO_REF
+        key = id(value)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached, _NO_REF
+        above = self._path.get(key)
+        if above is not None:
+            return _leaf(b"r", str(depth - above).encode()), above
+        if depth > _MAX_DEPTH:
+            return _leaf(b"p", _pickled(value)), _NO_REF
+        self._path[key] = depth
+        try:
+            parts: list[bytes] = []
+            low = _NO_REF
+
+            def add(item: Any) -> bytes:
+                nonlocal low
+                d, ref = self._digest(item, depth + 1)
+                low = min(low, ref)
+                return d
+
+            tag = self._parts(value, kind, add, parts)
+        finally:
+            del self._path[key]
+        result = _leaf(tag, b"".join(parts))
+        if low >= depth:
+            self._cache[key] = result
+            self._keep.append(value)
+        return result, low
+
+    def _parts(
+        self, value: Any, kind: type, add: Callable[[Any], bytes], parts: list[bytes]
+    ) -> bytes:
+        """Append the digests of ``value``'s parts to ``parts``; return its tag."""
+        if kind is tuple or kind is list:
+            parts.extend(add(item) for item in value)
+            return b"t" if kind is tuple else b"l"
+        if kind is dict:
+            parts.extend(sorted(hashlib.sha256(add(k) + add(v)).digest() for k, v in value.items()))
+            return b"d"
+        if kind is set or kind is frozenset:
+            parts.extend(sorted(add(item) for item in value))
+            return b"S"
+        if kind is bytearray:
+            parts.append(bytes(value))
+            return b"B"
+        if kind is types.FunctionType:
+            self._function(value, add, parts)
+            return b"n"
+        if kind is types.MethodType:
+            parts += [add(value.__func__), add(value.__self__)]
+            return b"M"
+        if kind is functools.partial:
+            parts += [add(value.func), add(value.args), add(value.keywords)]
+            return b"P"
+        if kind is types.ModuleType:
+            parts.append(value.__name__.encode())
+            return b"m"
+        if kind is types.CodeType:
+            _code(value, add, parts)
+            return b"k"
+        if kind is types.CellType:
+            try:
+                parts.append(add(value.cell_contents))
+            except ValueError:
+                return b"e"  # an empty cell: the variable was never bound
+            return b"C"
+        if isinstance(value, type):
+            parts.append(_qualified(value).encode())
+            if value.__module__ == "__main__":  # shipped by value, so its body counts
+                skip = ("__dict__", "__weakref__", "__module__", "__doc__")
+                parts.append(add({k: v for k, v in vars(value).items() if k not in skip}))
+            return b"T"
+        if kind in (types.BuiltinFunctionType, types.BuiltinMethodType):
+            parts.append(_qualified(value).encode())
+            owner = getattr(value, "__self__", None)
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                parts.append(add(owner))
+            return b"F"
+        _reduced(value, add, parts)
+        return b"o"
+
+    def _function(
+        self, fn: types.FunctionType, add: Callable[[Any], bytes], parts: list[bytes]
+    ) -> None:
+        parts.append(_qualified(fn).encode())
+        _code(fn.__code__, add, parts)
+        parts += [add(fn.__defaults__), add(fn.__kwdefaults__), add(tuple(fn.__closure__ or ()))]
+        found = fn.__globals__
+        builtins = found.get("__builtins__")
+        for name in sorted(_global_names(fn.__code__)):
+            if name in found:
+                parts += [b"g" + name.encode(), add(found[name])]
+            elif isinstance(builtins, dict) and name in builtins:
+                parts.append(b"G" + name.encode())
+            # else: an attribute name, or a global not defined (yet)
+
+
+def _code(code: types.CodeType, add: Callable[[Any], bytes], parts: list[bytes]) -> None:
+    parts.append(code.co_code)
+    parts.append(b"%d/%d/%d" % (code.co_argcount, code.co_kwonlyargcount, code.co_flags))
+    parts.append(add((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)))
+    parts.extend(add(const) for const in code.co_consts)
+
+
+def _reduced(value: Any, add: Callable[[Any], bytes], parts: list[bytes]) -> None:
+    """Digest an object as pickle would rebuild it (its ``__reduce_ex__`` parts)."""
+    parts.append(_qualified(type(value)).encode())
+    try:
+        reduced = value.__reduce_ex__(4)
+    except Exception:
+        parts.append(_pickled(value))
+        return
+    if isinstance(reduced, str):
+        parts.append(b"R" + reduced.encode())  # a global, pickled by name
+        return
+    rebuild, *rest = reduced
+    parts.append(_qualified(rebuild).encode())  # pickled by reference
+    for i, part in enumerate(rest[:4]):
+        parts.append(add(list(part) if i >= 2 and part is not None else part))
+
+
+def _pickled(value: Any) -> bytes:
+    import cloudpickle
+
+    try:
+        return bytes(cloudpickle.dumps(value, protocol=5))
+    except Exception as exc:
+        raise TypeError(
+            f"cannot fingerprint a {type(value).__qualname__}: {exc}; pass picklable data"
+        ) from exc
+
+
+def _qualified(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names the code and its nested code objects look up (globals among them)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def function_digest(fn: Callable[..., Any]) -> str:
+    """A digest of a callable and everything cloudpickle would capture with it."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}".encode()
+    return hashlib.sha256(version + _Digest().digest(fn)).hexdigest()[:32]
+
+
+def call_digest(fn_digest: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> str:
+    """The journal digest of a job: ``<function digest>:<arguments digest>``.
+
+    Keeping the two halves apart lets a mismatch say which of them changed.
+    """
+    return f"{fn_digest}:{_Digest().digest(calls).hex()}"
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    """The (function, arguments) halves of a journal digest; ``("", digest)`` for old ones."""
+    fn, sep, args = digest.partition(":")
+    return (fn, args) if sep else ("", digest)

@@ -1,0 +1,306 @@
+"""A batch's life around the executor: which directory it opens, what happens at the end.
+
+Design note. The batch contract, in one place:
+
+* **Opening.** An explicit ``batch_dir`` (or ``$BOINC_EXECUTOR_BATCH_DIR``) is used
+  as it is. Without one, the running script owns the batch
+  (:mod:`boinc_executor.ownership`): its claimed batch is replayed if it is still
+  there, else a new batch is created and claimed. The checkpoint records
+  ``script`` and ``name`` either way.
+* **Ending normally** (``shutdown`` or leaving a ``with`` block without an
+  interrupt) with every journaled call resolved: the claim is dropped, so the
+  next run starts fresh, and a directory the executor chose itself is removed,
+  unless calls failed: then it is kept for ``resume(batch_id, retry_failed=True)``.
+* **Interrupted** (^C, SIGTERM, ``SystemExit`` with work outstanding): nothing is
+  cancelled, nothing removed, the claim stays, and one line on stderr says where
+  the batch is (:func:`boinc_executor.interrupts.tell_kept`).
+* **Retrying** failed calls re-stages each failed job's input under a new job
+  name (``<prefix>r<k>_<batch>_<index>``) and journals it at the same index, so
+  the journal's last line for an index wins and a replay follows the retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .backends.base import Backend, BackendEvents
+from .batch import BatchDir, Checkpoint, JournalEntry
+from .errors import BatchError, BatchLockedError, ConfigError
+from .fingerprint import split_digest
+from .ownership import Claim, owner_for, release_batch, running_script
+
+__all__ = [
+    "Opened",
+    "discard_batch",
+    "finished_jobs",
+    "mismatch_message",
+    "open_batch",
+    "retry_entry",
+    "when_finished",
+]
+
+logger = logging.getLogger("boinc_executor")
+_RETRY_RE = re.compile(r".*r(\d+)")
+
+
+@dataclass
+class Opened:
+    """An opened batch directory and how it was chosen.
+
+    Attributes:
+        batch: the open, locked directory.
+        checkpoint: its checkpoint.
+        chosen: the executor chose the directory (no ``batch_dir`` was given).
+        claim: the script's claim on it, if the script owns it.
+    """
+
+    batch: BatchDir
+    checkpoint: Checkpoint
+    chosen: bool
+    claim: Claim | None
+
+
+def open_batch(
+    backend: Backend,
+    explicit: str | os.PathLike[str] | None,
+    name: str | None,
+    prefix: str,
+    project_dir: Path | None,
+) -> Opened:
+    """Open the batch an executor uses (see the module docstring).
+
+    Raises:
+        BatchError: the directory is unusable or locked.
+        ConfigError: it holds a batch of the other backend.
+    """
+    label = name or _script_stem()
+    owner = owner_for(name) if explicit is None else None
+    claim = Claim(backend.batch_root, owner) if owner is not None else None
+    batch, busy = _claimed(backend, claim) if claim is not None else (None, False)
+    if batch is None and explicit is None:
+        batch_id, path = backend.create_batch(label, None)
+        batch = BatchDir(path)
+        fresh: int | None = batch_id
+    elif batch is None:
+        batch = BatchDir(Path(explicit).expanduser())  # type: ignore[arg-type]
+        fresh = None
+    else:
+        fresh = None
+    try:
+        checkpoint = batch.read_checkpoint()
+        if checkpoint is None:
+            if fresh is None:
+                fresh, _ = backend.create_batch(label, batch.path)
+            checkpoint = Checkpoint(
+                fresh,
+                backend.kind,
+                prefix,
+                str(project_dir) if project_dir else None,
+                time.time(),
+                script=(owner.script if owner else running_script()) or "",
+                name=label,
+            )
+            batch.write_checkpoint(checkpoint)
+            if claim is not None and not busy:
+                _write_claim(claim, checkpoint.batch_id, batch.path)
+        elif checkpoint.backend != backend.kind:
+            raise ConfigError(
+                f"{batch.path} holds a {checkpoint.backend} batch, but this executor runs on "
+                f"the {backend.kind} backend; "
+                + (
+                    f"set project_dir={checkpoint.project_dir!r}"
+                    if checkpoint.project_dir
+                    else "unset project_dir and PYBOINC_DIR"
+                )
+                + ", or use another batch_dir"
+            )
+    except BaseException:
+        batch.close()
+        raise
+    return Opened(batch, checkpoint, explicit is None, None if busy else claim)
+
+
+def _claimed(backend: Backend, claim: Claim) -> tuple[BatchDir | None, bool]:
+    """The claimed batch, opened, if it is still there; and whether another run holds it."""
+    claimed = claim.read()
+    if claimed is None:
+        return None, False
+    batch_id, path = claimed
+    if not (path / protocol.CHECKPOINT).is_file():
+        return None, False  # completed elsewhere or removed by hand: start afresh
+    try:
+        batch = BatchDir(path)
+    except BatchLockedError as exc:
+        logger.warning(
+            "%s; this run uses a fresh batch (pass name= to tell concurrent runs apart)", exc
+        )
+        return None, True
+    checkpoint = batch.read_checkpoint()
+    if checkpoint is None or checkpoint.batch_id != batch_id or checkpoint.backend != backend.kind:
+        batch.close()
+        return None, False
+    return batch, False
+
+
+def _write_claim(claim: Claim, batch_id: int, path: Path) -> None:
+    try:
+        claim.write(batch_id, path)
+    except OSError as exc:
+        logger.warning(
+            "cannot record batch %d as the batch of %s in %s: %s",
+            batch_id,
+            claim.owner.script or claim.owner.name,
+            claim.path.parent,
+            exc,
+        )
+
+
+def when_finished(opened: Opened) -> Callable[[bool, bool, int], None]:
+    """The collector's end-of-batch callback: release the claim, keep or remove the directory."""
+    batch_id = opened.checkpoint.batch_id
+    path = opened.batch.path
+
+    def finished(complete: bool, abandoned: bool, failed: int) -> None:
+        if abandoned or not complete:
+            return  # the batch stays, claimed: the next run replays it
+        if opened.claim is not None:
+            opened.claim.release(batch_id)
+        if not opened.chosen:
+            return
+        if failed:
+            logger.warning(
+                "batch %d is kept in %s: %d calls failed; BoincExecutor.resume(%d, "
+                "retry_failed=True) runs them again, BoincExecutor.discard(%d) removes the batch",
+                batch_id,
+                path,
+                failed,
+                batch_id,
+                batch_id,
+            )
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+    return finished
+
+
+def finished_jobs(batch: BatchDir) -> set[str]:
+    """Names of the jobs that have a record (handled in ``old/`` or waiting in ``new/``)."""
+    names = set(batch.handled_records())
+    for entry in batch.scan_new():
+        parsed = protocol.parse_record_name(entry.name)
+        if parsed is not None:
+            names.add(parsed[0])
+    return names
+
+
+def retry_entry(
+    backend: Backend, checkpoint: Checkpoint, entry: JournalEntry
+) -> tuple[JournalEntry, bytes, bytes]:
+    """A failed job's retry: its journal entry, program bytes and re-named data file.
+
+    The data is re-framed, not re-pickled: the calls' payload goes out byte for byte.
+
+    Raises:
+        BatchError: the job's staged input is gone, so it cannot be sent again.
+    """
+    parsed = protocol.parse_job_name(entry.job)
+    old_prefix = parsed[0] if parsed else checkpoint.prefix
+    match = _RETRY_RE.fullmatch(old_prefix) if old_prefix != checkpoint.prefix else None
+    suffix = f"r{int(match.group(1)) + 1 if match else 1}"
+    prefix = checkpoint.prefix[: 16 - len(suffix)] + suffix
+    name = protocol.job_name(prefix, checkpoint.batch_id, entry.i)
+    try:
+        program = backend.read_input(entry.program)
+        header, payload = protocol.decode_frame(backend.read_input(entry.data), protocol.KIND_DATA)
+    except (OSError, protocol.ProtocolError) as exc:
+        raise BatchError(
+            f"cannot retry job {entry.job}: its staged input is gone ({exc}); run its calls "
+            "again from the script with a new name= or batch_dir"
+        ) from exc
+    data = protocol.encode_frame(protocol.KIND_DATA, dict(header, job=name), payload)
+    new = JournalEntry(
+        job=name,
+        i=entry.i,
+        call=entry.call,
+        n=entry.n,
+        digest=entry.digest,
+        program=entry.program,
+        data=protocol.data_file_name(name),
+    )
+    return new, program, data
+
+
+def _script_stem() -> str:
+    script = running_script()
+    return Path(script).stem if script else "interactive"
+
+
+def mismatch_message(
+    fn: Callable[..., Any],
+    journaled: JournalEntry,
+    new: JournalEntry,
+    checkpoint: Checkpoint,
+    batch_dir: Path,
+) -> str:
+    """What changed between a journaled call and its replay, and what to do about it."""
+    old_fn, _ = split_digest(journaled.digest)
+    new_fn, _ = split_digest(new.digest)
+    if journaled.n != new.n:
+        what = f"the job now carries {new.n} calls instead of {journaled.n} (chunksize)"
+    elif not old_fn:
+        what = "the journal was written by an older boinc-executor, which fingerprinted less"
+    elif old_fn != new_fn:
+        what = (
+            f"the function {getattr(fn, '__qualname__', fn)!r} changed (its code, or a "
+            "global, closure value, default or bound object it uses)"
+        )
+    else:
+        what = "its arguments changed"
+    calls = f"call {new.call}" if new.n == 1 else f"calls {new.call}-{new.call + new.n - 1}"
+    batch_id = checkpoint.batch_id
+    where = f", project_dir={checkpoint.project_dir!r}" if checkpoint.project_dir else ""
+    return (
+        f"{calls} (job {journaled.job}) of batch {batch_id} in {batch_dir} differs from what "
+        f"was journaled: {what}. Replaying would return results of the old inputs. To run "
+        "the new inputs, pass a new name= to BoincExecutor (or a new batch_dir); to drop the "
+        f"old batch, BoincExecutor.discard({batch_id}{where}); to get its results, restore "
+        "the old inputs"
+    )
+
+
+def discard_batch(backend: Backend, batch_id: int) -> Path:
+    """Cancel a batch's unfinished jobs, drop its claims and delete its directory.
+
+    Raises:
+        BatchNotFoundError: no such batch.
+        BatchLockedError: an executor is using it.
+    """
+    path = backend.locate_batch(batch_id)
+    batch = BatchDir(path)
+    try:
+        checkpoint = batch.read_checkpoint()
+        if checkpoint is None or checkpoint.batch_id != batch_id:
+            raise BatchError(f"{path} does not hold batch {batch_id}; nothing was removed")
+        done = finished_jobs(batch)
+        unfinished = [e.job for e in batch.read_journal().values() if e.job not in done]
+        backend.attach(batch, checkpoint, BackendEvents(lambda _job: None, lambda: None))
+        try:
+            if unfinished:
+                backend.cancel(unfinished)
+        finally:
+            backend.close(complete=True)
+    finally:
+        batch.close()
+    release_batch(backend.batch_root, batch_id)
+    shutil.rmtree(path, ignore_errors=True)
+    logger.info("discarded batch %d (%s)", batch_id, path)
+    return path
