@@ -88,3 +88,12 @@ def log_and_square(log: str, x: int, delay: float = 0.0) -> int:
 def print_and_return(x: int) -> int:
     print(f"hello from {x}")
     return x
+
+
+def flaky(marker: str, log: str, x: int) -> int:
+    """Log every attempt; calls with ``x % 3 == 0`` raise until ``marker`` exists."""
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    if x % 3 == 0 and not os.path.exists(marker):
+        raise ValueError(f"call {x} is not ready")
+    return x * 10

@@ -22,6 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +37,9 @@ from .lifecycle import (
     finished_jobs,
     mismatch_message,
     open_batch,
+    record_failed,
     retry_entry,
+    retry_name,
     when_finished,
 )
 from .protocol.decoding import TypePolicy
@@ -89,6 +92,9 @@ class BoincExecutor(Executor):
         trusted_types: extra classes (or ``"module.QualName"`` strings) results may contain.
         trust_results: decode results with plain ``pickle`` (closed networks only).
         max_result_bytes: records larger than this are refused unread.
+        retry_failed: when replaying, send a journaled call again (under a new
+            job name, with the arguments this run submits) if its record is an
+            error or the call raised; every other result is replayed as usual.
 
     Raises:
         ConfigError: a bad argument or project configuration.
@@ -107,6 +113,7 @@ class BoincExecutor(Executor):
         trusted_types: Iterable[type | str] = (),
         trust_results: bool = False,
         max_result_bytes: int = protocol.DEFAULT_MAX_RESULT_BYTES,
+        retry_failed: bool = False,
         _backend: Backend | None = None,
     ) -> None:
         try:
@@ -129,6 +136,7 @@ class BoincExecutor(Executor):
         if self._project_dir is None:
             _announce_local()
         self._kept = False
+        self._retry_failed = retry_failed
         interrupts.install_handlers()
         self._open_batch(batch_dir, name, prefix)
         self._collector.start()
@@ -511,7 +519,19 @@ class BoincExecutor(Executor):
             raise BatchMismatchError(
                 mismatch_message(fn, journaled, entry, self._checkpoint, self.batch_dir)
             )
-        if journaled is not None:
+        if journaled is not None and self._retry_failed and record_failed(
+            self._batch, journaled.job, journaled.n, self._policy, self._max_result_bytes
+        ):
+            name = retry_name(self._checkpoint, journaled.job, index)
+            entry = replace(
+                entry, job=name, data=protocol.data_file_name(name), program=program_name
+            )
+            data = protocol.encode_data(name, calls)
+            with collector.lock:
+                collector.journal[index] = entry
+            logger.info("retrying job %s as %s", journaled.job, name)
+            journaled = None
+        elif journaled is not None:
             name = journaled.job  # a retried job carries its new name
         job = Job(collector, name, index, call, futures, n=len(calls) if chunk else None)
         if journaled is not None:

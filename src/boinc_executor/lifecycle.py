@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .batch import BatchDir, Checkpoint, JournalEntry
 from .errors import BatchError, BatchLockedError, ConfigError
 from .fingerprint import split_digest
 from .ownership import Claim, owner_for, release_batch, running_script
+from .protocol.decoding import TypePolicy
 
 __all__ = [
     "Opened",
@@ -44,7 +45,9 @@ __all__ = [
     "finished_jobs",
     "mismatch_message",
     "open_batch",
+    "record_failed",
     "retry_entry",
+    "retry_name",
     "when_finished",
 ]
 
@@ -212,31 +215,61 @@ def retry_entry(
     Raises:
         BatchError: the job's staged input is gone, so it cannot be sent again.
     """
-    parsed = protocol.parse_job_name(entry.job)
-    old_prefix = parsed[0] if parsed else checkpoint.prefix
-    match = _RETRY_RE.fullmatch(old_prefix) if old_prefix != checkpoint.prefix else None
-    suffix = f"r{int(match.group(1)) + 1 if match else 1}"
-    prefix = checkpoint.prefix[: 16 - len(suffix)] + suffix
-    name = protocol.job_name(prefix, checkpoint.batch_id, entry.i)
+    name = retry_name(checkpoint, entry.job, entry.i)
     try:
         program = backend.read_input(entry.program)
         header, payload = protocol.decode_frame(backend.read_input(entry.data), protocol.KIND_DATA)
     except (OSError, protocol.ProtocolError) as exc:
         raise BatchError(
-            f"cannot retry job {entry.job}: its staged input is gone ({exc}); run its calls "
-            "again from the script with a new name= or batch_dir"
+            f"cannot retry job {entry.job} of batch {checkpoint.batch_id}: its staged input is "
+            f"gone ({exc}; BOINC's file_deleter removes the inputs of finished work units). "
+            "Run the script again with BoincExecutor(..., retry_failed=True): it sends the "
+            "failed calls again from the script"
         ) from exc
     data = protocol.encode_frame(protocol.KIND_DATA, dict(header, job=name), payload)
-    new = JournalEntry(
-        job=name,
-        i=entry.i,
-        call=entry.call,
-        n=entry.n,
-        digest=entry.digest,
-        program=entry.program,
-        data=protocol.data_file_name(name),
-    )
-    return new, program, data
+    return replace(entry, job=name, data=protocol.data_file_name(name)), program, data
+
+
+def retry_name(checkpoint: Checkpoint, old_job: str, index: int) -> str:
+    """The job name of the next retry of ``old_job``: ``<prefix>r<k>_<batch>_<index>``."""
+    parsed = protocol.parse_job_name(old_job)
+    old_prefix = parsed[0] if parsed else checkpoint.prefix
+    match = _RETRY_RE.fullmatch(old_prefix) if old_prefix != checkpoint.prefix else None
+    suffix = f"r{int(match.group(1)) + 1 if match else 1}"
+    prefix = checkpoint.prefix[: 16 - len(suffix)] + suffix
+    return protocol.job_name(prefix, checkpoint.batch_id, index)
+
+
+def record_failed(batch: BatchDir, job: str, calls: int, policy: TypePolicy, limit: int) -> bool:
+    """Whether ``job`` has a record, and it is an error or holds a call that raised.
+
+    A record that cannot be read or decoded counts as failed: running the job
+    again is the way to get a usable one.
+    """
+    for path in _record_paths(batch, job):
+        try:
+            record = protocol.decode_result(
+                protocol.read_bounded(path, limit), policy, expect_job=job, expect_calls=calls
+            )
+        except FileNotFoundError:
+            continue  # moved from new/ to old/ meanwhile
+        except (OSError, protocol.ProtocolError):
+            return True
+        return not record.ok or not all(ok for ok, _ in record.outcomes)
+    return False
+
+
+def _record_paths(batch: BatchDir, job: str) -> list[Path]:
+    prefix = job + "."
+    found = []
+    for folder in (batch.new_dir, batch.old_dir):
+        with os.scandir(folder) as entries:
+            found += [
+                Path(e.path)
+                for e in entries
+                if e.name.startswith(prefix) and protocol.parse_record_name(e.name) is not None
+            ]
+    return found
 
 
 def _script_stem() -> str:

@@ -1,0 +1,150 @@
+"""The replay fingerprint covers everything the master controls, and only that.
+
+Unit tests build each kind of change in a fresh namespace; the end-to-end tests
+run a script twice on one batch_dir, in new processes with different
+``PYTHONHASHSEED`` values and containers built in a different order, then with
+one input changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from boinc_executor.fingerprint import call_digest, function_digest, split_digest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _define(source: str, **env: Any) -> Any:
+    namespace: dict[str, Any] = {"__name__": "__main__", **env}
+    exec(compile(source, "<job>", "exec"), namespace)
+    return namespace["job"]
+
+
+GLOBAL = "def job(x):\n    return x * SCALE\n"
+CLOSURE = "def make(k):\n    def job(x):\n        return x * k\n    return job\njob = make(K)\n"
+DEFAULT = "def job(x, k=K):\n    return x * k\n"
+KWDEFAULT = "def job(x, *, k=K):\n    return x * k\n"
+NESTED = "def helper(x):\n    return x * K\ndef job(x):\n    return helper(x)\n"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [GLOBAL, CLOSURE, DEFAULT, KWDEFAULT, NESTED],
+    ids=["global", "closure", "default", "kwdefault", "nested-function"],
+)
+def test_each_captured_value_is_covered(source: str) -> None:
+    same = function_digest(_define(source, SCALE=2, K=2))
+    assert function_digest(_define(source, SCALE=2, K=2)) == same
+    assert function_digest(_define(source, SCALE=3, K=3)) != same
+
+
+def test_code_change_is_covered() -> None:
+    assert function_digest(_define(GLOBAL, SCALE=2)) != function_digest(
+        _define("def job(x):\n    return x + SCALE\n", SCALE=2)
+    )
+
+
+class Scaler:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def run(self, x: int) -> int:
+        return x * self.k
+
+
+def test_partial_and_bound_method_are_covered() -> None:
+    base = _define(DEFAULT, K=1)
+    assert function_digest(functools.partial(base, k=2)) == function_digest(
+        functools.partial(base, k=2)
+    )
+    assert function_digest(functools.partial(base, k=2)) != function_digest(
+        functools.partial(base, k=3)
+    )
+    assert function_digest(functools.partial(base, 1)) != function_digest(
+        functools.partial(base, 2)
+    )
+    assert function_digest(Scaler(2).run) == function_digest(Scaler(2).run)
+    assert function_digest(Scaler(2).run) != function_digest(Scaler(3).run)
+
+
+def test_arguments_are_covered_and_order_of_dicts_and_sets_is_not() -> None:
+    fn = function_digest(_define(GLOBAL, SCALE=2))
+    one = call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [1]})])
+    assert call_digest(fn, [((1, {"b": {3, 2}, "a": 1}), {"k": [1]})]) == one
+    assert call_digest(fn, [((2, {"a": 1, "b": {2, 3}}), {"k": [1]})]) != one
+    assert call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [2]})]) != one
+    assert split_digest(one)[0] == fn
+
+
+def test_cycles_and_shared_objects_are_deterministic() -> None:
+    shared = [1, 2]
+    cyclic: list[Any] = [shared, shared]
+    cyclic.append(cyclic)
+    again: list[Any] = [[1, 2], [1, 2]]
+    again.append(again)
+    assert call_digest("f", [((cyclic,), {})]) == call_digest("f", [((again,), {})])
+
+
+SCRIPT = """
+import json, sys
+from boinc_executor import BoincExecutor
+
+batch_dir, log, order, scale, offset = sys.argv[1:6]
+SCALE = int(scale)
+
+def work(log, item, opts):
+    with open(log, "a") as fh:
+        fh.write(f"{item}\\n")
+    return [sorted(opts["tags"]), SCALE * item]
+
+if __name__ == "__main__":
+    tags = ["a", "b", "c", "d", "e", "f"]
+    if order == "reversed":
+        tags.reverse()
+    opts = {t: t.upper() for t in tags}
+    opts["tags"] = set(tags)
+    start = int(offset)
+    with BoincExecutor(max_workers=2, batch_dir=batch_dir) as ex:
+        print(json.dumps(list(ex.map(work, [log] * 4, range(start, start + 4), [opts] * 4))))
+"""
+
+
+def test_unchanged_rerun_replays_in_new_processes_and_changes_are_refused(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(SCRIPT)
+    batch_dir, log = tmp_path / "batch", tmp_path / "log"
+
+    def run(seed: str, order: str, scale: str, offset: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONHASHSEED=seed)
+        argv = [sys.executable, str(script), str(batch_dir), str(log), order, scale, offset]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+    first = run("1", "forward", "2", "0")
+    assert first.returncode == 0, first.stderr
+    assert len(log.read_text().split()) == 4
+    second = run("2", "reversed", "2", "0")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert len(log.read_text().split()) == 4, "the unchanged re-run ran calls again"
+
+    changed_global = run("3", "forward", "3", "0")
+    assert changed_global.returncode != 0
+    assert "BatchMismatchError" in changed_global.stderr
+    assert "the function 'work' changed" in changed_global.stderr
+    assert "call 0 (job " in changed_global.stderr
+    assert "BoincExecutor.discard(" in changed_global.stderr and "name=" in changed_global.stderr
+
+    changed_args = run("4", "forward", "2", "1")
+    assert changed_args.returncode != 0
+    assert "its arguments changed" in changed_args.stderr
+    assert len(log.read_text().split()) == 4

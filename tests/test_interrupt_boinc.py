@@ -1,0 +1,145 @@
+"""On a BOINC project, ^C keeps the batch and its work units; the re-run creates none.
+
+The master runs as ``python script.py`` with ``PYBOINC_DIR`` set and no batch_dir;
+the harness volunteer keeps working while the master is gone, as a real one would.
+Failed calls are retried as new work units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import wait
+from pathlib import Path
+
+import pytest
+
+from boinc_executor import BoincExecutor
+from tests import jobs
+from tests.boinc_harness.project import Project
+from tests.boinc_harness.volunteer import VolunteerHost
+
+pytestmark = pytest.mark.boinc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N = 30
+
+SCRIPT = """
+import json, sys
+from boinc_executor import BoincExecutor
+from tests import jobs
+
+log, out = sys.argv[1:3]
+if __name__ == "__main__":
+    with BoincExecutor() as ex:
+        print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
+        results = list(ex.map(jobs.log_and_square, [log] * 30, range(30), [0.1] * 30, chunksize=1))
+    with open(out, "w") as fh:
+        json.dump(results, fh)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _volunteer_env(monkeypatch: pytest.MonkeyPatch, pyboinc_project: Project) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.setenv("BOINC_EXECUTOR_POLL_INTERVAL", "0.1")
+    monkeypatch.setenv("PYBOINC_DIR", str(pyboinc_project.root))
+
+
+def _count(project: Project, batch_id: int, where: str = "1") -> int:
+    rows = project.query(f"select count(*) as n from workunit where batch=%s and {where}", batch_id)
+    return int(rows[0]["n"])
+
+
+def _runs(log: Path) -> Counter[int]:
+    return Counter(int(x) for x in log.read_text().split()) if log.exists() else Counter()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_keeps_work_units_and_rerun_creates_none(
+    pyboinc_project: Project, tmp_path: Path
+) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(SCRIPT)
+    log, out = tmp_path / "log", tmp_path / "out.json"
+    argv = [sys.executable, str(script), str(log), str(out)]
+    host = VolunteerHost(
+        pyboinc_project, client_dir=tmp_path / "client", ncpus=2, max_tasks_per_rpc=2
+    )
+    with host.running():
+        first = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert first.stdout is not None
+            match = re.match(r"BATCH (\d+) (\S+)", first.stdout.readline())
+            assert match, first.communicate()
+            batch_id = int(match.group(1))
+            _wait_for(lambda: _count(pyboinc_project, batch_id) == N and len(_runs(log)) >= 3)
+            os.killpg(first.pid, signal.SIGINT)
+            _, stderr = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+        assert f"batch {batch_id} is kept in {match.group(2)}; run the script again" in stderr
+        assert not out.exists(), "the interrupt came after the map finished"
+        assert Path(match.group(2)).is_dir()
+
+        second = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr
+        assert f"BATCH {batch_id} " in second.stdout, "the re-run did not replay the batch"
+    assert json.loads(out.read_text()) == [x * x for x in range(N)]
+    assert _count(pyboinc_project, batch_id) == N, "the re-run created work units"
+    assert _count(pyboinc_project, batch_id, "error_mask & 16") == 0, "work units were cancelled"
+    runs = _runs(log)
+    assert set(runs) == set(range(N))
+    assert all(n == 1 for n in runs.values()), {x: n for x, n in runs.items() if n > 1}
+
+
+def test_retry_failed_creates_new_work_units_only_for_failures(
+    pyboinc_project: Project,
+    boinc_executor_factory: Callable[..., BoincExecutor],
+    tmp_path: Path,
+) -> None:
+    marker, log = tmp_path / "ready", tmp_path / "log"
+    with boinc_executor_factory(max_workers=2, batch_dir=tmp_path / "batch") as ex:
+        futures = [ex.submit(jobs.flaky, str(marker), str(log), x) for x in range(6)]
+        wait(futures, timeout=120)
+        batch_id = ex.batch_id
+    assert [x for x, f in enumerate(futures) if f.exception() is not None] == [0, 3]
+    marker.touch()
+    # BOINC's file_deleter has removed the finished work units' inputs, so the calls are
+    # sent again from the re-run script; every other result is replayed.
+    with boinc_executor_factory(
+        max_workers=2, batch_dir=tmp_path / "batch", retry_failed=True
+    ) as ex:
+        futures = [ex.submit(jobs.flaky, str(marker), str(log), x) for x in range(6)]
+        assert [f.result(timeout=120) for f in futures] == [x * 10 for x in range(6)]
+    names = {
+        r["name"]
+        for r in pyboinc_project.query("select name from workunit where batch=%s", batch_id)
+    }
+    assert names == {f"pyb_{batch_id}_{i}" for i in range(6)} | {
+        f"pybr1_{batch_id}_0",
+        f"pybr1_{batch_id}_3",
+    }
+    assert _runs(log) == Counter({0: 2, 3: 2, 1: 1, 2: 1, 4: 1, 5: 1})
