@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor, protocol
+from boinc_executor.errors import BatchError, BatchNotFoundError
 from tests import jobs
 
 N = 6
@@ -54,3 +55,22 @@ def test_discard_removes_the_batch(tmp_path: Path) -> None:
         batch_id = ex.batch_id
     assert BoincExecutor.discard(batch_id) == tmp_path / "batch"
     assert not (tmp_path / "batch").exists()
+
+
+def test_read_only_state_home_is_no_error_with_an_explicit_batch_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state home that cannot be created, even by root (the tests may run as root).
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    monkeypatch.setenv("BOINC_EXECUTOR_HOME", str(home / "state"))
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as ex:
+        assert ex.submit(jobs.square, 7).result(timeout=60) == 49
+        batch_id = ex.batch_id
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as ex:
+        assert ex.batch_id == batch_id  # the checkpoint, not the registry, ties it
+    # Without a batch_dir there is nowhere to put the batch: the message says what to set.
+    with pytest.raises(BatchError, match=f"cannot register a batch under {home}"):
+        BoincExecutor(max_workers=1)
+    with pytest.raises(BatchNotFoundError, match="which has no registry"):
+        BoincExecutor.resume(12345)

@@ -11,7 +11,6 @@ thread in :mod:`boinc_executor.collector`; the engines behind it are in
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import functools
 import itertools
 import logging
@@ -32,17 +31,10 @@ from .batch import JournalEntry
 from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
-from .lifecycle import (
-    discard_batch,
-    finished_jobs,
-    mismatch_message,
-    open_batch,
-    record_failed,
-    retry_entry,
-    retry_name,
-    when_finished,
-)
+from .lifecycle import discard_batch, open_batch, when_finished
+from .mapping import batched, map_results
 from .protocol.decoding import TypePolicy
+from .replay import mismatch_message, record_failed, resume_jobs, retry_name
 
 if TYPE_CHECKING:
     from .backends.rows import BatchCounts
@@ -54,21 +46,6 @@ T = TypeVar("T")
 ENV_BATCH_DIR = "BOINC_EXECUTOR_BATCH_DIR"
 _EXIT_FLUSH_SECONDS = 120.0
 _ABANDON_SECONDS = 10.0  # how long an interrupted executor waits for its thread
-
-
-def _batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
-    it = iter(iterable)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
-
-
-def _result_or_cancel(fut: Future[T], timeout: float | None = None) -> T:
-    try:
-        return fut.result(timeout)
-    except BaseException as exc:
-        if not (interrupts.is_interrupt(exc) or interrupts.interrupted()):
-            fut.cancel()
-        raise
 
 
 class BoincExecutor(Executor):
@@ -228,7 +205,9 @@ class BoincExecutor(Executor):
             executor.shutdown(wait=False)
             raise BatchError(f"{path} holds batch {executor.batch_id}, not batch {batch_id}")
         try:
-            executor._resume_journaled(retry_failed=retry_failed)
+            executor._resumed = resume_jobs(
+                executor._collector, executor._backend, executor._checkpoint, retry_failed
+            )
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=False)
             raise
@@ -256,36 +235,6 @@ class BoincExecutor(Executor):
         return discard_batch(
             load_backend(resolve_project_dir(project_dir), max_workers=1), batch_id
         )
-
-    def _resume_journaled(self, *, retry_failed: bool = False) -> None:
-        collector = self._collector
-        journal = collector.journal
-        done = finished_jobs(self._batch) if retry_failed else set()
-        jobs: list[tuple[JournalEntry, list[Future[Any]]]] = []
-        for index in sorted(journal):
-            entry = journal[index]
-            futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
-            collector.register(Job(collector, entry.job, entry.i, entry.call, futures), entry)
-            jobs.append((entry, futures))
-        with collector.lock:
-            collector.next_job = max(journal, default=-1) + 1
-            collector.next_call = max((e.call + e.n for e in journal.values()), default=0)
-        if done:  # results in hand resolve from their records; see which failed
-            concurrent.futures.wait([f for e, fs in jobs if e.job in done for f in fs])
-        for entry, futures in jobs:
-            retry = entry.job in done and _failed(futures)
-            self._resumed.extend(self._retry(entry) if retry else futures)
-
-    def _retry(self, entry: JournalEntry) -> list[Future[Any]]:
-        """Submit a failed job again under a new name, journaled at the same index."""
-        collector = self._collector
-        new, program, data = retry_entry(self._backend, self._checkpoint, entry)
-        futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
-        with collector.lock:
-            collector.journal[entry.i] = new
-        collector.add(Job(collector, new.job, new.i, new.call, futures), new, program, data)
-        logger.info("retrying job %s as %s", entry.job, new.job)
-        return futures
 
     # ------------------------------------------------------------------ public API
 
@@ -351,50 +300,11 @@ class BoincExecutor(Executor):
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
-        chunks = _batched(zip(*iterables, strict=False), chunksize)
+        chunks = batched(zip(*iterables, strict=False), chunksize)
         window = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         pending = deque(self._submit_chunk(fn, c) for c in window)
         more = chunks if buffersize is not None else None
-        return self._map_results(fn, pending, more, end_time)
-
-    def _map_results(
-        self,
-        fn: Callable[..., T],
-        pending: deque[Future[list[tuple[bool, Any]]]],
-        more: Iterator[list[tuple[Any, ...]]] | None,
-        end_time: float | None,
-    ) -> Iterator[T]:
-        executor = weakref.ref(self)
-        del self  # the generator must not keep the executor alive
-
-        def results() -> Iterator[T]:
-            stopped = False  # the process is being interrupted: cancel nothing
-            try:
-                while pending:
-                    chunk = pending.popleft()
-                    ex = executor()
-                    if more is not None and ex is not None:
-                        args = next(more, None)
-                        if args is not None:
-                            pending.append(ex._submit_chunk(fn, args))
-                    del ex
-                    timeout = None if end_time is None else end_time - time.monotonic()
-                    for ok, value in _result_or_cancel(chunk, timeout):
-                        if not ok:
-                            raise value
-                        yield value
-                    del chunk
-            except BaseException as exc:
-                stopped = interrupts.is_interrupt(exc)
-                raise
-            finally:
-                # Closed by break/close() or failed: cancel the rest, as ProcessPoolExecutor
-                # does. Closed because ^C or SIGTERM unwinds the caller: keep everything.
-                if not (stopped or interrupts.interrupted()):
-                    for chunk in pending:
-                        chunk.cancel()
-
-        return results()
+        return map_results(weakref.ref(self), fn, pending, more, end_time)
 
     def progress(self) -> BatchCounts | None:
         """The batch's work units by state, from the BOINC database (None locally).
@@ -519,8 +429,12 @@ class BoincExecutor(Executor):
             raise BatchMismatchError(
                 mismatch_message(fn, journaled, entry, self._checkpoint, self.batch_dir)
             )
-        if journaled is not None and self._retry_failed and record_failed(
-            self._batch, journaled.job, journaled.n, self._policy, self._max_result_bytes
+        if (
+            journaled is not None
+            and self._retry_failed
+            and record_failed(
+                self._batch, journaled.job, journaled.n, self._policy, self._max_result_bytes
+            )
         ):
             name = retry_name(self._checkpoint, journaled.job, index)
             entry = replace(
@@ -544,11 +458,6 @@ class BoincExecutor(Executor):
 def _check_batch_id(batch_id: object) -> None:
     if not isinstance(batch_id, int) or isinstance(batch_id, bool) or batch_id <= 0:
         raise BatchNotFoundError(f"batch IDs are positive integers, got {batch_id!r}")
-
-
-def _failed(futures: list[Future[Any]]) -> bool:
-    """Whether a resolved job failed (any of its calls raised or the job itself failed)."""
-    return any(f.done() and not f.cancelled() and f.exception() is not None for f in futures)
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,45 +14,29 @@ Design note. The batch contract, in one place:
 * **Interrupted** (^C, SIGTERM, ``SystemExit`` with work outstanding): nothing is
   cancelled, nothing removed, the claim stays, and one line on stderr says where
   the batch is (:func:`boinc_executor.interrupts.tell_kept`).
-* **Retrying** failed calls re-stages each failed job's input under a new job
-  name (``<prefix>r<k>_<batch>_<index>``) and journals it at the same index, so
-  the journal's last line for an index wins and a replay follows the retry.
+* **Replaying and retrying** are in :mod:`boinc_executor.replay`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import protocol
 from .backends.base import Backend, BackendEvents
-from .batch import BatchDir, Checkpoint, JournalEntry
+from .batch import BatchDir, Checkpoint
 from .errors import BatchError, BatchLockedError, ConfigError
-from .fingerprint import split_digest
 from .ownership import Claim, owner_for, release_batch, running_script
-from .protocol.decoding import TypePolicy
+from .replay import finished_jobs
 
-__all__ = [
-    "Opened",
-    "discard_batch",
-    "finished_jobs",
-    "mismatch_message",
-    "open_batch",
-    "record_failed",
-    "retry_entry",
-    "retry_name",
-    "when_finished",
-]
+__all__ = ["Opened", "discard_batch", "open_batch", "when_finished"]
 
 logger = logging.getLogger("boinc_executor")
-_RETRY_RE = re.compile(r".*r(\d+)")
 
 
 @dataclass
@@ -195,119 +179,9 @@ def when_finished(opened: Opened) -> Callable[[bool, bool, int], None]:
     return finished
 
 
-def finished_jobs(batch: BatchDir) -> set[str]:
-    """Names of the jobs that have a record (handled in ``old/`` or waiting in ``new/``)."""
-    names = set(batch.handled_records())
-    for entry in batch.scan_new():
-        parsed = protocol.parse_record_name(entry.name)
-        if parsed is not None:
-            names.add(parsed[0])
-    return names
-
-
-def retry_entry(
-    backend: Backend, checkpoint: Checkpoint, entry: JournalEntry
-) -> tuple[JournalEntry, bytes, bytes]:
-    """A failed job's retry: its journal entry, program bytes and re-named data file.
-
-    The data is re-framed, not re-pickled: the calls' payload goes out byte for byte.
-
-    Raises:
-        BatchError: the job's staged input is gone, so it cannot be sent again.
-    """
-    name = retry_name(checkpoint, entry.job, entry.i)
-    try:
-        program = backend.read_input(entry.program)
-        header, payload = protocol.decode_frame(backend.read_input(entry.data), protocol.KIND_DATA)
-    except (OSError, protocol.ProtocolError) as exc:
-        raise BatchError(
-            f"cannot retry job {entry.job} of batch {checkpoint.batch_id}: its staged input is "
-            f"gone ({exc}; BOINC's file_deleter removes the inputs of finished work units). "
-            "Run the script again with BoincExecutor(..., retry_failed=True): it sends the "
-            "failed calls again from the script"
-        ) from exc
-    data = protocol.encode_frame(protocol.KIND_DATA, dict(header, job=name), payload)
-    return replace(entry, job=name, data=protocol.data_file_name(name)), program, data
-
-
-def retry_name(checkpoint: Checkpoint, old_job: str, index: int) -> str:
-    """The job name of the next retry of ``old_job``: ``<prefix>r<k>_<batch>_<index>``."""
-    parsed = protocol.parse_job_name(old_job)
-    old_prefix = parsed[0] if parsed else checkpoint.prefix
-    match = _RETRY_RE.fullmatch(old_prefix) if old_prefix != checkpoint.prefix else None
-    suffix = f"r{int(match.group(1)) + 1 if match else 1}"
-    prefix = checkpoint.prefix[: 16 - len(suffix)] + suffix
-    return protocol.job_name(prefix, checkpoint.batch_id, index)
-
-
-def record_failed(batch: BatchDir, job: str, calls: int, policy: TypePolicy, limit: int) -> bool:
-    """Whether ``job`` has a record, and it is an error or holds a call that raised.
-
-    A record that cannot be read or decoded counts as failed: running the job
-    again is the way to get a usable one.
-    """
-    for path in _record_paths(batch, job):
-        try:
-            record = protocol.decode_result(
-                protocol.read_bounded(path, limit), policy, expect_job=job, expect_calls=calls
-            )
-        except FileNotFoundError:
-            continue  # moved from new/ to old/ meanwhile
-        except (OSError, protocol.ProtocolError):
-            return True
-        return not record.ok or not all(ok for ok, _ in record.outcomes)
-    return False
-
-
-def _record_paths(batch: BatchDir, job: str) -> list[Path]:
-    prefix = job + "."
-    found = []
-    for folder in (batch.new_dir, batch.old_dir):
-        with os.scandir(folder) as entries:
-            found += [
-                Path(e.path)
-                for e in entries
-                if e.name.startswith(prefix) and protocol.parse_record_name(e.name) is not None
-            ]
-    return found
-
-
 def _script_stem() -> str:
     script = running_script()
     return Path(script).stem if script else "interactive"
-
-
-def mismatch_message(
-    fn: Callable[..., Any],
-    journaled: JournalEntry,
-    new: JournalEntry,
-    checkpoint: Checkpoint,
-    batch_dir: Path,
-) -> str:
-    """What changed between a journaled call and its replay, and what to do about it."""
-    old_fn, _ = split_digest(journaled.digest)
-    new_fn, _ = split_digest(new.digest)
-    if journaled.n != new.n:
-        what = f"the job now carries {new.n} calls instead of {journaled.n} (chunksize)"
-    elif not old_fn:
-        what = "the journal was written by an older boinc-executor, which fingerprinted less"
-    elif old_fn != new_fn:
-        what = (
-            f"the function {getattr(fn, '__qualname__', fn)!r} changed (its code, or a "
-            "global, closure value, default or bound object it uses)"
-        )
-    else:
-        what = "its arguments changed"
-    calls = f"call {new.call}" if new.n == 1 else f"calls {new.call}-{new.call + new.n - 1}"
-    batch_id = checkpoint.batch_id
-    where = f", project_dir={checkpoint.project_dir!r}" if checkpoint.project_dir else ""
-    return (
-        f"{calls} (job {journaled.job}) of batch {batch_id} in {batch_dir} differs from what "
-        f"was journaled: {what}. Replaying would return results of the old inputs. To run "
-        "the new inputs, pass a new name= to BoincExecutor (or a new batch_dir); to drop the "
-        f"old batch, BoincExecutor.discard({batch_id}{where}); to get its results, restore "
-        "the old inputs"
-    )
 
 
 def discard_batch(backend: Backend, batch_id: int) -> Path:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
+from . import interrupts, protocol
 from .config import resolve_project_dir
 from .errors import BatchError, ConfigError, JobFailedError, SubmissionError
 
@@ -172,8 +172,8 @@ def pyboinc_master(
         else:
             futures = executor.futures
         failures = _hand_results(executor, futures, handle_result)
-    except BaseException:
-        _stop_interrupted(executor)
+    except BaseException as exc:
+        _stop_interrupted(executor, exc)
         raise
     executor.shutdown(wait=True)
     if failures:
@@ -381,9 +381,21 @@ def _hand_results(
     return failures
 
 
-def _stop_interrupted(executor: BoincExecutor) -> None:
-    """Leave the directory replayable: no job lost, none run twice."""
+def _stop_interrupted(executor: BoincExecutor, exc: BaseException) -> None:
+    """Leave the directory replayable: no job lost, none run twice.
+
+    On ^C or SIGTERM nothing is cancelled (the batch is kept as it stands, and
+    local workers finish the job they run); when ``handle_result`` raised, jobs
+    that have not started are cancelled locally, and a re-run submits them again.
+    """
     local = executor.backend == "local"
+    if interrupts.is_interrupt(exc) or interrupts.interrupted():
+        logger.warning(
+            "pyboinc: interrupted; run the master again in %s to complete the batch",
+            executor.batch_dir,
+        )
+        executor._keep_interrupted(tell=False)
+        return
     logger.warning(
         "pyboinc: stopping; %s. Run the master again in %s to complete the batch",
         "jobs not started yet are cancelled, running ones finish"
