@@ -50,14 +50,25 @@ _MAX_DEPTH = 200  # deeper structures are digested through their pickle
 _NO_REF = 1 << 30  # "refers to no ancestor": the digest may be cached by identity
 
 
+_SHORT = 64  # encodings up to this long stand for themselves; longer ones by their hash
+
+
 def _leaf(tag: bytes, data: bytes = b"") -> bytes:
-    return hashlib.sha256(tag + struct.pack("<Q", len(data)) + data).digest()
+    """A self-delimiting encoding of one part: short ones verbatim, long ones hashed.
+
+    Hashing only what is long keeps small calls cheap (one SHA-256 per job
+    rather than one per item), and equal content always encodes equally.
+    """
+    encoded = tag + struct.pack("<I", len(data)) + data
+    if len(encoded) <= _SHORT:
+        return encoded
+    return b"h" + hashlib.sha256(encoded).digest()
 
 
 class _Digest:
     """One canonical traversal.
 
-    Every value gets a 32-byte digest of its own. A reference back to an object
+    Every value gets an encoding of its own (see :func:`_leaf`). A reference back to an object
     still being digested (a cycle) is written as its distance up the path, so the
     result never depends on memo order; digests of finished objects that refer to
     no ancestor are cached by identity, so shared sub-structures cost once.
@@ -122,13 +133,13 @@ class _Digest:
             parts.extend(add(item) for item in value)
             return b"t" if kind is tuple else b"l"
         if kind is dict:
-            parts.extend(sorted(hashlib.sha256(add(k) + add(v)).digest() for k, v in value.items()))
+            parts.extend(sorted(_leaf(b"I", add(k) + add(v)) for k, v in value.items()))
             return b"d"
         if kind is set or kind is frozenset:
             parts.extend(sorted(add(item) for item in value))
             return b"S"
         if kind is bytearray:
-            parts.append(bytes(value))
+            parts.append(_leaf(b"x", bytes(value)))
             return b"B"
         if kind is types.FunctionType:
             self._function(value, add, parts)
@@ -140,7 +151,7 @@ class _Digest:
             parts += [add(value.func), add(value.args), add(value.keywords)]
             return b"P"
         if kind is types.ModuleType:
-            parts.append(value.__name__.encode())
+            parts.append(_leaf(b"x", value.__name__.encode()))
             return b"m"
         if kind is types.CodeType:
             _code(value, add, parts)
@@ -152,13 +163,13 @@ class _Digest:
                 return b"e"  # an empty cell: the variable was never bound
             return b"C"
         if isinstance(value, type):
-            parts.append(_qualified(value).encode())
+            parts.append(_leaf(b"x", _qualified(value).encode()))
             if value.__module__ == "__main__":  # shipped by value, so its body counts
                 skip = ("__dict__", "__weakref__", "__module__", "__doc__")
                 parts.append(add({k: v for k, v in vars(value).items() if k not in skip}))
             return b"T"
         if kind in (types.BuiltinFunctionType, types.BuiltinMethodType):
-            parts.append(_qualified(value).encode())
+            parts.append(_leaf(b"x", _qualified(value).encode()))
             owner = getattr(value, "__self__", None)
             if owner is not None and not isinstance(owner, types.ModuleType):
                 parts.append(add(owner))
@@ -169,39 +180,41 @@ class _Digest:
     def _function(
         self, fn: types.FunctionType, add: Callable[[Any], bytes], parts: list[bytes]
     ) -> None:
-        parts.append(_qualified(fn).encode())
+        parts.append(_leaf(b"x", _qualified(fn).encode()))
         _code(fn.__code__, add, parts)
         parts += [add(fn.__defaults__), add(fn.__kwdefaults__), add(tuple(fn.__closure__ or ()))]
         found = fn.__globals__
         builtins = found.get("__builtins__")
         for name in sorted(_global_names(fn.__code__)):
             if name in found:
-                parts += [b"g" + name.encode(), add(found[name])]
+                parts += [_leaf(b"g", name.encode()), add(found[name])]
             elif isinstance(builtins, dict) and name in builtins:
-                parts.append(b"G" + name.encode())
+                parts.append(_leaf(b"x", b"G" + name.encode()))
             # else: an attribute name, or a global not defined (yet)
 
 
 def _code(code: types.CodeType, add: Callable[[Any], bytes], parts: list[bytes]) -> None:
-    parts.append(code.co_code)
-    parts.append(b"%d/%d/%d" % (code.co_argcount, code.co_kwonlyargcount, code.co_flags))
+    parts.append(_leaf(b"x", code.co_code))
+    parts.append(
+        _leaf(b"x", b"%d/%d/%d" % (code.co_argcount, code.co_kwonlyargcount, code.co_flags))
+    )
     parts.append(add((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)))
     parts.extend(add(const) for const in code.co_consts)
 
 
 def _reduced(value: Any, add: Callable[[Any], bytes], parts: list[bytes]) -> None:
     """Digest an object as pickle would rebuild it (its ``__reduce_ex__`` parts)."""
-    parts.append(_qualified(type(value)).encode())
+    parts.append(_leaf(b"x", _qualified(type(value)).encode()))
     try:
         reduced = value.__reduce_ex__(4)
     except Exception:
-        parts.append(_pickled(value))
+        parts.append(_leaf(b"x", _pickled(value)))
         return
     if isinstance(reduced, str):
-        parts.append(b"R" + reduced.encode())  # a global, pickled by name
+        parts.append(_leaf(b"x", b"R" + reduced.encode()))  # a global, pickled by name
         return
     rebuild, *rest = reduced
-    parts.append(_qualified(rebuild).encode())  # pickled by reference
+    parts.append(_leaf(b"x", _qualified(rebuild).encode()))  # pickled by reference
     for i, part in enumerate(rest[:4]):
         parts.append(add(list(part) if i >= 2 and part is not None else part))
 
@@ -242,7 +255,7 @@ def call_digest(fn_digest: str, calls: list[tuple[tuple[Any, ...], dict[str, Any
 
     Keeping the two halves apart lets a mismatch say which of them changed.
     """
-    return f"{fn_digest}:{_Digest().digest(calls).hex()}"
+    return f"{fn_digest}:{hashlib.sha256(_Digest().digest(calls)).hexdigest()}"
 
 
 def split_digest(digest: str) -> tuple[str, str]:
