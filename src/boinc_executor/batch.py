@@ -8,6 +8,13 @@ replayed call is matched to its journal line by index and input digest.
 
 One ``filelock`` is held for the executor's lifetime, so two masters never
 share a directory.
+
+Design note. The checkpoint also records who owns the batch (``script`` and
+``name``; see :mod:`boinc_executor.ownership`), so tools can list batches by
+script. A journal line's ``digest`` is ``<function>:<arguments>``
+(:mod:`boinc_executor.fingerprint`), so a mismatch can say which half changed.
+A job retried under a new name is journaled again at the same index, and
+:meth:`BatchDir.read_journal` keeps the last line per index.
 """
 
 from __future__ import annotations

@@ -6,6 +6,14 @@ plain ``Future``s. Everything after that (bulk hand-over to the backend,
 reading records from ``new/``, resolving futures) belongs to the collector
 thread in :mod:`boinc_executor.collector`; the engines behind it are in
 :mod:`boinc_executor.backends.base`.
+
+Design note (the batch contract). Which batch an executor opens, and what
+happens to it at the end, is :mod:`boinc_executor.lifecycle`; whose default
+batch it is, :mod:`boinc_executor.ownership`; what a replay compares,
+:mod:`boinc_executor.fingerprint`; retries, :mod:`boinc_executor.replay`. This
+module adds the interrupt path: ``__exit__`` and the exit hook tell a ^C,
+SIGTERM or early ``SystemExit`` (:mod:`boinc_executor.interrupts`) from a normal
+end, and then stop at once, cancel nothing and keep the batch.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ the local and the BOINC engines are observed the same way.
 
 Backends are imported lazily (as ``concurrent.futures`` does for its
 executors), so ``import boinc_executor`` never imports ``MySQLdb``.
+
+Design note. ``close(interrupted=True)`` is the interrupt path: a backend stops
+promptly and never cancels a job it was handed (cancelling is only ever asked
+for by :meth:`Backend.cancel`, for futures the user cancelled).
+:attr:`Backend.batch_root` is where script-owned batches and their claims live;
+:meth:`Backend.read_input` lets a failed job be sent again under a new name.
 """
 
 from __future__ import annotations
