@@ -157,6 +157,10 @@ def test_resume_after_ctrl_c_from_another_directory(
         assert list(ex.results(timeout=60)) == [x * x for x in range(N)]
     assert all(n == 1 for n in _runs(log).values())
     assert set(_runs(log)) == set(range(N))
+    # Completed through resume: the script's next run starts a fresh batch.
+    assert not batch_dir.exists()
+    fresh, _ = _run(script, str(log), str(out))
+    assert fresh != batch_id
 
 
 def test_two_scripts_and_two_names_never_share(script: Path, tmp_path: Path) -> None:

@@ -46,14 +46,17 @@ class Opened:
     Attributes:
         batch: the open, locked directory.
         checkpoint: its checkpoint.
-        chosen: the executor chose the directory (no ``batch_dir`` was given).
-        claim: the script's claim on it, if the script owns it.
+        chosen: the backend chose the directory (no ``batch_dir`` was given when
+            the batch was created; ``resume`` of such a batch counts too).
+        claim: the script's claim on it, if this run took it by the claim.
+        root: the backend's batch root, where the claims live.
     """
 
     batch: BatchDir
     checkpoint: Checkpoint
     chosen: bool
     claim: Claim | None
+    root: Path
 
 
 def open_batch(
@@ -113,7 +116,9 @@ def open_batch(
     except BaseException:
         batch.close()
         raise
-    return Opened(batch, checkpoint, explicit is None, None if busy else claim)
+    own_dir = (backend.batch_root / str(checkpoint.batch_id)).resolve()
+    chosen = explicit is None or batch.path == own_dir
+    return Opened(batch, checkpoint, chosen, None if busy else claim, backend.batch_root)
 
 
 def _claimed(backend: Backend, claim: Claim) -> tuple[BatchDir | None, bool]:
@@ -161,6 +166,8 @@ def when_finished(opened: Opened) -> Callable[[bool, bool, int], None]:
             return  # the batch stays, claimed: the next run replays it
         if opened.claim is not None:
             opened.claim.release(batch_id)
+        elif opened.checkpoint.script or opened.checkpoint.name:
+            release_batch(opened.root, batch_id)  # resumed by ID: the script's claim ends too
         if not opened.chosen:
             return
         if failed:

@@ -78,6 +78,8 @@ def resume_jobs(
     resumed: list[Future[Any]] = []
     for entry, futures in jobs:
         if entry.job in done and _failed(futures):
+            with collector.lock:  # superseded: only the retry's outcome counts
+                collector.failed_calls -= sum(f.exception() is not None for f in futures)
             futures = _retry(collector, backend, checkpoint, entry)  # noqa: PLW2901
         resumed.extend(futures)
     return resumed
