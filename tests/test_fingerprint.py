@@ -84,6 +84,14 @@ def test_arguments_are_covered_and_order_of_dicts_and_sets_is_not() -> None:
     assert split_digest(one)[0] == fn
 
 
+def test_unpicklable_module_state_does_not_stop_a_by_reference_function() -> None:
+    import threading
+
+    job = _define("def job(x):\n    with LOCK:\n        return x\n", LOCK=threading.Lock())
+    job.__module__ = "tests.jobs"  # as if imported: cloudpickle ships it by name
+    assert function_digest(job) == function_digest(job)
+
+
 def test_cycles_and_shared_objects_are_deterministic() -> None:
     shared = [1, 2]
     cyclic: list[Any] = [shared, shared]

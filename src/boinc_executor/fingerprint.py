@@ -24,7 +24,8 @@ name. So the digest is taken over a *canonical traversal* instead:
 A shared object is digested once (its digest is cached by identity); a cycle is
 written as its distance up the path, so no digest depends on traversal order.
 
-Limits: objects whose ``__reduce_ex__`` depends on process state (an address, a
+Limits: module state that cannot be pickled (a lock, an open file) enters by
+its type only. Objects whose ``__reduce_ex__`` depends on process state (an address, a
 random salt) digest differently in each run and so never replay; such arguments
 make a re-run raise ``BatchMismatchError`` rather than return stale results. A
 function called by name from an installed module is digested by its own code and
@@ -220,14 +221,19 @@ def _reduced(value: Any, add: Callable[[Any], bytes], parts: list[bytes]) -> Non
 
 
 def _pickled(value: Any) -> bytes:
+    """The pickle of an object with no usable ``__reduce_ex__``; its type if it has none.
+
+    Something that cannot be pickled at all never travels: an argument or a
+    by-value function holding it fails to pickle before it is fingerprinted, so
+    what reaches here is state of an imported module (a lock, an open file) that
+    the volunteer builds from its own copy of the module.
+    """
     import cloudpickle
 
     try:
         return bytes(cloudpickle.dumps(value, protocol=5))
-    except Exception as exc:
-        raise TypeError(
-            f"cannot fingerprint a {type(value).__qualname__}: {exc}; pass picklable data"
-        ) from exc
+    except Exception:
+        return b"unpicklable " + _qualified(type(value)).encode()
 
 
 def _qualified(obj: Any) -> str:
