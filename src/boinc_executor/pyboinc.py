@@ -391,7 +391,11 @@ def _stop_interrupted(executor: BoincExecutor, exc: BaseException) -> None:
     local = executor.backend == "local"
     if interrupts.is_interrupt(exc) or interrupts.interrupted():
         logger.warning(
-            "pyboinc: interrupted; run the master again in %s to complete the batch",
+            "pyboinc: stopping; nothing is cancelled, %s. Run the master again in %s to "
+            "complete the batch",
+            "running slaves finish first"
+            if local
+            else "the jobs keep running on the BOINC project",
             executor.batch_dir,
         )
         executor._keep_interrupted(tell=False)
