@@ -393,22 +393,31 @@ class Rebuilder:
                 type(part) is not dict or any(type(k) is not str for k in part)
             ):
                 raise ResultDecodeError(f"{ref.name} arrived with malformed state")
-        if dict_state:
-            getter = _descriptor(cls, "__dict__")
-            if type(getter) is not types.GetSetDescriptorType:
-                raise UnsafeResultError(f"{ref.name} has no plain __dict__ to hold its state")
-            namespace = getter.__get__(instance, cls)
-            if type(namespace) is not dict:
-                raise UnsafeResultError(f"{ref.name} has no plain __dict__ to hold its state")
-            for name, value in dict_state.items():
-                namespace[name] = self._value(value)
-        for name, value in (slot_state or {}).items():
-            member = _descriptor(cls, name)
-            if type(member) is not types.MemberDescriptorType:
-                raise UnsafeResultError(
-                    f"{ref.name} arrived with state for {name!r}, which is not one of its slots"
-                )
-            member.__set__(instance, self._value(value))
+        # cloudpickle rebuilds a class sent by value without its __slots__, so the
+        # volunteer's __dict__ may hold what the master's class keeps in slots: each
+        # name goes where this class can hold it, by plain assignment only.
+        namespace = _plain_dict(cls, instance)
+        for part in (dict_state, slot_state):
+            for name, value in (part or {}).items():
+                member = _descriptor(cls, name)
+                if type(member) is types.MemberDescriptorType:
+                    member.__set__(instance, self._value(value))
+                elif namespace is not None:
+                    namespace[name] = self._value(value)
+                else:
+                    raise UnsafeResultError(
+                        f"{ref.name} arrived with state for {name!r}, which is neither one of "
+                        "its slots nor held in a plain __dict__"
+                    )
+
+
+def _plain_dict(cls: type, instance: Any) -> dict[str, Any] | None:
+    """The instance's own ``__dict__``, reached through the type's built-in descriptor only."""
+    getter = _descriptor(cls, "__dict__")
+    if type(getter) is not types.GetSetDescriptorType:
+        return None
+    namespace = getter.__get__(instance, cls)
+    return namespace if type(namespace) is dict else None
 
 
 _ARGS = vars(BaseException)["args"]

@@ -246,16 +246,40 @@ class _ClassRefs:
             return classref.classref_fill
         return None
 
-    def _new_ref(self, kind: Any, module: Any, qualname: Any, data: Any) -> classref.ClassRef:
+    def _new_ref(self, kind: Any, module: Any, qualname: Any, data: Any) -> Any:
         ref = classref.ClassRef(kind, module, qualname, data)
+        if ref.kind == classref.KIND_CLASS and self.explicitly_trusted(ref.module, ref.qualname):
+            # Pickle's own protocol may call it (REDUCE, NEWOBJ): explicit trust allows that.
+            return _import_class(ref.module, ref.qualname) or ref
         self.refs.append(ref)
         return ref
+
+    def explicitly_trusted(self, module: str, qualname: str) -> bool:
+        """Whether pickle's own protocol may use this class (overridden per unpickler)."""
+        return False
 
     def rebuild(self, value: Any, resolve: classref.Resolve) -> Any:
         """``value`` with its class references built (a no-op when it has none)."""
         if not self.refs:
             return value
         return classref.Rebuilder(resolve, self.refs).rebuild(value)
+
+    def refusal(self) -> UnsafeResultError | None:
+        """Why a payload failed, when it failed using a class only by reference.
+
+        A class with its own ``__reduce__`` (or a base such as ``dict``) travels by
+        pickle's own protocol, which calls the class: only explicit trust allows
+        that, so its reference stays an inert placeholder and the load fails.
+        """
+        for ref in self.refs:
+            if ref.kind == classref.KIND_CLASS:
+                return UnsafeResultError(
+                    f"result needs {ref.name} to run its own pickling code (it defines "
+                    "__reduce__ or __setstate__, or has a base other than object); if that "
+                    f"code is safe with data a volunteer chose, pass trusted_types=[{ref.name!r}] "
+                    "to the executor or call boinc_executor.register_trusted_type()"
+                )
+        return None
 
 
 class _RestrictedUnpickler(_ClassRefs, pickle.Unpickler):
@@ -286,6 +310,10 @@ class _RestrictedUnpickler(_ClassRefs, pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeResultError("result uses persistent IDs, which are never allowed")
 
+    def explicitly_trusted(self, module: str, qualname: str) -> bool:
+        """Classes in ``trusted_types`` or registered: their own pickling code may run."""
+        return self._policy.allows(module, qualname)
+
 
 class _TrustingUnpickler(_ClassRefs, pickle.Unpickler):
     """``trust_results=True``: plain unpickling, class references resolved by import."""
@@ -297,6 +325,10 @@ class _TrustingUnpickler(_ClassRefs, pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         entry = self.class_ref_entry(module, name)
         return entry if entry is not None else super().find_class(module, name)
+
+    def explicitly_trusted(self, module: str, qualname: str) -> bool:
+        """Everything is trusted."""
+        return True
 
 
 def _resolve_by_import(module: str, qualname: str) -> type:
@@ -313,12 +345,22 @@ def safe_loads(data: bytes, policy: TypePolicy) -> Any:
         UnsafeResultError: the payload names a type that is not allowed.
         ResultDecodeError: the payload is malformed (truncated, garbage, too deep).
     """
+    unpickler: _ClassRefs | None = None
     try:
         if policy.trust_all:
-            trusting = _TrustingUnpickler(data)
+            unpickler = trusting = _TrustingUnpickler(data)
             return trusting.rebuild(trusting.load(), _resolve_by_import)
-        restricted = _RestrictedUnpickler(data, policy)
-        return restricted.rebuild(restricted.load(), policy.resolve_class)
+        unpickler = restricted = _RestrictedUnpickler(data, policy)
+        value = restricted.load()
+    except ResultDecodeError:
+        raise
+    except (Exception, RecursionError) as exc:
+        refusal = unpickler.refusal() if unpickler is not None else None
+        if refusal is not None:
+            raise refusal from exc
+        raise ResultDecodeError(f"result payload is corrupt: {type(exc).__name__}: {exc}") from exc
+    try:
+        return restricted.rebuild(value, policy.resolve_class)
     except ResultDecodeError:
         raise
     except (Exception, RecursionError) as exc:
