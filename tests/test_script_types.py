@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
-import cloudpickle
 import pytest
 
 from boinc_executor import (
     BoincExecutor,
     RemoteError,
-    ResultDecodeError,
     TaskOutput,
     UnsafeResultError,
     protocol,
     task_output,
 )
 from boinc_executor.errors import RemoteTraceback, rebuild_exception
-from boinc_executor.protocol import classref
-from boinc_executor.protocol.decoding import TypePolicy, safe_loads
+from boinc_executor.protocol.decoding import TypePolicy
 from tests import jobs
 from tests import script_types as st
 from tests.test_launcher import lay_out, run
@@ -145,7 +139,7 @@ if __name__ == "__main__":
 
 
 def test_main_script_classes_exceptions_and_output(tmp_path: Path) -> None:
-    """``python script.py``: __main__ classes come back as themselves; output reaches our streams."""
+    """``python script.py``: __main__ classes come back as themselves; output reaches our stdio."""
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg/__init__.py").write_text("")
     (tmp_path / "mypkg/models.py").write_text(
@@ -177,7 +171,8 @@ def test_function_module_classes_come_back_in_containers(tmp_path: Path) -> None
     assert type(pair) is st.Pair and pair == st.Pair(1, st.Point(2))
     assert type(typed) is st.Typed and typed == st.Typed(3)
     plain = value["plain"]
-    assert type(plain) is st.Plain and plain.me is plain and plain.value == {"inner": {st.Color.RED}}
+    assert type(plain) is st.Plain and plain.me is plain
+    assert plain.value == {"inner": {st.Color.RED}}
     slotted = value["slotted"]
     assert type(slotted) is st.Slotted and slotted.a == [4] and slotted.hidden() == "secret"
     error = value["error"]
@@ -203,7 +198,8 @@ def test_custom_exceptions_are_raised_as_themselves(tmp_path: Path) -> None:
 
 def test_own_reduce_needs_explicit_trust(tmp_path: Path) -> None:
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "a") as ex:
-        with pytest.raises(UnsafeResultError, match=r"tests\.script_types\.Reducing.*trusted_types"):
+        refused = r"tests\.script_types\.Reducing.*trusted_types"
+        with pytest.raises(UnsafeResultError, match=refused):
             ex.submit(st.return_reducing).result(timeout=60)
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b", trusted_types=[st.Reducing]) as ex:
         assert ex.submit(st.return_reducing).result(timeout=60).value == 1
@@ -235,3 +231,40 @@ def test_output_api_per_call_and_bounded(tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match="not in the journal"):
         task_output(batch_dir, 99)
+
+
+def test_runner_from_the_zip_sends_script_classes_by_reference(tmp_path: Path) -> None:
+    """Under ``python -S`` from pyboinc.zip (classes shipped by value in the program file)."""
+
+    @dataclasses.dataclass
+    class Local:
+        x: int
+
+    class LocalError(Exception):
+        pass
+
+    def fn(x: int) -> list[Local]:
+        print(f"zip out {x}")
+        if x < 0:
+            raise LocalError("negative")
+        return [Local(x)]
+
+    slot, launcher = lay_out(tmp_path, fn, [((1,), {}), ((-1,), {})], soft_links=False)
+    done = run(slot, launcher)
+    assert done.returncode == 0, done.stderr
+    policy = TypePolicy()
+    protocol.encode_program(fn, policy)  # the master learns the classes the program carries
+    record = protocol.decode_result((slot / protocol.OPEN_RESULT).read_bytes(), policy,
+                                    expect_job="pyb_3_1", expect_calls=2)
+    (ok, value), (failed, info) = record.outcomes
+    assert ok and value == [Local(1)] and type(value[0]) is Local
+    assert not failed and type(rebuild_exception(info)) is LocalError
+    assert record.outputs == [TaskOutput("zip out 1\n"), TaskOutput("zip out -1\n")]
+    # The runner's own payload never names cloudpickle: nothing travels by value.
+    _, payload = protocol.decode_frame(
+        (slot / protocol.OPEN_RESULT).read_bytes(), protocol.KIND_RESULT
+    )
+    assert b"cloudpickle" not in payload
+    with pytest.raises(UnsafeResultError, match="Local"):
+        protocol.decode_result((slot / protocol.OPEN_RESULT).read_bytes(), TypePolicy(),
+                               expect_job="pyb_3_1", expect_calls=2)

@@ -182,7 +182,9 @@ class TypePolicy:
                 how to trust it.
         """
         with self._shipped_lock:
-            cls = self._shipped_classes.get((module, qualname))
+            cls = self._shipped_classes.get((module, qualname)) or self._by_bare_name(
+                module, qualname
+            )
             shipped = module == "__main__" or module in self._shipped_modules
         if cls is None and shipped:
             cls = _defined_in(module, qualname)
@@ -196,6 +198,22 @@ class TypePolicy:
                 "boinc_executor.register_trusted_type()"
             )
         return cls
+
+    def _by_bare_name(self, module: str, name: str) -> type | None:
+        """A shipped class by its ``__name__`` alone, when that is unambiguous.
+
+        cloudpickle rebuilds a class sent by value with ``__qualname__`` equal to its
+        ``__name__``, so a class defined inside a function comes back named ``Local``
+        rather than ``f.<locals>.Local``. Called with the lock held.
+        """
+        if "." in name:
+            return None
+        found = {
+            cls
+            for (mod, _), cls in self._shipped_classes.items()
+            if mod == module and cls.__name__ == name
+        }
+        return found.pop() if len(found) == 1 else None
 
 
 def _defined_in(module: str, qualname: str) -> type | None:
