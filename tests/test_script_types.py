@@ -26,6 +26,7 @@ from boinc_executor import (
 )
 from boinc_executor.errors import RemoteTraceback, rebuild_exception
 from boinc_executor.protocol.decoding import TypePolicy
+from boinc_executor.protocol.taskoutput import fit_outputs
 from tests import jobs
 from tests import script_types as st
 from tests.test_launcher import lay_out, run
@@ -268,3 +269,12 @@ def test_runner_from_the_zip_sends_script_classes_by_reference(tmp_path: Path) -
     with pytest.raises(UnsafeResultError, match="Local"):
         protocol.decode_result((slot / protocol.OPEN_RESULT).read_bytes(), TypePolicy(),
                                expect_job="pyb_3_1", expect_calls=2)
+
+
+def test_job_output_budget_is_shared_among_its_calls() -> None:
+    texts = ["a" * 10, "b" * 600_000, "c" * 900_000]
+    fitted = fit_outputs(texts, 1_000_000)
+    assert fitted[0] == texts[0]  # a call that printed little keeps everything
+    assert len(fitted[1]) == len(fitted[2]) == 499_995
+    assert fitted[2] == texts[2][-499_995:]  # the rest keep their last characters
+    assert fit_outputs(texts[:1], 5) == ["aaaaa"]

@@ -185,25 +185,31 @@ def classref_fill(ref: ClassRef, state: Any) -> None:
     ref.fill(state)
 
 
-def _qualified(cls: type) -> tuple[str, str]:
-    return cls.__module__, cls.__qualname__
-
-
-def _instance_state(obj: Any, cls: type) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """``(__dict__ copy, slot values)`` of an instance, as plain dicts."""
-    namespace = getattr(obj, "__dict__", None)
-    dict_state = dict(namespace) if isinstance(namespace, dict) and namespace else None
-    slots: dict[str, Any] = {}
+def _slot_members(cls: type) -> list[tuple[str, Any]]:
+    """The slot descriptors the class's own (non-library) classes define."""
+    found: dict[str, Any] = {}
     for klass in cls.__mro__:
         if is_library_class(klass):
             continue
         for name, member in vars(klass).items():
-            if isinstance(member, types.MemberDescriptorType) and name not in slots:
-                try:
-                    slots[name] = member.__get__(obj, cls)
-                except AttributeError:
-                    continue  # an unset slot stays unset
-    return dict_state, slots or None
+            if isinstance(member, types.MemberDescriptorType):
+                found.setdefault(name, member)
+    return list(found.items())
+
+
+def _instance_state(
+    obj: Any, cls: type, slots: list[tuple[str, Any]]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(__dict__ copy, slot values)`` of an instance, as plain dicts."""
+    namespace = getattr(obj, "__dict__", None)
+    dict_state = dict(namespace) if isinstance(namespace, dict) and namespace else None
+    values: dict[str, Any] = {}
+    for name, member in slots:
+        try:
+            values[name] = member.__get__(obj, cls)
+        except AttributeError:
+            continue  # an unset slot stays unset
+    return dict_state, values or None
 
 
 class ResultPickler(pickle.Pickler):
@@ -211,34 +217,45 @@ class ResultPickler(pickle.Pickler):
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._kinds: dict[type, str | None] = {}
+        # Per class: (kind, module, qualname) and its slots, or None (pickled as usual).
+        self._layouts: dict[type, tuple[tuple[str, str, str], list[tuple[str, Any]]] | None] = {}
+
+    def _layout(self, cls: type) -> tuple[tuple[str, str, str], list[tuple[str, Any]]] | None:
+        try:
+            return self._layouts[cls]
+        except KeyError:
+            kind = classify(cls)
+            layout: tuple[tuple[str, str, str], list[tuple[str, Any]]] | None = None
+            if kind is not None:
+                slots = [] if kind == KIND_ENUM else _slot_members(cls)
+                layout = ((kind, cls.__module__, cls.__qualname__), slots)
+            self._layouts[cls] = layout
+            return layout
 
     def reducer_override(self, obj: Any) -> Any:
         """Write classes and instances of the script's classes as class references."""
         if isinstance(obj, type):
             if is_library_class(obj):
                 return NotImplemented
-            return classref_new, (KIND_CLASS, *_qualified(obj), None)
+            return classref_new, (KIND_CLASS, obj.__module__, obj.__qualname__, None)
         cls = type(obj)
-        try:
-            kind = self._kinds[cls]
-        except KeyError:
-            kind = self._kinds[cls] = classify(cls)
-        if kind is None:
+        layout = self._layout(cls)
+        if layout is None:
             return NotImplemented
-        module, qualname = _qualified(cls)
+        name, slots = layout
+        kind = name[0]
         if kind == KIND_ENUM:
-            return classref_new, (kind, module, qualname, (obj._name_, obj._value_))
+            return classref_new, (*name, (obj._name_, obj._value_))
         if kind == KIND_NAMEDTUPLE:
             data: Any = tuple(obj)
         elif kind == KIND_EXCEPTION:
             data = tuple(obj.args)
         else:
             data = None
-        state = _instance_state(obj, cls)
+        state = _instance_state(obj, cls, slots)
         if state == (None, None):
-            return classref_new, (kind, module, qualname, data)
-        return classref_new, (kind, module, qualname, data), state, None, None, classref_fill
+            return classref_new, (*name, data)
+        return classref_new, (*name, data), state, None, None, classref_fill
 
 
 def dumps(value: Any) -> bytes:
@@ -290,6 +307,8 @@ class Rebuilder:
         self._refs = refs
         self._done: dict[int, Any] = {}
         self._seen: set[int] = set()
+        self._classes: dict[tuple[str, str], tuple[Any, str | None]] = {}
+        self._attributes: dict[tuple[type, str], Any] = {}
 
     def rebuild(self, value: Any) -> Any:
         """``value`` with every placeholder replaced, containers updated in place."""
@@ -341,12 +360,26 @@ class Rebuilder:
         self._done[key] = obj
         return obj
 
+    def _class(self, ref: ClassRef) -> tuple[Any, str | None]:
+        """The resolved class and its kind, once per name and payload."""
+        key = (ref.module, ref.qualname)
+        found = self._classes.get(key)
+        if found is None:
+            cls = self._resolve(ref.module, ref.qualname)
+            found = self._classes[key] = (cls, classify(cls))
+        return found
+
+    def _attribute(self, cls: type, name: str) -> Any:
+        key = (cls, name)
+        if key not in self._attributes:
+            self._attributes[key] = _descriptor(cls, name)
+        return self._attributes[key]
+
     def _build(self, ref: ClassRef) -> Any:
-        cls: Any = self._resolve(ref.module, ref.qualname)
+        cls, kind = self._class(ref)
         if ref.kind == KIND_CLASS:
             self._done[id(ref)] = cls
             return cls
-        kind = classify(cls)
         if kind != ref.kind:
             raise UnsafeResultError(_kind_refusal(ref, cls, kind))
         if kind == KIND_ENUM:
@@ -396,10 +429,10 @@ class Rebuilder:
         # cloudpickle rebuilds a class sent by value without its __slots__, so the
         # volunteer's __dict__ may hold what the master's class keeps in slots: each
         # name goes where this class can hold it, by plain assignment only.
-        namespace = _plain_dict(cls, instance)
+        namespace = _plain_dict(self._attribute(cls, "__dict__"), cls, instance)
         for part in (dict_state, slot_state):
             for name, value in (part or {}).items():
-                member = _descriptor(cls, name)
+                member = self._attribute(cls, name)
                 if type(member) is types.MemberDescriptorType:
                     member.__set__(instance, self._value(value))
                 elif namespace is not None:
@@ -411,9 +444,8 @@ class Rebuilder:
                     )
 
 
-def _plain_dict(cls: type, instance: Any) -> dict[str, Any] | None:
+def _plain_dict(getter: Any, cls: type, instance: Any) -> dict[str, Any] | None:
     """The instance's own ``__dict__``, reached through the type's built-in descriptor only."""
-    getter = _descriptor(cls, "__dict__")
     if type(getter) is not types.GetSetDescriptorType:
         return None
     namespace = getter.__get__(instance, cls)

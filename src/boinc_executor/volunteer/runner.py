@@ -77,7 +77,7 @@ class _CallCapture(io.TextIOBase):
         self._parts: list[str] = []
         self._size = 0
         self._cut = False
-        self._job: list[str] = []
+        self._job = ""  # the tail of the whole job's output
 
     def write(self, s: str) -> int:
         self._inner.write(s)
@@ -97,12 +97,12 @@ class _CallCapture(io.TextIOBase):
         cut = self._cut or len(text) > protocol.OUTPUT_CHARS
         text = text[-protocol.OUTPUT_CHARS :]
         self._parts, self._size, self._cut = [], 0, False
-        self._job.append(protocol.tail(text))
+        self._job = protocol.tail(self._job + protocol.tail(text))
         return text, cut
 
     def job_tail(self) -> str:
         """The tail of the whole job's output, for the record's job-level fields."""
-        return protocol.tail("".join(self._job))
+        return self._job
 
 
 def _call_outputs(
