@@ -68,7 +68,7 @@ class BoincExecutor(Executor):
             ``$BOINC_EXECUTOR_BATCH_DIR``, else the running script's own batch:
             running the script again after an interruption replays it; once it
             completes and the executor is shut down normally, the next run starts
-            fresh (docs/user-guide.md, "Batches").
+            fresh (docs/user-guide.md, "Batches, checkpoint and resume").
         name: names the batch, so one script can own several, and an interactive
             session can own one (default: none; the batch is labelled with the
             script's name).
