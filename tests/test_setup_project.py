@@ -135,7 +135,10 @@ def test_setup_configures_the_project_and_a_second_run_changes_nothing(
                                    "--script pyboinc_assimilator")
     config_after = project.config_path.read_text()
     ours = re.findall(r"        <daemon>\n            <cmd>[^<]*pyboinc[^<]*</cmd>\n"
-                      r"            <host>[^<]*</host>\n        </daemon>\n", config_after)
+                      r"            <host>[^<]*</host>\n"
+                      r"            <output>pyboinc_(?:assimilator|validator)\.log</output>\n"
+                      r"            <pid_file>pyboinc_\w+\.pid</pid_file>\n"
+                      r"        </daemon>\n", config_after)
     assert len(ours) == 2
     assert config_after.replace(ours[0], "").replace(ours[1], "") == config_before, \
         "the rest of config.xml is kept byte for byte"
@@ -197,7 +200,8 @@ def test_float_validator_replaces_the_validator_and_validates(
     report = setup_project(project.root, float_validator=True)
     cmd = daemon_commands(float_validator=True)["validator"]
     assert report.changes == [
-        f"replaced the validator daemon in config.xml: {cmd} (host {SHORT_HOST})"]
+        f"replaced the validator daemon in config.xml: {cmd} (host {SHORT_HOST}, "
+        "output pyboinc_validator.log, pid_file pyboinc_validator.pid)"]
     validators = [c for c, _ in daemons(project) if "validator" in c]
     assert validators == ["script_validator -d 3 --app pyboinc --sleep_interval 1 "
                           "--init_script pyboinc_compare --compare_script pyboinc_compare"]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import BoincExecutorError
+from .server import doctor
 from .server.appversion import ALL_PLATFORMS
 
 __all__ = ["main"]
@@ -88,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
             "one registers a new app version, e.g. to ship a changed runner"
         ),
     )
+    doctor.add_arguments(
+        sub.add_parser(
+            "doctor",
+            help="check that a BOINC project really runs boinc-executor jobs",
+            description="Check the daemons, app versions, host, permissions and cron a "
+            "pyboinc project needs; print each problem with its fix. Exit status 1 if any "
+            "check fails.",
+        )
+    )
+    restart = sub.add_parser(
+        "restart-daemons",
+        help="restart a BOINC project's daemons safely (bin/stop, wait, bin/start, check)",
+        description="Run bin/stop, wait until the old daemons have released their locks, "
+        "run bin/start, and check that every daemon holds its lock.",
+    )
+    restart.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
     status = sub.add_parser(
         "status",
         help="show how far a batch on a BOINC project has got",
@@ -162,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(report.render())
         return 0
+    if args.command == "doctor":
+        return doctor.main(args)
+    if args.command == "restart-daemons":
+        from .server.restart import main as restart_main
+
+        return restart_main(args.project_dir)
     try:
         return _status(args.batch_id, args.project)
     except BoincExecutorError as exc:

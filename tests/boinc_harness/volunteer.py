@@ -34,6 +34,7 @@ from .server import (
     scheduler_rpc,
     transitioner_pass,
 )
+from .start_stop import ever_started, exit_daemon, running_daemons
 
 __all__ = ["AssimilatorStopped", "DaemonExited", "VolunteerHost"]
 
@@ -90,13 +91,18 @@ class VolunteerHost:
     def restart_daemons(self) -> None:
         """``bin/start``: bring back daemons that exited (the script_assimilator)."""
         self.stopped.clear()
+        if ever_started(read_config(self.project.root)):
+            self.project.run("start")
 
     # -- running -----------------------------------------------------------------------
     def step(self) -> list[str]:
         """One pass of every daemon and one scheduler RPC of the client."""
         config = read_config(self.project.root)
         self.client.config = config
-        srv = Server(config=config, conn=config.connect(), stopped=self.stopped)
+        if ever_started(config):
+            self.stopped.clear()  # the daemons' processes say what runs, not this set
+        srv = Server(config=config, conn=config.connect(), stopped=self.stopped,
+                     running=running_daemons(config))
         try:
             if not self.client.authenticator:
                 self.client.authenticator = srv.q(
@@ -109,7 +115,11 @@ class VolunteerHost:
             if tasks:
                 events += handle_reports(srv, self.client.run(tasks))
             events += validator_pass(srv)
-            events += assimilator_pass(srv)
+            try:
+                events += assimilator_pass(srv)
+            except DaemonExited as exc:
+                exit_daemon(config, exc.daemon)
+                raise
             events += file_deleter_pass(srv)
         finally:
             srv.conn.close()
