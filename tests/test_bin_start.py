@@ -9,7 +9,10 @@ bin/stop does not wait. On such a project, setup-project's entries (own <output>
 from __future__ import annotations
 
 import os
+import select
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,3 +132,43 @@ def test_assimilator_exit_ends_its_process_and_bin_start_brings_it_back(
     host = VolunteerHost(project, client_dir=tmp_path / "client")
     host.restart_daemons()
     assert any("script_assimilator" in c for c in running_cmds(project))
+
+
+def _holds_pipe(run: list[str], env: dict[str, str]) -> bool:
+    """Run ``run`` with a pipe's write end at a descriptor above 2; does anyone keep it?"""
+    r, w = os.pipe()
+    try:
+        done = subprocess.run(run, pass_fds=(w,), env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        os.close(w)
+        w = -1
+        ready, _, _ = select.select([r], [], [], 2.0)
+        return not (ready and os.read(r, 1) == b"")
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_restart_daemons_waits_for_the_old_ones_and_passes_no_descriptors(
+    pyboinc_project: Project,
+) -> None:
+    project = pyboinc_project
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "BOINC_HARNESS_EXIT_DELAY": "1.5"}
+    # The harness's bin/start passes inherited descriptors to the daemons (facts §9.4) ...
+    assert _holds_pipe([str(project.bin_dir / "start")], env)
+    before = {c: lock_owner(project.pid_dir / d.lock_name)
+              for c, d in ((d.cmd, d) for d in running_daemons(read_config(project.root)))}
+    assert len(before) == 5
+    # ... restart-daemons does not, and it waits out the slow exit bin/stop does not wait for.
+    cli = [sys.executable, "-m", "boinc_executor.cli", "restart-daemons", str(project.root)]
+    assert not _holds_pipe(cli, env)
+    after = {d.cmd: lock_owner(project.pid_dir / d.lock_name)
+             for d in running_daemons(read_config(project.root))}
+    assert after.keys() == before.keys()
+    assert all(after[c] != before[c] for c in after), "new processes"
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Every daemon holds its lock." in done.stdout
+    assert "boinccmd --project URL update" in done.stdout

@@ -81,6 +81,16 @@ def _running(ctx: Context, what: str, found: list[DaemonEntry], missing_fix: str
         return Finding.failed(f"no enabled {what} daemon runs on this host", missing_fix)
     entry = here[0]
     lock = ctx.pid_dir / entry.lock_name
+    for kind, name, first, second in collisions(ctx.entries, ctx.project_host):
+        if kind == "lock" and entry in (first, second):
+            other = first if second == entry else second
+            return Finding.failed(
+                f"the {what} `{entry.describe()}` shares its lock {name} with "
+                f"`{other.describe()}`: only the one started first runs, the other exits at "
+                "once (bin/status -v shows both running and locked, with one pid)",
+                f"boinc-executor setup-project {ctx.root} (it gives our daemons their own "
+                "<output> and <pid_file>), then restart the daemons",
+            )
     if is_locked(lock):
         return Finding.passed()
     return Finding.failed(
@@ -234,7 +244,7 @@ def _batch_dirs(ctx: Context) -> Iterator[Finding]:
         )
         return
     rows = db.query(
-        f"SELECT batch_dir FROM {BATCH_TABLE} ORDER BY id DESC LIMIT 200",  # noqa: S608
+        f"SELECT batch_dir FROM {BATCH_TABLE} ORDER BY batch_id DESC LIMIT 200",  # noqa: S608
         doing="listing batch directories",
     )
     new_dirs = [Path(_text(r[0])) / "new" for r in rows]
