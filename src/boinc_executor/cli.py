@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _status(batch_id: int, project: str | None) -> int:
     from .backends.db import Database
+    from .backends.stuck import Thresholds, diagnose
     from .config import ProjectConfig, resolve_project_dir
 
     root = resolve_project_dir(project)
@@ -133,12 +134,15 @@ def _status(batch_id: int, project: str | None) -> int:
     with Database(ProjectConfig.load(root)) as db:
         record = db.batch_record(batch_id)
         counts = db.batch_counts(batch_id)
+        stuck = diagnose(db, root, batch_id, Thresholds.for_project(root))
     print(f"batch {batch_id} on {root}")
     print(f"  batch directory: {record.batch_dir}")
     print(
         f"  work units: {counts.total} total, {counts.unsent} unsent, "
         f"{counts.in_progress} in progress, {counts.done} done, {counts.failed} failed"
     )
+    if stuck:
+        print(f"  STUCK: {stuck}")
     try:
         waiting, handled = (
             sum(1 for _ in sub.iterdir()) if sub.is_dir() else 0
