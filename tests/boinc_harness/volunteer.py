@@ -4,10 +4,13 @@
 scheduler (sending to this host), the client (download, run, upload) and its report,
 validator, script_assimilator, file_deleter; it returns what they did (empty when
 nothing happened). ``run_until()`` repeats steps until a condition holds. Daemons are
-the ones config.xml's ``<daemons>`` configures, so a project without a validator stalls
-at need_validate=1 exactly like a real one. A script_assimilator whose script fails
-raises ``AssimilatorStopped`` and stays down until ``restart_daemons()`` (the real
-daemon exits and only ``bin/start`` brings it back).
+the ones config.xml's ``<daemons>`` configures and bin/start's model says run
+(``start_stop.running_daemons``): before bin/start was ever run, every entry as if it
+had been started once (of entries sharing a lock only the first); afterwards exactly
+those whose process holds their lock. So a project without a validator, or whose
+validator lost its lock, stalls at need_validate=1 exactly like a real one. A
+script_assimilator whose script fails raises ``AssimilatorStopped`` and stays down until
+``restart_daemons()`` (the real daemon exits and only ``bin/start`` brings it back).
 
 Test injections act on the next tasks the host receives, in the order they were asked
 for: ``fail_next``, ``abort_next``, ``no_reply_next``; ``tamper_output`` rewrites every
