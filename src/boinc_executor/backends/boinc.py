@@ -77,7 +77,7 @@ from ..errors import BatchNotFoundError, ConfigError, SubmissionError, describe_
 from .base import Backend, BackendEvents
 from .db import BATCH_TABLE, Database
 from .rows import BatchCounts, FailedWorkunit
-from .stuck import Thresholds, diagnose
+from .stuck import StuckWatch
 from .workunits import (
     APP_NAME,
     INPUT_TEMPLATE,
@@ -139,6 +139,7 @@ class BoincBackend(Backend):
         self.root = self.config.root.resolve()
         self.poll_interval = _poll_interval(poll_interval)
         self._check_layout()
+        self._stuck = StuckWatch(self.root, logger, self.poll_interval)
         self._db_lock = threading.Lock()
         self._db = Database(self.config)
         try:
@@ -157,9 +158,6 @@ class BoincBackend(Backend):
         self._sent_watermark = 0
         self._submitted = False
         self._next_poll = 0.0
-        self._thresholds = Thresholds.for_project(self.root)
-        self._stuck: str | None = None
-        self._next_stuck_check = 0.0
 
     # ------------------------------------------------------------------ checks
 
@@ -411,23 +409,9 @@ class BoincBackend(Backend):
             self._deliver_failure(wu)
         if failed:
             self._events.wake()
-        if time.monotonic() >= self._next_stuck_check:
-            self._check_stuck()
-
-    def _check_stuck(self) -> str | None:
-        """Look for work a daemon left waiting; warn once each time the batch gets stuck.
-
-        Runs every quarter of the shortest threshold at most: the answer changes on the
-        scale of daemon sleep intervals, not of polls.
-        """
-        every = max(self.poll_interval, min(self._thresholds.seconds.values()) / 4)
-        self._next_stuck_check = time.monotonic() + every
-        with self._db_lock:
-            stuck = diagnose(self._db, self.root, self._batch_id, self._thresholds)
-        if stuck is not None and stuck != self._stuck:
-            logger.warning("batch %s is stuck: %s", self._batch_id, stuck)
-        self._stuck = stuck
-        return stuck
+        if self._stuck.due():
+            with self._db_lock:
+                self._stuck.check(self._db, self._batch_id)
 
     def _deliver_failure(self, wu: FailedWorkunit) -> None:
         """Put an error record for a failed work unit into ``new/`` unless one is there."""
@@ -465,7 +449,8 @@ class BoincBackend(Backend):
         """Counts of the batch's work units, and why it is stuck if a daemon lets it wait."""
         with self._db_lock:
             counts = self._db.batch_counts(self._batch_id)
-        return dataclasses.replace(counts, stuck=self._check_stuck())
+            stuck = self._stuck.check(self._db, self._batch_id)
+        return dataclasses.replace(counts, stuck=stuck)
 
     # ------------------------------------------------------------------ cancel / close
 

@@ -38,7 +38,6 @@ from .rows import (
     BatchCounts,
     BatchRecord,
     FailedWorkunit,
-    Stall,
 )
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "BatchRecord",
     "Database",
     "FailedWorkunit",
-    "Stall",
 ]
 
 BATCH_TABLE = "pyboinc_batch"
@@ -443,58 +441,6 @@ class Database:
             failed=failed,
             credit=float(credit),
         )
-
-    def stalled(
-        self, batch_id: int, *, transition_after: int, validate_after: int, assimilate_after: int
-    ) -> list[Stall]:
-        """Work units of the batch waiting longer than the given seconds for a daemon.
-
-        One row per daemon that has work of this batch waiting: the transitioner (a
-        ``transition_time`` long past), the validator (``need_validate=1`` with a
-        successful result reported long ago) and the assimilator (``assimilate_state=1``
-        since long ago). A daemon counts as stalled only if it also did nothing for the
-        batch in that time, so a long queue that is moving is not reported. Times are
-        the database server's, as the daemons write them.
-        """
-        rows = self.query(
-            "SELECT 'transitioner', COUNT(*), COALESCE(UNIX_TIMESTAMP()-MIN(transition_time), 0) "
-            "FROM workunit WHERE batch=%s AND transition_time < UNIX_TIMESTAMP()-%s "
-            "UNION ALL "
-            "SELECT 'validator', COUNT(DISTINCT w.id), "
-            "COALESCE(UNIX_TIMESTAMP()-MIN(r.received_time), 0) "
-            "FROM workunit w JOIN result r ON r.workunitid=w.id "
-            "WHERE w.batch=%s AND w.need_validate=1 AND r.server_state=%s AND r.outcome=%s "
-            "AND r.validate_state=0 AND r.received_time < UNIX_TIMESTAMP()-%s "
-            "AND NOT EXISTS (SELECT 1 FROM result v WHERE v.batch=%s AND v.validate_state<>0 "
-            "AND v.mod_time > NOW() - INTERVAL %s SECOND) "
-            "UNION ALL "
-            "SELECT 'assimilator', COUNT(*), "
-            "COALESCE(UNIX_TIMESTAMP()-UNIX_TIMESTAMP(MIN(mod_time)), 0) "
-            "FROM workunit WHERE batch=%s AND assimilate_state=1 "
-            "AND mod_time < NOW() - INTERVAL %s SECOND "
-            "AND NOT EXISTS (SELECT 1 FROM workunit a WHERE a.batch=%s AND a.assimilate_state=2 "
-            "AND a.mod_time > NOW() - INTERVAL %s SECOND)",
-            (
-                batch_id,
-                transition_after,
-                batch_id,
-                RESULT_OVER,
-                OUTCOME_SUCCESS,
-                validate_after,
-                batch_id,
-                validate_after,
-                batch_id,
-                assimilate_after,
-                batch_id,
-                assimilate_after,
-            ),
-            doing="looking for work units no daemon handles",
-        )
-        return [
-            Stall(daemon=_text(daemon), workunits=int(n), waited=int(waited))
-            for daemon, n, waited in rows
-            if int(n)
-        ]
 
     def update_batch(self, batch_id: int, *, complete: bool) -> BatchCounts:
         """Refresh the ``batch`` row's counters as BOINC's PHP does; mark it COMPLETE if asked.

@@ -56,6 +56,7 @@ from .appversion import (
 )
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
 from .doctor import DoctorReport, run_checks
+from .restart import restart_advice
 
 if TYPE_CHECKING:
     from ..backends.db import Database
@@ -64,7 +65,6 @@ __all__ = [
     "SetupReport",
     "input_template",
     "output_template",
-    "restart_advice",
     "setup_project",
 ]
 
@@ -158,20 +158,6 @@ class SetupReport:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def restart_advice(root: Path) -> str:
-    """How to restart the daemons without the ``bin/stop && bin/start`` race (facts §9.2, §9.3)."""
-    return (
-        f"restart the project's daemons to run the new entries: boinc-executor "
-        f"restart-daemons {root}. By hand, not `bin/stop && bin/start` (bin/stop does not "
-        f"wait, and a bin/start racing the exiting daemons starts nothing): cd {root} && "
-        "bin/stop; wait until `bin/status -v` shows no daemon locked; bin/start; then check "
-        'that every daemon is locked in `bin/status -v` (the "running" column trusts stale '
-        f"pid files) or run boinc-executor doctor {root}. Afterwards run `boinccmd --project "
-        "URL update` on test clients: one that contacted the project while it was stopped "
-        "was told to come back in an hour"
-    )
 
 
 def _require_project(root: Path) -> ProjectConfig:

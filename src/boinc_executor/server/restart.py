@@ -20,10 +20,24 @@ from pathlib import Path
 from ..errors import ConfigError
 from .entries import DaemonEntry, is_locked, read_entries, short_hostname
 
-__all__ = ["main", "restart_daemons"]
+__all__ = ["main", "restart_advice", "restart_daemons"]
 
 _TOOL_TIMEOUT = 120.0
 _POLL = 0.1
+
+
+def restart_advice(root: Path) -> str:
+    """How to restart the daemons without the ``bin/stop && bin/start`` race (facts §9.2, §9.3)."""
+    return (
+        f"restart the project's daemons to run the new entries: boinc-executor "
+        f"restart-daemons {root}. By hand, not `bin/stop && bin/start` (bin/stop does not "
+        f"wait, and a bin/start racing the exiting daemons starts nothing): cd {root} && "
+        "bin/stop; wait until `bin/status -v` shows no daemon locked; bin/start; then check "
+        'that every daemon is locked in `bin/status -v` (the "running" column trusts stale '
+        f"pid files) or run boinc-executor doctor {root}. Afterwards run `boinccmd --project "
+        "URL update` on test clients: one that contacted the project while it was stopped "
+        "was told to come back in an hour"
+    )
 
 
 def _run(root: Path, tool: str, *args: str) -> str:
