@@ -154,9 +154,10 @@ class BoincExecutor(Executor):
                 max_result_bytes=self._max_result_bytes,
                 remove_when_complete=explicit is None,
             )
-            backend.attach(
-                batch, checkpoint, BackendEvents(collector.job_started, collector.wake.set)
+            events = BackendEvents(
+                collector.job_started, collector.request_scan, collector.record_delivered
             )
+            backend.attach(batch, checkpoint, events)
         except BaseException:
             batch.close()
             raise

@@ -7,7 +7,8 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 
 * :mod:`.records` -- naming, framing, input envelopes, result and error records;
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
-* :mod:`.fileio` -- atomic writes and bounded reads.
+* :mod:`.fileio` -- atomic writes and bounded reads;
+* :mod:`.pack` -- the append-only pack of handled records.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .records import (
     DEFAULT_MAX_RESULT_BYTES,
     FINISH_FILE,
     FORMAT_VERSION,
+    HANDLED_PACK,
     JOURNAL,
     KIND_DATA,
     KIND_PROGRAM,
@@ -46,12 +48,14 @@ from .records import (
     failure_info,
     host_name,
     input_digest,
+    is_stale_temp,
     job_name,
     parse_job_name,
     parse_record_name,
     program_file_name,
     program_identity,
     python_tag,
+    quarantine_name,
     read_bounded,
     record_file_name,
     tail,
@@ -62,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
     "FORMAT_VERSION",
+    "HANDLED_PACK",
     "JOURNAL",
     "KIND_DATA",
     "KIND_PROGRAM",
@@ -91,12 +96,14 @@ __all__ = [
     "failure_info",
     "host_name",
     "input_digest",
+    "is_stale_temp",
     "job_name",
     "parse_job_name",
     "parse_record_name",
     "program_file_name",
     "program_identity",
     "python_tag",
+    "quarantine_name",
     "read_bounded",
     "record_file_name",
     "tail",
