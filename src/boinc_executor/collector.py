@@ -304,9 +304,9 @@ class Collector(RecordIntake):
                 # decoder works through a backlog, list it only now and then.
                 now = time.monotonic()
                 since = now - last_scan
-                if since >= backend.poll_interval or (
-                    self._scan_requested
-                    and (not self._decoder.busy or since >= _BUSY_SCAN_INTERVAL)
+                busy = self._decoder.busy
+                if since >= (_BUSY_SCAN_INTERVAL if busy else backend.poll_interval) or (
+                    self._scan_requested and not busy
                 ):
                     last_scan = now
                     self._scan_requested = False

@@ -127,6 +127,16 @@ class RecordDecoder(Generic[J]):
             self._pending += 1
         self._queue.put((job, name))
 
+    def submit_many(self, items: list[tuple[J | None, str | None]]) -> None:
+        """Queue several records at once (see :meth:`submit`)."""
+        if not items:
+            return
+        with self._lock:
+            self._pending += len(items)
+        put = self._queue.put
+        for item in items:
+            put(item)
+
     # ------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:

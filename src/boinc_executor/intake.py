@@ -36,6 +36,8 @@ __all__ = ["RecordIntake"]
 
 logger = logging.getLogger("boinc_executor")
 
+_CLAIM_BATCH = 256  # records a scan claims under one lock round
+
 
 class RecordIntake:
     """Finding and claiming records in ``new/`` (a mixin of the collector)."""
@@ -106,6 +108,7 @@ class RecordIntake:
             generation = self._scan_generation
         skip_queued, skip_refused = self._queued, self._refused
         now = time.time()
+        found: list[tuple[str, str]] = []
         with os.scandir(self._new) as listing:
             for item in listing:
                 name = item.name
@@ -120,7 +123,11 @@ class RecordIntake:
                 elif not item.is_file(follow_symlinks=False):
                     self._quarantine(name, "not a regular file (symlink, FIFO or directory)")
                 else:
-                    self._found(parsed[0], name)
+                    found.append((parsed[0], name))
+                    if len(found) >= _CLAIM_BATCH:
+                        self._claim(found)
+                        found = []
+        self._claim(found)
         with self.lock:  # re-submitted jobs whose record this scan did not find run again
             for job_name, (entry, registered) in list(self._awaiting.items()):
                 if registered < generation:
@@ -131,19 +138,24 @@ class RecordIntake:
         if len(skip_refused) > 10_000:  # bounded: refusals are retried now and then
             skip_refused.clear()
 
-    def _found(self, job_name: str, name: str) -> None:
-        """A regular file with a record name: claim it for its job, or see whose it is."""
-        with self.lock:
-            job = self._jobs.get(job_name)
-            if job is not None:
-                if job.state is JobState.PENDING or job.record is not None:
-                    return  # a replayed job not handed over yet, or a second record: later
-                job.record = name
-                self._queued.add(name)
-                self._awaiting.pop(job_name, None)
-        if job is not None:
-            self._decoder.submit(job, name)
-        else:
+    def _claim(self, found: list[tuple[str, str]]) -> None:
+        """Regular files with record names: claim each for its job, or see whose it is."""
+        claimed: list[tuple[Job | None, str | None]] = []
+        unclaimed = []
+        with self.lock:  # one lock round for the lot
+            jobs, queued, awaiting = self._jobs, self._queued, self._awaiting
+            for job_name, name in found:
+                job = jobs.get(job_name)
+                if job is None:
+                    unclaimed.append((job_name, name))
+                elif job.record is None and job.state is not JobState.PENDING:
+                    job.record = name
+                    queued.add(name)
+                    awaiting.pop(job_name, None)
+                    claimed.append((job, name))
+                # else: a replayed job not handed over yet, or its second record: later
+        self._decoder.submit_many(claimed)
+        for job_name, name in unclaimed:
             self._unclaimed_record(job_name, name)
 
     def _unclaimed_record(self, job_name: str, name: str) -> None:

@@ -107,11 +107,14 @@ def read_bounded(path: str | Path, limit: int) -> bytes:
         chunks = []
         remaining = limit + 1
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
+            # One read for a file that did not grow: asking for a byte more than its
+            # size returns short, which on a regular file means the end.
+            want = min(remaining, max(st.st_size + 1, 1 << 16), 1 << 24)
+            chunk = os.read(fd, want)
             chunks.append(chunk)
             remaining -= len(chunk)
+            if len(chunk) < want:
+                break
         data = b"".join(chunks)
     finally:
         os.close(fd)

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from ..errors import ProtocolError
-from .records import HANDLED_PACK, parse_job_name, parse_record_name
+from .records import HANDLED_PACK, parse_record_name
 
 __all__ = [
     "HANDLED_PACK",
@@ -120,8 +120,9 @@ def _scan(fd: int) -> tuple[dict[str, PackedRecord], int, int]:
 
 
 def _job_index(job: str) -> int:
-    parsed = parse_job_name(job)
-    return _BITMAP_LIMIT if parsed is None else parsed[2]
+    """The index in a job name, cheaply: a pack holds one batch's jobs, so it identifies them."""
+    tail = job[job.rfind("_") + 1 :]
+    return int(tail) if tail.isascii() and tail.isdigit() and len(tail) < 10 else _BITMAP_LIMIT
 
 
 def _verify(frame: bytes) -> bool:
@@ -193,6 +194,8 @@ class RecordPack:
     def append(self, frames: list[tuple[str, bytes, int]]) -> int:
         """Append ``(record name, body, kind)`` frames in one write; returns how many were new.
 
+        Names must be record names (:func:`~.records.parse_record_name` accepts them).
+
         A frame for a job that already has one is skipped: the first record wins.
         A failed write (a full disk) is cut off again, so the pack never holds a
         torn frame before a good one, and the jobs stay unpacked.
@@ -203,9 +206,9 @@ class RecordPack:
         with self._lock:
             jobs: dict[str, bytes] = {}
             for name, body, kind in frames:
-                parsed = parse_record_name(name)
-                if parsed is not None and parsed[0] not in jobs and not self._holds(parsed[0]):
-                    jobs[parsed[0]] = encode_frame(name, body, kind)
+                job = name.partition(".")[0]  # callers pass names parse_record_name accepted
+                if job not in jobs and not self._holds(job):
+                    jobs[job] = encode_frame(name, body, kind)
             if not jobs:
                 return 0
             view = memoryview(b"".join(jobs.values()))
