@@ -34,6 +34,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -62,26 +63,24 @@ class Job:
     over many small calls does not pay for a future per call.
 
     It is also the done-callback of its futures, so cancelling a future reaches
-    the collector without a closure per future.
+    the collector without a closure per future. A pending job costs less than
+    ``ProcessPoolExecutor``'s work item: slots only, its futures in a tuple, and
+    nothing that its name already says (index, first call) or the journal keeps.
     """
 
-    __slots__ = ("call", "chunk", "collector", "futures", "index", "n", "name", "record", "state")
+    __slots__ = ("chunk", "collector", "futures", "n", "name", "record", "state")
 
     def __init__(
         self,
         collector: Collector,
         name: str,
-        index: int,
-        call: int,
-        futures: list[Future[Any]],
+        futures: Sequence[Future[Any]],
         *,
         n: int | None = None,
     ) -> None:
         self.collector = collector
         self.name = name
-        self.index = index
-        self.call = call
-        self.futures = futures
+        self.futures = tuple(futures)
         self.n = len(futures) if n is None else n  # calls the job carries
         self.chunk = n is not None  # one future for all n calls
         self.state = JobState.PENDING

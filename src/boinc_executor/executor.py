@@ -221,7 +221,7 @@ class BoincExecutor(Executor):
         for index in sorted(journal):
             entry = journal[index]
             futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
-            collector.register(Job(collector, entry.job, entry.i, entry.call, futures), entry)
+            collector.register(Job(collector, entry.job, futures), entry)
             self._resumed.extend(futures)
         with collector.lock:
             collector.next_job = max(journal, default=-1) + 1
@@ -423,7 +423,7 @@ class BoincExecutor(Executor):
                 f"{self.batch_dir}: the script's inputs changed since the batch was started; "
                 "restore them, or run the new inputs with a new batch_dir"
             )
-        job = Job(collector, name, index, call, futures, n=len(calls) if chunk else None)
+        job = Job(collector, name, futures, n=len(calls) if chunk else None)
         if journaled is not None:
             collector.register(job, journaled)
         else:
