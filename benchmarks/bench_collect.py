@@ -22,6 +22,9 @@ reported with its minimum and median:
 * **A 10**\\ :sup:`6`\\ **-item ``map`` with ``buffersize``** (target: constant
   memory): the RSS growth between 10 % and 100 % of the items consumed, for both
   executors.
+* **A finished batch's footprint** (target <= 1 KiB and <= 0.2 files per call
+  beyond the results' own bytes): a 3,000-call batch with an explicit
+  ``batch_dir``, once, after a clean shutdown.
 
 Nothing lands in the user's home: ``BOINC_EXECUTOR_HOME`` points at a temporary
 directory. Results are checked, so a fast wrong answer cannot pass; the exit
@@ -269,6 +272,26 @@ def map_child(kind: str, items: int, scratch: Path) -> dict[str, Any]:
     return {"growth": growth}
 
 
+def footprint_child(calls: int, scratch: Path) -> dict[str, Any]:
+    """Files and bytes a finished batch of ``calls`` calls keeps, beyond its records' bytes."""
+    from boinc_executor import BoincExecutor
+    from boinc_executor.protocol.pack import RecordPack
+
+    batch_dir = scratch / "batch"
+    with BoincExecutor(max_workers=2, batch_dir=batch_dir) as ex:
+        futures = [ex.submit(operator.neg, i) for i in range(calls)]
+        if [f.result() for f in futures] != [-i for i in range(calls)]:
+            raise RuntimeError("wrong results")
+    files = total = 0
+    for root, dirs, names in os.walk(batch_dir):
+        files += len(names) + len(dirs)
+        total += sum(os.path.getsize(os.path.join(root, n)) for n in names)
+    pack = RecordPack(str(batch_dir / "handled.pack"), writable=False)
+    records = sum(entry.size for entry, _ in pack.records())
+    pack.close()
+    return {"files": files / calls, "bytes": (total - records) / calls}
+
+
 # --------------------------------------------------------------------------- parent
 
 
@@ -302,7 +325,9 @@ def main() -> int:
     parser.add_argument("--pending", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument(
-        "--only", choices=("collect", "memory", "map"), help="run one measurement only"
+        "--only",
+        choices=("collect", "memory", "map", "footprint"),
+        help="run one measurement only",
     )
     parser.add_argument("--child", nargs="*")
     parser.add_argument("--scratch", type=Path)
@@ -315,6 +340,8 @@ def main() -> int:
             out = floor_child(int(rest[0]), args.scratch)
         elif what == "memory":
             out = memory_child(rest[0], int(rest[1]), rest[2], args.scratch)
+        elif what == "footprint":
+            out = footprint_child(int(rest[0]), args.scratch)
         else:
             out = map_child(rest[0], int(rest[1]), args.scratch)
         print(json.dumps(out))
@@ -333,6 +360,13 @@ def main() -> int:
             _report_memory(args, home)
         if args.only in (None, "map"):
             _report_map(args, home)
+        if args.only in (None, "footprint"):
+            result = _child(["footprint", "3000"], home)
+            print(
+                "\n## a finished 3,000-call batch, beyond its records' bytes (target <= 1 KiB "
+                f"and <= 0.2 files per call)\n{result['bytes']:,.0f} bytes and "
+                f"{result['files']:.3f} files per call"
+            )
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0
