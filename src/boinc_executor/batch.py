@@ -256,7 +256,7 @@ class BatchDir:
                 continue  # a refusal: the job is run again, as before its record arrived
             target = self.new_dir / entry.name
             if not target.exists():
-                protocol.atomic_write(target, body, durable=True)
+                protocol.atomic_write(target, body)
             names[entry.name.partition(".")[0]] = entry.name
             restored += 1
         with os.scandir(self.new_dir) as it:
@@ -264,6 +264,7 @@ class BatchDir:
                 job = item.name.partition(".")[0]
                 if names.get(job, item.name) != item.name:
                     os.unlink(item.path)
+        os.sync()  # one flush for all of them: the pack is emptied only once they are durable
         pack.reset()
         return restored
 

@@ -167,7 +167,7 @@ class Collector(RecordIntake):
             resolve=self._resolve_many,
             released=self._released,
             removed=self._removed,
-            on_idle=self.request_scan,  # the backlog is read: look for what arrived meanwhile
+            on_idle=self._decoder_idle,
             name=f"boinc-executor-decoder-{self.batch_id}",
         )
         self._thread = threading.Thread(
@@ -286,6 +286,11 @@ class Collector(RecordIntake):
                 self._to_cancel.append(job.name)
         self.wake.set()
 
+    def _decoder_idle(self) -> None:
+        """The backlog is read: run the scan that was deferred while it lasted, if any."""
+        if self._scan_requested:
+            self.wake.set()
+
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
@@ -386,6 +391,10 @@ class Collector(RecordIntake):
             self.backend.cancel(names)
 
     def _finish(self) -> None:
+        try:  # a last look: late duplicates go now, so a finished batch leaves new/ empty
+            self._scan()
+        except OSError as exc:
+            logger.warning("the last scan of %s failed: %s", self._new, exc)
         self._decoder.close()
         complete = self.complete
         try:
