@@ -165,19 +165,21 @@ class RecordIntake:
             self._quarantine(name, f"record of job {job_name}, which belongs to another batch")
             return
         with self.lock:
-            awaiting_replay = index in self.journal and index >= self.next_job
-            if awaiting_replay and job_name not in self._pack.index:
+            packed = self._pack.holds(job_name)
+            if index in self.journal and not packed:
+                # A job journaled by an earlier run that this one has not re-submitted
+                # yet (or is re-submitting right now): it will claim the record.
                 self._early.setdefault(job_name, name)
-                return  # the re-run has not re-submitted this job yet; it will claim the record
-            seen = index < self.next_job
-            keep = seen and not awaiting_replay and not self._pack.holds(job_name)
+                return
+            seen = index < self.next_job or index in self.journal
+            keep = seen and not packed
             if keep:
                 self._queued.add(name)
         if keep:
             # A cancelled job's record, or one whose hand-over failed: pack it (unread),
             # so that a re-run replays it instead of running the job again.
             self._decoder.submit(None, name)
-        elif seen or awaiting_replay:
+        elif seen:
             self._drop(name)  # a late duplicate: the first record is in the pack and wins
         else:
             self._quarantine(name, f"record of job {job_name}, which this batch never created")
