@@ -15,6 +15,9 @@ Per batch of queued records (up to :data:`_BATCH`), in this order:
    ``fdatasync`` the pack once and only then unlink the records' files from
    ``new/``, so a power loss finds every record either in the pack or in ``new/``.
 
+It also keeps each future's captured output (:meth:`RecordDecoder.output`), read
+from the record's header, for as long as the future itself is alive.
+
 One plain daemon thread, fed by a queue. Not a ``ThreadPoolExecutor``: those
 refuse work once the interpreter starts exiting, exactly when an exit-time
 ``shutdown(wait=True)`` still needs records read.
@@ -27,12 +30,20 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .batch import BatchDir
-from .errors import ProtocolError, ResultDecodeError, rebuild_exception
+from .errors import (
+    BoincExecutorError,
+    ProtocolError,
+    ResultDecodeError,
+    UnsafeResultError,
+    rebuild_exception,
+)
 from .protocol.decoding import TypePolicy
 from .protocol.pack import KIND_REFUSAL
 
@@ -50,6 +61,8 @@ class _Owner(Protocol):
 
     name: str
     n: int  # calls the record must carry
+    futures: tuple[Future[Any], ...]
+    chunk: bool  # one future for all n calls
 
 
 J = TypeVar("J", bound=_Owner)
@@ -98,6 +111,9 @@ class RecordDecoder(Generic[J]):
         self._unsynced: list[str] = []  # packed, their files still in new/
         self._sync_due = 0.0
         self._queue: queue.SimpleQueue[tuple[J | None, str | None] | None] = queue.SimpleQueue()
+        self._outputs: weakref.WeakKeyDictionary[Future[Any], protocol.TaskOutput] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -114,6 +130,30 @@ class RecordDecoder(Generic[J]):
         """Whether any record is queued or being decoded."""
         with self._lock:
             return self._pending > 0
+
+    def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
+        """What the call behind ``future`` printed, once its record was read (else None)."""
+        with self._lock:
+            return self._outputs.get(future)
+
+    def _keep_outputs(self, job: J, data: bytes) -> None:
+        """Note the record's per-call output for the job's futures (before they resolve)."""
+        try:
+            header, _ = protocol.decode_frame(data, protocol.KIND_RESULT)
+        except BoincExecutorError:
+            return
+        outputs = protocol.read_outputs(header, job.n)
+        if job.chunk:
+            joined = protocol.TaskOutput(
+                "".join(o.stdout for o in outputs),
+                "".join(o.stderr for o in outputs),
+                any(o.stdout_truncated for o in outputs),
+                any(o.stderr_truncated for o in outputs),
+            )
+            outputs = [joined]
+        with self._lock:
+            for fut, out in zip(job.futures, outputs, strict=False):
+                self._outputs[fut] = out
 
     def submit(self, job: J | None, name: str | None) -> None:
         """Queue a record.
@@ -243,6 +283,10 @@ class RecordDecoder(Generic[J]):
     def _decode(self, job: J, data: bytes, name: str) -> Outcome[J]:
         """Decode one record's bytes into its job's outcome (never raises)."""
         try:
+            self._keep_outputs(job, data)
+        except Exception:  # the output is extra; a record that breaks it still resolves
+            logger.exception("reading the output of record %s failed", name)
+        try:
             record = protocol.decode_result(
                 data, self._policy, expect_job=job.name, expect_calls=job.n
             )
@@ -251,10 +295,12 @@ class RecordDecoder(Generic[J]):
             assert record.error is not None
             return job, None, rebuild_exception(record.error)
         except Exception as exc:  # anything a hostile record provokes fails its job, no more
+            # A refused type stays an UnsafeResultError, as documented.
+            kind = UnsafeResultError if isinstance(exc, UnsafeResultError) else ResultDecodeError
             return (
                 job,
                 None,
-                ResultDecodeError(
+                kind(
                     f"the result record {name} for job {job.name} was refused: "
                     f"{type(exc).__name__}: {exc}. It is kept in {self._pack.path}; "
                     "no code from it ran"

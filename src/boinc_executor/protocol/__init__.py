@@ -7,6 +7,8 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 
 * :mod:`.records` -- naming, framing, input envelopes, result and error records;
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
+* :mod:`.classref` -- the script's classes sent by reference and rebuilt without their code;
+* :mod:`.taskoutput` -- per-call captured output and its bounds;
 * :mod:`.fileio` -- atomic writes and bounded reads;
 * :mod:`.pack` -- the append-only pack of handled records.
 """
@@ -19,6 +21,7 @@ from .records import (
     FINISH_FILE,
     FORMAT_VERSION,
     HANDLED_PACK,
+    JOB_OUTPUT_CHARS,
     JOURNAL,
     KIND_DATA,
     KIND_PROGRAM,
@@ -29,10 +32,12 @@ from .records import (
     OPEN_DATA,
     OPEN_PROGRAM,
     OPEN_RESULT,
+    OUTPUT_CHARS,
     QUARANTINE,
     TAIL_CHARS,
     ProtocolError,
     ResultRecord,
+    TaskOutput,
     atomic_write,
     check_prefix,
     data_file_name,
@@ -57,6 +62,7 @@ from .records import (
     python_tag,
     quarantine_name,
     read_bounded,
+    read_outputs,
     record_file_name,
     tail,
 )
@@ -67,6 +73,7 @@ __all__ = [
     "FINISH_FILE",
     "FORMAT_VERSION",
     "HANDLED_PACK",
+    "JOB_OUTPUT_CHARS",
     "JOURNAL",
     "KIND_DATA",
     "KIND_PROGRAM",
@@ -77,10 +84,12 @@ __all__ = [
     "OPEN_DATA",
     "OPEN_PROGRAM",
     "OPEN_RESULT",
+    "OUTPUT_CHARS",
     "QUARANTINE",
     "TAIL_CHARS",
     "ProtocolError",
     "ResultRecord",
+    "TaskOutput",
     "atomic_write",
     "check_prefix",
     "data_file_name",
@@ -105,6 +114,7 @@ __all__ = [
     "python_tag",
     "quarantine_name",
     "read_bounded",
+    "read_outputs",
     "record_file_name",
     "tail",
 ]
