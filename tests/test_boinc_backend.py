@@ -198,7 +198,7 @@ def test_journaled_job_without_its_input_fails_alone(
     try:
         batch_id, path = backend.create_batch("lost", tmp_path / "batch")
         batch = BatchDir(path)
-        backend.attach(batch, Checkpoint(batch_id, "boinc"), BackendEvents(print, print))
+        backend.attach(batch, Checkpoint(batch_id, "boinc"), BackendEvents(print, print, print))
         program = protocol.encode_program(jobs.square)
         program_name = protocol.program_file_name("pyb", program)
         backend.stage(program_name, program, shared=True)

@@ -21,6 +21,7 @@ from boinc_executor import (
     JobLostError,
 )
 from boinc_executor.errors import RemoteTraceback
+from boinc_executor.protocol.pack import handled_records
 from tests import jobs
 
 
@@ -205,7 +206,7 @@ def test_exit_without_shutdown_finishes_the_work(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
-    assert sorted(p.name for p in (batch / "old").iterdir()) == sorted(
+    assert sorted(r.name for r in handled_records(batch).values()) == sorted(
         f"pyb_{i}_{j}.local-0.result" for i in [_batch_id(batch)] for j in range(5)
     )
     assert list((batch / "new").iterdir()) == []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor, ResultDecodeError, protocol
+from boinc_executor.protocol.pack import handled_records
 from tests import jobs
 
 
@@ -59,7 +60,7 @@ def test_malicious_pickle_is_refused_without_running(blocked_executor, tmp_path:
     with pytest.raises(ResultDecodeError, match=r"posix\.system|not an allowed result type"):
         victim.result(timeout=30)
     assert not marker.exists()
-    assert (ex.batch_dir / "old" / protocol.record_file_name(job, "evil")).exists()
+    assert handled_records(ex.batch_dir)[job].name == protocol.record_file_name(job, "evil")
     gate.touch()
     assert ex.submit(jobs.square, 4).result(timeout=60) == 16  # the collector survived
 

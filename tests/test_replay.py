@@ -12,10 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 from boinc_executor import protocol
+from boinc_executor.protocol.pack import handled_records
 
 SCRIPT = """
 import json, sys
 from boinc_executor import BoincExecutor
+from boinc_executor.protocol.pack import handled_records
 from tests import jobs
 
 log, batch_dir, out = sys.argv[1:4]
@@ -28,12 +30,11 @@ if __name__ == "__main__":
 
 
 def _finished_jobs(batch_dir: Path) -> set[str]:
-    names = set()
-    for sub in (protocol.NEW, protocol.OLD):
-        for path in (batch_dir / sub).iterdir():
-            parsed = protocol.parse_record_name(path.name)
-            if parsed:
-                names.add(parsed[0])
+    names = set(handled_records(batch_dir))
+    for path in (batch_dir / protocol.NEW).iterdir():
+        parsed = protocol.parse_record_name(path.name)
+        if parsed:
+            names.add(parsed[0])
     return names
 
 

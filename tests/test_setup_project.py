@@ -360,7 +360,7 @@ def test_cli_status(pyboinc_project: Project, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"batch directory: {batch_dir}" in done.stdout
     assert "work units: 1 total, 1 unsent, 0 in progress, 0 done, 0 failed" in done.stdout
-    assert "records: 0 waiting in new/, 0 handled in old/" in done.stdout
+    assert "records: 0 waiting in new/, 0 handled (in handled.pack)" in done.stdout
     missing = subprocess.run([*cmd, "status", "999", "--project", str(pyboinc_project.root)],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "batch 999 is not a boinc-executor batch" in missing.stderr

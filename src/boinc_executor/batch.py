@@ -1,9 +1,9 @@
-"""The batch directory: checkpoint, journal of intent, lock, and the new/ → old/ hand-over.
+"""The batch directory: checkpoint, journal of intent, lock, and the pack of handled records.
 
 A batch directory is tied to one persisted batch ID by its checkpoint. Before a
 job is handed to a backend, a line describing it is appended to the journal, so
 a master killed at any point can be re-run: every journaled job is either
-finished (its record is in ``new/`` or ``old/``) or known to the backend, and a
+finished (its record is in ``new/`` or the handled-records pack) or known to the backend, and a
 replayed call is matched to its journal line by index and input digest.
 
 One ``filelock`` is held for the executor's lifetime, so two masters never
@@ -19,11 +19,11 @@ A job retried under a new name is journaled again at the same index, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import filelock
 
 from . import protocol
 from .errors import BatchError, BatchLockedError
+from .protocol.pack import RecordPack
 
 __all__ = ["BatchDir", "Checkpoint", "JournalEntry"]
 
@@ -96,7 +97,7 @@ class BatchDir:
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
         try:
-            for sub in ("", protocol.NEW, protocol.OLD, protocol.QUARANTINE):
+            for sub in ("", protocol.NEW, protocol.QUARANTINE):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BatchError(f"cannot create batch directory {self.path}: {exc}") from exc
@@ -114,6 +115,13 @@ class BatchDir:
         owner = f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}"
         protocol.atomic_write(self.path / (protocol.LOCK + ".owner"), owner.encode())
         self._journal: Any = None
+        #: ``new/`` as a string: the collector's hot path avoids pathlib
+        self.new_path = str(self.path / protocol.NEW)
+        try:
+            self.pack = self._open_pack()
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _owner(self) -> str:
         try:
@@ -128,7 +136,7 @@ class BatchDir:
 
     @property
     def old_dir(self) -> Path:
-        """Records already handled."""
+        """Where releases before the handled-records pack kept handled records."""
         return self.path / protocol.OLD
 
     # ------------------------------------------------------------------ checkpoint
@@ -213,48 +221,96 @@ class BatchDir:
 
     # ------------------------------------------------------------------ records
 
-    def scan_new(self) -> Iterator[os.DirEntry[str]]:
-        """Entries of ``new/``, skipping in-progress temp files (names starting with ``.``)."""
-        with os.scandir(self.new_dir) as it:
-            for entry in it:
-                if not entry.name.startswith("."):
-                    yield entry
+    def _open_pack(self) -> RecordPack:
+        """Open the handled-records pack, adopting records a previous release left in ``old/``.
 
-    def handled_records(self) -> dict[str, str]:
-        """Job name → record file name for every record in ``old/`` (first one wins)."""
-        found: dict[str, str] = {}
-        with os.scandir(self.old_dir) as it:
-            for entry in it:
-                parsed = protocol.parse_record_name(entry.name)
-                if parsed is not None and entry.is_file(follow_symlinks=False):
-                    found.setdefault(parsed[0], entry.name)
-        return found
-
-    def mark_handled(self, name: str) -> None:
-        """Move a record from ``new/`` to ``old/``."""
-        os.replace(self.new_dir / name, self.old_dir / name)
+        Older releases kept each handled record as a file in ``old/``. They are
+        appended to the pack oldest first (by modification time, then name), the
+        first per job winning, and removed once the pack is durable; a kill in
+        between only repeats the adoption, which skips jobs already packed.
+        """
+        path = self.path / protocol.HANDLED_PACK
+        try:
+            pack = RecordPack(str(path))
+            legacy = sorted(_legacy_records(self.old_dir))
+            if legacy:
+                for start in range(0, len(legacy), 1024):
+                    chunk = legacy[start : start + 1024]
+                    pack.append(
+                        [(n, protocol.read_bounded(Path(p), 1 << 62), 0) for _, n, p in chunk]
+                    )
+                pack.sync()
+                for _, _, legacy_path in legacy:
+                    os.unlink(legacy_path)
+                with contextlib.suppress(OSError):  # other files an operator put there stay
+                    self.old_dir.rmdir()
+        except (OSError, protocol.ProtocolError) as exc:
+            raise BatchError(
+                f"cannot open the handled-records pack {path}: {exc}; fix the file system "
+                "cause (permissions, space) and run again"
+            ) from exc
+        if legacy:
+            pack = RecordPack(str(path))  # re-read so the adopted records are indexed
+        return pack
 
     def restore_handled(self) -> int:
-        """Move every record from ``old/`` back to ``new/`` (PyBOINC's re-run semantics)."""
-        moved = 0
-        with os.scandir(self.old_dir) as it:
-            for entry in it:
-                if protocol.parse_record_name(entry.name) is not None:
-                    os.replace(entry.path, self.new_dir / entry.name)
-                    moved += 1
-        return moved
+        """Put every handled record back into ``new/`` (PyBOINC's re-run semantics).
+
+        Each job's packed record is written back under its own name; any other record
+        of that job waiting in ``new/`` is a late duplicate and is removed, so the
+        first-come record still wins. The pack is emptied last, so a kill midway
+        repeats the restore rather than losing a record.
+        """
+        pack = self.pack
+        restored = 0
+        names: dict[str, str] = {}
+        for entry, body in pack.records():
+            if entry.kind != 0:
+                continue  # a refusal: the job is run again, as before its record arrived
+            target = self.new_dir / entry.name
+            if not target.exists():
+                protocol.atomic_write(target, body)
+            names[entry.name.partition(".")[0]] = entry.name
+            restored += 1
+        with os.scandir(self.new_dir) as it:
+            for item in it:
+                job = item.name.partition(".")[0]
+                if names.get(job, item.name) != item.name:
+                    os.unlink(item.path)
+        os.sync()  # one flush for all of them: the pack is emptied only once they are durable
+        pack.reset()
+        return restored
 
     def quarantine(self, name: str, reason: str) -> Path:
         """Move a refused file out of ``new/`` (never following it) and note why."""
-        target = self.path / protocol.QUARANTINE / f"{time.time_ns()}-{name}"
+        target = self.path / protocol.QUARANTINE / protocol.quarantine_name(name, time.time_ns())
         os.replace(self.new_dir / name, target)
-        protocol.atomic_write(target.with_name(target.name + ".why"), reason.encode())
+        protocol.atomic_write(
+            target.with_name(target.name + ".why"), f"{name!r}: {reason}".encode()
+        )
         return target
 
     def close(self) -> None:
-        """Close the journal and release the lock."""
+        """Close the journal and the pack, and release the lock."""
+        self.pack.close()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
         (self.path / (protocol.LOCK + ".owner")).unlink(missing_ok=True)
         self._lock.release()
+
+
+def _legacy_records(old_dir: Path) -> list[tuple[int, str, str]]:
+    """(mtime in ns, name, path) of the record files an older release left in ``old/``."""
+    found = []
+    try:
+        it = os.scandir(old_dir)
+    except FileNotFoundError:
+        return []
+    with it:
+        for entry in it:
+            if protocol.parse_record_name(entry.name) and entry.is_file(follow_symlinks=False):
+                found.append(
+                    (entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, entry.path)
+                )
+    return found

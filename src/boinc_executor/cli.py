@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import BoincExecutorError
+from .protocol.pack import handled_records
 from .server import doctor
 from .server.appversion import ALL_PLATFORMS
 
@@ -144,14 +145,13 @@ def _status(batch_id: int, project: str | None) -> int:
     if stuck:
         print(f"  STUCK: {stuck}")
     try:
-        waiting, handled = (
-            sum(1 for _ in sub.iterdir()) if sub.is_dir() else 0
-            for sub in (record.batch_dir / "new", record.batch_dir / "old")
-        )
+        new = record.batch_dir / "new"
+        waiting = sum(1 for _ in new.iterdir()) if new.is_dir() else 0
+        handled = len(handled_records(record.batch_dir))
     except OSError as exc:
         print(f"  records: batch directory not readable from here ({exc.strerror})")
     else:
-        print(f"  records: {waiting} waiting in new/, {handled} handled in old/")
+        print(f"  records: {waiting} waiting in new/, {handled} handled (in handled.pack)")
     return 0
 
 

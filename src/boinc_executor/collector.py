@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from . import protocol
@@ -43,6 +43,7 @@ from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams
 from .decoder import RecordDecoder
 from .errors import BoincExecutorError, SubmissionError, rebuild_exception
+from .intake import RecordIntake
 from .protocol.decoding import TypePolicy
 
 __all__ = ["Collector", "Job"]
@@ -61,37 +62,39 @@ class Job:
     over many small calls does not pay for a future per call.
 
     It is also the done-callback of its futures, so cancelling a future reaches
-    the collector without a closure per future.
+    the collector without a closure per future. A pending job costs less than
+    ``ProcessPoolExecutor``'s work item: slots only, its futures in a tuple, and
+    nothing that its name already says (index, first call) or the journal keeps.
     """
 
-    __slots__ = ("call", "chunk", "collector", "futures", "index", "n", "name", "state")
+    __slots__ = ("chunk", "collector", "futures", "n", "name", "record", "state")
 
     def __init__(
         self,
         collector: Collector,
         name: str,
-        index: int,
-        call: int,
-        futures: list[Future[Any]],
+        futures: Sequence[Future[Any]],
         *,
         n: int | None = None,
     ) -> None:
         self.collector = collector
         self.name = name
-        self.index = index
-        self.call = call
-        self.futures = futures
+        self.futures = tuple(futures)
         self.n = len(futures) if n is None else n  # calls the job carries
         self.chunk = n is not None  # one future for all n calls
         self.state = JobState.PENDING
+        # The record claimed for it (its name in new/, or "" for its packed one):
+        # later records of the job wait in new/ until it is resolved, then are dropped.
+        self.record: str | None = None
 
     def __call__(self, future: Future[Any]) -> None:
         if future.cancelled():
             self.collector.future_cancelled(self, future)
 
 
-class Collector:
+class Collector(RecordIntake):
     """Owns the job table and the thread that submits jobs and resolves their futures.
+
 
     Args:
         batch: the open batch directory.
@@ -130,21 +133,32 @@ class Collector:
         self._handed_over = threading.Condition(self.lock)
         self._flushing = 0
         self.journal = batch.read_journal()
-        self._handled = batch.handled_records()
-        # Records already in new/ for journaled jobs the re-run has not re-submitted yet.
+        self._pack = batch.pack
+        self._new = batch.new_path
+        # Regular files in new/ for journaled jobs the re-run has not re-submitted yet.
+        # (A FIFO, link or directory under a record's name never counts as a record.)
         self._early: dict[str, str] = {}
-        for entry in batch.scan_new():
-            parsed = protocol.parse_record_name(entry.name)
-            if parsed is not None:
-                self._early.setdefault(parsed[0], entry.name)
-        self.handled_at_start = len(self._handled)
+        with os.scandir(self._new) as listing:
+            for item in listing:
+                parsed = protocol.parse_record_name(item.name)
+                if parsed is not None and item.is_file(follow_symlinks=False):
+                    self._early.setdefault(parsed[0], item.name)
+        # Re-submitted jobs counting on such a record, with the scan generation they
+        # were registered in: a later scan that does not find the record resubmits them.
+        self._awaiting: dict[str, tuple[JournalEntry, int]] = {}
+        self._scan_generation = 0
+        self._scan_requested = True
+        # Names in new/ a scan skips at once: queued in the decoder (until their file
+        # is removed), or refused where even moving them failed.
+        self._queued: set[str] = set()
+        self._refused: set[str] = set()
+        self.handled_at_start = len(self._pack.index)
         self._stopping = False
         self._jobs: dict[str, Job] = {}
         self._buffer: deque[tuple[Job, JournalEntry, bytes | None, bytes]] = deque()
         self._buffered_since = 0.0
         self._resubmit: list[JournalEntry] = []
         self._to_cancel: list[str] = []
-        self._replay: deque[tuple[str, Path]] = deque()
         self._staged_programs: set[str] = set()
         self.next_job = 0
         self.next_call = 0
@@ -152,8 +166,10 @@ class Collector:
             batch,
             policy,
             max_result_bytes,
-            resolve=lambda job, outcomes, error: self._resolve(job, outcomes=outcomes, error=error),
-            on_idle=self.wake.set,  # the backlog is read: scan new/ again now
+            resolve=self._resolve_many,
+            released=self._released,
+            removed=self._removed,
+            on_idle=self._decoder_idle,
             name=f"boinc-executor-decoder-{self.batch_id}",
         )
         self._thread = threading.Thread(
@@ -197,11 +213,15 @@ class Collector:
         job.state = JobState.SUBMITTED
         with self.lock:
             self._jobs[job.name] = job
-            if job.name in self._handled:
-                self._replay.append((job.name, self.batch.old_dir / self._handled.pop(job.name)))
-            elif self._early.pop(job.name, None) is None:
+            if job.name in self._pack.index:
+                job.record = ""  # replayed from the pack: records in new/ are duplicates
+            elif self._early.pop(job.name, None) is not None:
+                self._awaiting[job.name] = (entry, self._scan_generation)
+                self._scan_requested = True  # its record waits in new/: claim it
+            else:
                 self._resubmit.append(entry)
-            # else: its record waits in new/, where the next scan claims it
+        if job.record == "":
+            self._decoder.submit(job, None)
         self.wake.set()
 
     def stop(self, wait: bool, *, cancel_futures: bool = False) -> None:
@@ -304,6 +324,11 @@ class Collector:
                 self._to_cancel.append(job.name)
         self.wake.set()
 
+    def _decoder_idle(self) -> None:
+        """The backlog is read: run the scan that was deferred while it lasted, if any."""
+        if self._scan_requested:
+            self.wake.set()
+
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
@@ -319,12 +344,16 @@ class Collector:
             try:
                 self._flush(force=self.stopping)
                 self._cancel_pending()
-                self._replay_records()
-                # While the decoder works through a backlog, rescanning new/ on every
-                # wake-up would cost O(backlog) each time; look again when it is done
-                # (or now and then, for records of other jobs behind a slow one).
-                if not self._decoder.busy or time.monotonic() - last_scan >= _BUSY_SCAN_INTERVAL:
-                    last_scan = time.monotonic()
+                # A scan skips queued records by name, but still lists new/; while the
+                # decoder works through a backlog, list it only now and then.
+                now = time.monotonic()
+                since = now - last_scan
+                busy = self._decoder.busy
+                if since >= (_BUSY_SCAN_INTERVAL if busy else backend.poll_interval) or (
+                    self._scan_requested and not busy
+                ):
+                    last_scan = now
+                    self._scan_requested = False
                     self._scan()
                 if time.monotonic() - last_poll >= backend.poll_interval:
                     last_poll = time.monotonic()
@@ -402,6 +431,10 @@ class Collector:
             self.backend.cancel(names)
 
     def _finish(self) -> None:
+        try:  # a last look: late duplicates go now, so a finished batch leaves new/ empty
+            self._scan()
+        except OSError as exc:
+            logger.warning("the last scan of %s failed: %s", self._new, exc)
         self._decoder.close()
         abandoned = self.abandoned
         complete = self.complete and not abandoned
@@ -419,66 +452,20 @@ class Collector:
         with self.lock:
             return not self._jobs and len(self.journal) <= self.next_job
 
-    # ------------------------------------------------------------------ records
+    # ------------------------------------------------------------------ resolving
 
-    def _scan(self) -> None:
-        batch = self.batch
-        for entry in batch.scan_new():
-            name = entry.name
-            parsed = protocol.parse_record_name(name)
-            if parsed is None:
-                self._quarantine(name, "not a record file name")
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                self._quarantine(name, "not a regular file (symlink, FIFO or directory)")
-                continue
-            job_name = parsed[0]
-            if self._decoder.holds(entry.path):
-                continue  # the decoder has it; it moves the file when done
-            with self.lock:
-                job = self._jobs.get(job_name)
-                if job is not None and job.state is JobState.PENDING:
-                    continue  # only a replayed job can have a record before it is handed over
-            if job is not None:
-                self._decoder.submit(job, batch.new_dir / name, name)
-                continue
-            self._unclaimed_record(job_name, name)
-
-    def _unclaimed_record(self, job_name: str, name: str) -> None:
-        """A record in ``new/`` for a job no future waits on: keep, hand over, or refuse it."""
-        prefix, batch_id, index = protocol.parse_job_name(job_name) or ("", -1, -1)
-        journaled = self.journal.get(index)
-        retried = journaled is not None and journaled.job == job_name  # a retry's own name
-        if batch_id != self.batch_id or (prefix != self.prefix and not retried):
-            self._quarantine(name, f"record of job {job_name}, which belongs to another batch")
-            return
+    def _resolve_many(self, outcomes: list[tuple[Job, list[tuple[bool, Any]] | None, Any]]) -> None:
+        """Resolve a batch of jobs from the decoder: one lock round for all of them."""
+        live = []
         with self.lock:
-            awaiting_replay = index in self.journal and index >= self.next_job
-            if awaiting_replay:
-                first = self._early.setdefault(job_name, name)
-            seen = index < self.next_job
-        if awaiting_replay:
-            if first != name:
-                self.batch.mark_handled(name)  # a duplicate delivery
-            return  # the re-run has not re-submitted this job yet; it will claim the record
-        if seen:
-            # A late duplicate or a cancelled job's record; or the decoder handled it
-            # while this scan's directory listing was being walked.
-            with contextlib.suppress(FileNotFoundError):
-                self.batch.mark_handled(name)
-        else:
-            self._quarantine(name, f"record of job {job_name}, which this batch never created")
-
-    def _replay_records(self) -> None:
-        """Resolve re-submitted jobs from the records they already have in ``old/``."""
-        while True:
-            with self.lock:
-                if not self._replay:
-                    return
-                job_name, path = self._replay.popleft()
-                job = self._jobs.get(job_name)
-            if job is not None:
-                self._decoder.submit(job, path, None)
+            jobs = self._jobs
+            for job, values, error in outcomes:
+                if jobs.get(job.name) is job:
+                    del jobs[job.name]
+                    job.state = JobState.DONE
+                    live.append((job, values, error, self._claim_futures(job)))
+        for job, values, error, running in live:
+            self._set_outcome(job, running, values, error)
 
     def _resolve(
         self,
@@ -493,10 +480,24 @@ class Collector:
                 return
             del self._jobs[job.name]
             job.state = JobState.DONE
-            running = [
-                not fut.done() and (fut.running() or fut.set_running_or_notify_cancel())
-                for fut in job.futures
-            ]
+            running = self._claim_futures(job)
+        self._set_outcome(job, running, outcomes, error)
+
+    @staticmethod
+    def _claim_futures(job: Job) -> list[bool]:
+        """Which of a resolving job's futures this resolution sets (under the lock)."""
+        return [
+            not fut.done() and (fut.running() or fut.set_running_or_notify_cancel())
+            for fut in job.futures
+        ]
+
+    def _set_outcome(
+        self,
+        job: Job,
+        running: list[bool],
+        outcomes: list[tuple[bool, Any]] | None,
+        error: BaseException | None,
+    ) -> None:
         for i, fut in enumerate(job.futures):
             if not running[i]:
                 continue
@@ -513,12 +514,3 @@ class Collector:
                     fut.set_result(value)
                 else:
                     fut.set_exception(rebuild_exception(value))
-
-    def _quarantine(self, name: str, reason: str) -> None:
-        try:
-            target = self.batch.quarantine(name, reason)
-        except FileNotFoundError:
-            return
-        logger.warning(
-            "refused %s in %s: %s (moved to %s)", name, self.batch.new_dir, reason, target
-        )

@@ -1,9 +1,19 @@
-"""Reading result records on a thread of their own.
+"""Reading result records on a thread of their own, and packing them once handled.
 
 Records come from untrusted volunteers and may be up to the size cap, and
 decoding one (bounded read, framing, the restricted unpickler) can take a
 while. The collector therefore only finds records and hands them here: a slow
 or pathological record never holds up submission, cancellation or polling.
+
+Per batch of queued records (up to :data:`_BATCH`), in this order:
+
+1. read each record once (bounded, never following links) and decode it;
+2. append every record's bytes to the handled-records pack in one write
+   (:mod:`boinc_executor.protocol.pack`): from here a re-run replays them;
+3. resolve the batch's futures (one call into the collector, one lock);
+4. at most :data:`_SYNC_SECONDS` later, or after :data:`_SYNC_RECORDS` records,
+   ``fdatasync`` the pack once and only then unlink the records' files from
+   ``new/``, so a power loss finds every record either in the pack or in ``new/``.
 
 It also keeps each future's captured output (:meth:`RecordDecoder.output`), read
 from the record's header, for as long as the future itself is alive.
@@ -16,22 +26,34 @@ refuse work once the interpreter starts exiting, exactly when an exit-time
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .batch import BatchDir
-from .errors import BoincExecutorError, ResultDecodeError, UnsafeResultError, rebuild_exception
+from .errors import (
+    BoincExecutorError,
+    ProtocolError,
+    ResultDecodeError,
+    UnsafeResultError,
+    rebuild_exception,
+)
 from .protocol.decoding import TypePolicy
+from .protocol.pack import KIND_REFUSAL
 
-__all__ = ["RecordDecoder"]
+__all__ = ["Outcome", "RecordDecoder"]
 
 logger = logging.getLogger("boinc_executor")
+
+_BATCH = 256  # records decoded, packed and resolved together
+_SYNC_SECONDS = 0.2  # a packed record's file leaves new/ at most this long after it was packed
+_SYNC_RECORDS = 4096  # ... or once this many wait
 
 
 class _Owner(Protocol):
@@ -39,22 +61,26 @@ class _Owner(Protocol):
 
     name: str
     n: int  # calls the record must carry
-    futures: list[Future[Any]]
+    futures: tuple[Future[Any], ...]
     chunk: bool  # one future for all n calls
 
 
 J = TypeVar("J", bound=_Owner)
-Resolve = Callable[[J, "list[tuple[bool, Any]] | None", "BaseException | None"], None]
+#: (job, outcomes, None) or (job, None, error)
+Outcome = tuple[J, "list[tuple[bool, Any]] | None", "BaseException | None"]
 
 
 class RecordDecoder(Generic[J]):
-    """Decodes records and hands each outcome to ``resolve``.
+    """Decodes records, packs them, and hands the outcomes to ``resolve``.
 
     Args:
-        batch: the batch directory (records in ``new/`` are moved to ``old/``).
+        batch: the batch directory (records come from ``new/``, go to its pack).
         policy: which types payloads may contain.
         max_result_bytes: records larger than this are refused unread.
-        resolve: called with (job, outcomes, None) or (job, None, error).
+        resolve: called with a batch of outcomes, in the order the records were queued.
+        released: called with a job whose queued record vanished before it was read,
+            so that another record of it can be claimed.
+        removed: called with names of records that have left ``new/`` (or were found gone).
         on_idle: called when the last queued record is done.
         name: the thread's name.
     """
@@ -65,18 +91,26 @@ class RecordDecoder(Generic[J]):
         policy: TypePolicy,
         max_result_bytes: int,
         *,
-        resolve: Resolve[J],
+        resolve: Callable[[list[Outcome[J]]], None],
+        released: Callable[[J], None],
+        removed: Callable[[list[str]], None],
         on_idle: Callable[[], None],
         name: str,
     ) -> None:
         self._batch = batch
+        self._pack = batch.pack
+        self._new = batch.new_path + os.sep
         self._policy = policy
         self._max_result_bytes = max_result_bytes
         self._resolve = resolve
+        self._released = released
+        self._removed = removed
         self._on_idle = on_idle
         self._lock = threading.Lock()
-        self._in_flight: set[str] = set()  # paths queued or being decoded
-        self._queue: queue.SimpleQueue[tuple[J, Path, str | None] | None] = queue.SimpleQueue()
+        self._pending = 0  # records queued or being decoded
+        self._unsynced: list[str] = []  # packed, their files still in new/
+        self._sync_due = 0.0
+        self._queue: queue.SimpleQueue[tuple[J | None, str | None] | None] = queue.SimpleQueue()
         self._outputs: weakref.WeakKeyDictionary[Future[Any], protocol.TaskOutput] = (
             weakref.WeakKeyDictionary()
         )
@@ -87,20 +121,15 @@ class RecordDecoder(Generic[J]):
         self._thread.start()
 
     def close(self) -> None:
-        """Finish the queued records, then stop the thread."""
+        """Finish the queued records, sync the pack, then stop the thread."""
         self._queue.put(None)
         self._thread.join()
-
-    def holds(self, path: str) -> bool:
-        """Whether the record at ``path`` is queued or being decoded."""
-        with self._lock:
-            return path in self._in_flight
 
     @property
     def busy(self) -> bool:
         """Whether any record is queued or being decoded."""
         with self._lock:
-            return bool(self._in_flight)
+            return self._pending > 0
 
     def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
         """What the call behind ``future`` printed, once its record was read (else None)."""
@@ -126,61 +155,196 @@ class RecordDecoder(Generic[J]):
             for fut, out in zip(job.futures, outputs, strict=False):
                 self._outputs[fut] = out
 
-    def submit(self, job: J, path: Path, new_name: str | None) -> None:
-        """Queue a record; ``new_name`` is set when it sits in ``new/`` (then moved to ``old/``)."""
-        key = str(path)
+    def submit(self, job: J | None, name: str | None) -> None:
+        """Queue a record.
+
+        Args:
+            job: whose futures it resolves; None to pack it only (a late record of a
+                job no future waits on, kept so that a re-run replays it).
+            name: its file name in ``new/``; None to replay the job's packed record.
+        """
         with self._lock:
-            if key in self._in_flight:
-                return
-            self._in_flight.add(key)
-        self._queue.put((job, path, new_name))
+            self._pending += 1
+        self._queue.put((job, name))
+
+    def submit_many(self, items: list[tuple[J | None, str | None]]) -> None:
+        """Queue several records at once (see :meth:`submit`)."""
+        if not items:
+            return
+        with self._lock:
+            self._pending += len(items)
+        put = self._queue.put
+        for item in items:
+            put(item)
+
+    # ------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            job, path, new_name = item
+        get = self._queue.get
+        stop = False
+        while not stop:
+            timeout = max(0.0, self._sync_due - time.monotonic()) if self._unsynced else None
             try:
-                self._decode(job, path, new_name)
-            except Exception:  # never lose the decoder to one file
-                logger.exception("handling record %s failed", path)
-            finally:
-                with self._lock:
-                    self._in_flight.discard(str(path))
-                    idle = not self._in_flight
-                if idle:
-                    self._on_idle()
+                item = get(timeout=timeout)
+            except queue.Empty:
+                self._sync()
+                continue
+            if item is None:
+                break
+            items = [item]
+            while len(items) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                items.append(more)
+            try:
+                self._handle(items)
+            except Exception:  # never lose the decoder; each record was already answered
+                logger.exception("handling %d records failed", len(items))
+            with self._lock:
+                self._pending -= len(items)
+                idle = not self._pending
+            if len(self._unsynced) >= _SYNC_RECORDS or time.monotonic() >= self._sync_due:
+                self._sync()
+            if idle:
+                self._on_idle()
+        self._sync()
 
-    def _decode(self, job: J, path: Path, new_name: str | None) -> None:
-        """Decode one record and resolve its job.
+    def _handle(self, items: list[tuple[J | None, str | None]]) -> None:
+        outcomes: list[Outcome[J]] = []
+        frames: list[tuple[str, bytes, int]] = []
+        refused: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for job, name in items:
+            if name is None:
+                assert job is not None
+                outcomes.append(self._replay(job))
+                continue
+            try:
+                data = protocol.read_bounded(self._new + name, self._max_result_bytes)
+            except FileNotFoundError:
+                gone.append(name)
+                if job is not None:
+                    self._released(job)
+                continue
+            except (ProtocolError, OSError) as exc:  # not a regular file, too large, unreadable
+                why = f"the result record {name} was refused unread: {exc}"
+                frames.append((name, why.encode(), KIND_REFUSAL))
+                refused.append((name, why))
+                if job is not None:
+                    outcomes.append((job, None, ResultDecodeError(f"{why}. No code from it ran")))
+                continue
+            frames.append((name, data, 0))
+            if job is not None:
+                outcomes.append(self._decode(job, data, name))
+        packed = self._pack_frames(frames)
+        if outcomes:
+            self._resolve(outcomes)
+        for name, why in refused:
+            try:
+                self._batch.quarantine(name, why)
+            except OSError as exc:
+                logger.warning("cannot move the refused record %s to quarantine: %s", name, exc)
+        if gone or refused:
+            self._removed(gone + [name for name, _ in refused])
+        if packed:
+            if not self._unsynced:
+                self._sync_due = time.monotonic() + _SYNC_SECONDS
+            self._unsynced += [name for name, _, kind in frames if kind != KIND_REFUSAL]
 
-        The record is moved to ``old/`` before the job is resolved, so a caller
-        that sees a result also finds its record handled; a crash in between is
-        harmless, as records in ``old/`` are replayed on a re-run.
+    def _pack_frames(self, frames: list[tuple[str, bytes, int]]) -> bool:
+        """Append the batch's records to the pack; False if the disk refused them.
+
+        The futures are resolved either way (their values are in hand); records
+        that could not be packed stay in ``new/``, and the collector packs them
+        on a later scan, so a re-run still replays them.
         """
-        outcomes: list[tuple[bool, Any]] | None = None
-        error: BaseException | None = None
-        data = b""
+        if not frames:
+            return False
         try:
-            data = protocol.read_bounded(path, self._max_result_bytes)
+            self._pack.append(frames)
+        except OSError as exc:
+            logger.error(
+                "cannot append %d records to %s: %s; they stay in %s and are packed when the "
+                "disk allows it",
+                len(frames),
+                self._pack.path,
+                exc,
+                self._batch.new_dir,
+            )
+            self._removed([name for name, _, _ in frames])
+            return False
+        return True
+
+    def _decode(self, job: J, data: bytes, name: str) -> Outcome[J]:
+        """Decode one record's bytes into its job's outcome (never raises)."""
+        try:
+            self._keep_outputs(job, data)
+        except Exception:  # the output is extra; a record that breaks it still resolves
+            logger.exception("reading the output of record %s failed", name)
+        try:
             record = protocol.decode_result(
                 data, self._policy, expect_job=job.name, expect_calls=job.n
             )
-        except FileNotFoundError:
-            return
-        except (BoincExecutorError, OSError) as exc:
-            self._keep_outputs(job, data)
+            if record.ok:
+                return job, record.outcomes, None
+            assert record.error is not None
+            return job, None, rebuild_exception(record.error)
+        except Exception as exc:  # anything a hostile record provokes fails its job, no more
             # A refused type stays an UnsafeResultError, as documented.
             kind = UnsafeResultError if isinstance(exc, UnsafeResultError) else ResultDecodeError
-            error = kind(
-                f"the result record {path.name} for job {job.name} was refused: {exc}. "
-                f"It is kept in {self._batch.old_dir}; no code from it was run"
+            return (
+                job,
+                None,
+                kind(
+                    f"the result record {name} for job {job.name} was refused: "
+                    f"{type(exc).__name__}: {exc}. It is kept in {self._pack.path}; "
+                    "no code from it ran"
+                ),
             )
-        else:
-            self._keep_outputs(job, data)
-            if record.ok:
-                outcomes = record.outcomes
-            else:
-                assert record.error is not None
-                error = rebuild_exception(record.error)
-        if new_name is not None:
-            self._batch.mark_handled(new_name)
-        self._resolve(job, outcomes, error)
+
+    def _replay(self, job: J) -> Outcome[J]:
+        """The outcome of a job from its packed record, exactly as the first run decoded it."""
+        try:
+            entry, body = self._pack.read(job.name)
+        except (KeyError, ProtocolError, OSError) as exc:
+            return (
+                job,
+                None,
+                ResultDecodeError(
+                    f"the handled record of job {job.name} cannot be read from {self._pack.path}: "
+                    f"{exc}. Run the batch with a new batch_dir to compute it again"
+                ),
+            )
+        if entry.kind == KIND_REFUSAL:
+            return (
+                job,
+                None,
+                ResultDecodeError(f"{body.decode(errors='replace')}. No code from it ran"),
+            )
+        return self._decode(job, body, entry.name)
+
+    def _sync(self) -> None:
+        """Make packed records durable, then remove their files from ``new/``."""
+        if not self._unsynced:
+            return
+        try:
+            self._pack.sync()
+        except OSError as exc:
+            logger.error("cannot sync %s: %s; retrying", self._pack.path, exc)
+            self._sync_due = time.monotonic() + 1.0
+            return
+        names, self._unsynced = self._unsynced, []
+        prefix = self._new
+        for name in names:
+            try:
+                os.unlink(prefix + name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot remove the handled record %s%s: %s", prefix, name, exc)
+        self._removed(names)

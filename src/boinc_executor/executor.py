@@ -146,9 +146,10 @@ class BoincExecutor(Executor):
                 max_result_bytes=self._max_result_bytes,
                 on_finish=when_finished(opened),
             )
-            backend.attach(
-                batch, checkpoint, BackendEvents(collector.job_started, collector.wake.set)
+            events = BackendEvents(
+                collector.job_started, collector.request_scan, collector.record_delivered
             )
+            backend.attach(batch, checkpoint, events)
         except BaseException:
             batch.close()
             raise
@@ -475,7 +476,7 @@ class BoincExecutor(Executor):
             journaled = None
         elif journaled is not None:
             name = journaled.job  # a retried job carries its new name
-        job = Job(collector, name, index, call, futures, n=len(calls) if chunk else None)
+        job = Job(collector, name, futures, n=len(calls) if chunk else None)
         if journaled is not None:
             collector.register(job, journaled)
         else:

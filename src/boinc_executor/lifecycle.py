@@ -206,7 +206,9 @@ def discard_batch(backend: Backend, batch_id: int) -> Path:
             raise BatchError(f"{path} does not hold batch {batch_id}; nothing was removed")
         done = finished_jobs(batch)
         unfinished = [e.job for e in batch.read_journal().values() if e.job not in done]
-        backend.attach(batch, checkpoint, BackendEvents(lambda _job: None, lambda: None))
+        backend.attach(
+            batch, checkpoint, BackendEvents(lambda _job: None, lambda: None, lambda _name: None)
+        )
         try:
             if unfinished:
                 backend.cancel(unfinished)

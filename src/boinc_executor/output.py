@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import protocol
 from .errors import BatchNotFoundError
+from .protocol.pack import KIND_RECORD, RecordPack
 
 __all__ = ["task_output"]
 
@@ -50,6 +51,24 @@ def _record_header(path: Path) -> dict[str, object] | None:
     return header
 
 
+def _packed_header(batch_dir: Path, job: str) -> dict[str, object] | None:
+    """The header of a job's handled record in the batch's pack (None if it has none)."""
+    try:
+        pack = RecordPack(str(batch_dir / protocol.HANDLED_PACK), writable=False)
+    except FileNotFoundError:
+        return None
+    try:
+        entry, body = pack.read(job)
+        if entry.kind != KIND_RECORD:
+            return None
+        header, _ = protocol.decode_frame(body, protocol.KIND_RESULT)
+    except (KeyError, OSError, protocol.ProtocolError):
+        return None
+    finally:
+        pack.close()
+    return header
+
+
 def task_output(batch_dir: str | os.PathLike[str], call: int) -> protocol.TaskOutput | None:
     """What call number ``call`` of a batch printed, read from its result record.
 
@@ -77,6 +96,10 @@ def task_output(batch_dir: str | os.PathLike[str], call: int) -> protocol.TaskOu
     if found is None:
         raise ValueError(f"call {call} is not in the journal of the batch in {path}")
     job, first, n = found
+    packed = _packed_header(path, job)
+    if packed is not None:
+        return protocol.read_outputs(packed, n)[call - first]
+    # old/: a batch directory of a release before the pack that was not reopened since.
     for folder in (path / protocol.OLD, path / protocol.NEW):
         try:
             names = sorted(os.listdir(folder))

@@ -27,7 +27,7 @@ import concurrent.futures
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +40,7 @@ from .collector import Collector, Job
 from .errors import BatchError
 from .fingerprint import split_digest
 from .protocol.decoding import TypePolicy
+from .protocol.pack import KIND_RECORD
 
 __all__ = [
     "finished_jobs",
@@ -68,7 +69,7 @@ def resume_jobs(
     for index in sorted(journal):
         entry = journal[index]
         futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
-        collector.register(Job(collector, entry.job, entry.i, entry.call, futures), entry)
+        collector.register(Job(collector, entry.job, futures), entry)
         jobs.append((entry, futures))
     with collector.lock:
         collector.next_job = max(journal, default=-1) + 1
@@ -93,7 +94,7 @@ def _retry(
     futures: list[Future[Any]] = [Future() for _ in range(entry.n)]
     with collector.lock:
         collector.journal[entry.i] = new
-    collector.add(Job(collector, new.job, new.i, new.call, futures), new, program, data)
+    collector.add(Job(collector, new.job, futures), new, program, data)
     logger.info("retrying job %s as %s", entry.job, new.job)
     return futures
 
@@ -104,12 +105,13 @@ def _failed(futures: list[Future[Any]]) -> bool:
 
 
 def finished_jobs(batch: BatchDir) -> set[str]:
-    """Names of the jobs that have a record (handled in ``old/`` or waiting in ``new/``)."""
-    names = set(batch.handled_records())
-    for entry in batch.scan_new():
-        parsed = protocol.parse_record_name(entry.name)
-        if parsed is not None:
-            names.add(parsed[0])
+    """Names of the jobs that have a record (in the handled-records pack or waiting in ``new/``)."""
+    names = set(batch.pack.index)
+    with os.scandir(batch.new_dir) as entries:
+        for entry in entries:
+            parsed = protocol.parse_record_name(entry.name)
+            if parsed is not None:
+                names.add(parsed[0])
     return names
 
 
@@ -151,33 +153,47 @@ def retry_name(checkpoint: Checkpoint, old_job: str, index: int) -> str:
 def record_failed(batch: BatchDir, job: str, calls: int, policy: TypePolicy, limit: int) -> bool:
     """Whether ``job`` has a record, and it is an error or holds a call that raised.
 
-    A record that cannot be read or decoded counts as failed: running the job
-    again is the way to get a usable one.
+    The handled-records pack is asked first (its first record is the one that
+    counts), then ``new/``. A record that cannot be read or decoded, or that the
+    collector refused, counts as failed: running the job again is the way to get
+    a usable one.
     """
-    for path in _record_paths(batch, job):
+    for data in _records(batch, job, limit):
+        if data is None:
+            return True
         try:
-            record = protocol.decode_result(
-                protocol.read_bounded(path, limit), policy, expect_job=job, expect_calls=calls
-            )
-        except FileNotFoundError:
-            continue  # moved from new/ to old/ meanwhile
-        except (OSError, protocol.ProtocolError):
+            record = protocol.decode_result(data, policy, expect_job=job, expect_calls=calls)
+        except protocol.ProtocolError:
             return True
         return not record.ok or not all(ok for ok, _ in record.outcomes)
     return False
 
 
-def _record_paths(batch: BatchDir, job: str) -> list[Path]:
+def _records(batch: BatchDir, job: str, limit: int) -> Iterator[bytes | None]:
+    """The bytes of ``job``'s records, packed first; None for one that cannot be used."""
+    pack = batch.pack
+    if job in pack.index:
+        try:
+            entry, body = pack.read(job)
+        except protocol.ProtocolError:
+            yield None
+            return
+        yield body if entry.kind == KIND_RECORD else None
+        return
     prefix = job + "."
-    found = []
-    for folder in (batch.new_dir, batch.old_dir):
-        with os.scandir(folder) as entries:
-            found += [
-                Path(e.path)
-                for e in entries
-                if e.name.startswith(prefix) and protocol.parse_record_name(e.name) is not None
-            ]
-    return found
+    with os.scandir(batch.new_dir) as entries:
+        paths = [
+            e.path
+            for e in entries
+            if e.name.startswith(prefix) and protocol.parse_record_name(e.name) is not None
+        ]
+    for path in paths:
+        try:
+            yield protocol.read_bounded(path, limit)
+        except FileNotFoundError:
+            continue  # packed meanwhile
+        except (OSError, protocol.ProtocolError):
+            yield None
 
 
 def mismatch_message(

@@ -60,15 +60,23 @@ _TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 class BackendEvents:
     """Callbacks a backend uses to tell the executor something happened.
 
+    Every callback is safe to call from any thread of the backend.
+
     Attributes:
         started: a job began running (its futures become running and can no
             longer be cancelled).
         wake: a record has probably arrived in ``new/``; scan now rather than
             at the next poll.
+        record_delivered: the record with this file name (``<job>.<tag>.result``)
+            is now in ``new/``: the collector claims and decodes it without
+            listing ``new/``. A backend that knows each record it delivers (the
+            embedded one) calls this instead of ``wake``; the periodic scan
+            still finds any record whose announcement was missed.
     """
 
     started: Callable[[str], None]
     wake: Callable[[], None]
+    record_delivered: Callable[[str], None]
 
 
 class Backend(abc.ABC):

@@ -428,9 +428,7 @@ class BoincBackend(Backend):
         if protocol.parse_job_name(wu.name) is None:
             return
         record_name = protocol.record_file_name(wu.name, "error")
-        if (self._batch.new_dir / record_name).exists() or (
-            self._batch.old_dir / record_name
-        ).exists():
+        if (self._batch.new_dir / record_name).exists() or self._batch.pack.holds(wu.name):
             return
         where = (
             f"; its last result {wu.result_name} ended with exit status {wu.exit_status}"

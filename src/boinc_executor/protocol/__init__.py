@@ -9,7 +9,8 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
 * :mod:`.classref` -- the script's classes sent by reference and rebuilt without their code;
 * :mod:`.taskoutput` -- per-call captured output and its bounds;
-* :mod:`.fileio` -- atomic writes and bounded reads.
+* :mod:`.fileio` -- atomic writes and bounded reads;
+* :mod:`.pack` -- the append-only pack of handled records.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .records import (
     DEFAULT_MAX_RESULT_BYTES,
     FINISH_FILE,
     FORMAT_VERSION,
+    HANDLED_PACK,
     JOB_OUTPUT_CHARS,
     JOURNAL,
     KIND_DATA,
@@ -51,12 +53,14 @@ from .records import (
     failure_info,
     host_name,
     input_digest,
+    is_stale_temp,
     job_name,
     parse_job_name,
     parse_record_name,
     program_file_name,
     program_identity,
     python_tag,
+    quarantine_name,
     read_bounded,
     read_outputs,
     record_file_name,
@@ -68,6 +72,7 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
     "FORMAT_VERSION",
+    "HANDLED_PACK",
     "JOB_OUTPUT_CHARS",
     "JOURNAL",
     "KIND_DATA",
@@ -100,12 +105,14 @@ __all__ = [
     "failure_info",
     "host_name",
     "input_digest",
+    "is_stale_temp",
     "job_name",
     "parse_job_name",
     "parse_record_name",
     "program_file_name",
     "program_identity",
     "python_tag",
+    "quarantine_name",
     "read_bounded",
     "read_outputs",
     "record_file_name",

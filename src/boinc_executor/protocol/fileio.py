@@ -78,7 +78,7 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: str | Path, limit: int) -> bytes:
     """Read a regular file of at most ``limit`` bytes, never following a symlink.
 
     The size is checked on the open descriptor before anything is read, and the
@@ -95,25 +95,29 @@ def read_bounded(path: Path, limit: int) -> bytes:
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno is not None and os.path.islink(path):
-            raise ProtocolError(f"{path.name} is a symbolic link; refused") from exc
+            raise ProtocolError(f"{os.path.basename(path)} is a symbolic link; refused") from exc
         raise
+    name = os.path.basename(path)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ProtocolError(f"{path.name} is not a regular file; refused")
+            raise ProtocolError(f"{name} is not a regular file; refused")
         if st.st_size > limit:
-            raise ProtocolError(f"{path.name} is {st.st_size} bytes, over the {limit}-byte limit")
+            raise ProtocolError(f"{name} is {st.st_size} bytes, over the {limit}-byte limit")
         chunks = []
         remaining = limit + 1
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
+            # One read for a file that did not grow: asking for a byte more than its
+            # size returns short, which on a regular file means the end.
+            want = min(remaining, max(st.st_size + 1, 1 << 16), 1 << 24)
+            chunk = os.read(fd, want)
             chunks.append(chunk)
             remaining -= len(chunk)
+            if len(chunk) < want:
+                break
         data = b"".join(chunks)
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise ProtocolError(f"{path.name} grew past the {limit}-byte limit while being read")
+        raise ProtocolError(f"{name} grew past the {limit}-byte limit while being read")
     return data

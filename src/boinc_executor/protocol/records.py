@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
     "FORMAT_VERSION",
+    "HANDLED_PACK",
     "JOB_OUTPUT_CHARS",
     "JOURNAL",
     "KIND_DATA",
@@ -71,12 +72,14 @@ __all__ = [
     "failure_info",
     "host_name",
     "input_digest",
+    "is_stale_temp",
     "job_name",
     "parse_job_name",
     "parse_record_name",
     "program_file_name",
     "program_identity",
     "python_tag",
+    "quarantine_name",
     "read_bounded",
     "read_outputs",
     "record_file_name",
@@ -90,8 +93,9 @@ CHECKPOINT = "pyboinc_checkpoint"
 JOURNAL = "journal.jsonl"
 LOCK = ".lock"
 NEW = "new"
-OLD = "old"
+OLD = "old"  # handled records as files: releases before the pack; adopted on open
 QUARANTINE = "quarantine"
+HANDLED_PACK = "handled.pack"  # every handled record, append-only (protocol/pack.py)
 
 # Slot layout: the open names a job's files have in its slot directory.
 OPEN_PROGRAM = "program.pkl"
@@ -170,6 +174,33 @@ def parse_record_name(filename: str) -> tuple[str, str] | None:
     if not sep or parse_job_name(job) is None or not _TAG_RE.fullmatch(tag):
         return None
     return job, tag
+
+
+_QUARANTINE_KEEP = 160  # characters of a refused name kept in its quarantine name
+
+
+def quarantine_name(name: str, stamp: int) -> str:
+    """The name a refused file gets in ``quarantine/``: ``<stamp>-<name>``, always short.
+
+    A volunteer or a stray process can put a name of up to NAME_MAX (255 bytes) into
+    ``new/``; prefixing it would overflow. A long or non-ASCII name is therefore cut
+    and completed by a digest of the whole, leaving room for the ``.why`` note and
+    the temp file it is written through (the full name is in the note).
+    """
+    safe = name if name.isascii() and name.isprintable() else name.encode(errors="replace").hex()
+    if len(safe) > _QUARANTINE_KEEP:
+        digest = hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
+        safe = f"{safe[: _QUARANTINE_KEEP - 17]}~{digest}"
+    return f"{stamp}-{safe}"
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether a dot-named file in ``new/`` is a writer's temp file (``.<name>.<hex>.tmp``).
+
+    Writers create records as such temp files and rename them into place
+    (:func:`atomic_write`); one that stays is the leftover of a killed writer.
+    """
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def python_tag() -> str:

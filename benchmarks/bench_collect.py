@@ -1,0 +1,420 @@
+"""Collection, memory per pending job and a bounded ``map``, measured in one run.
+
+Run ``python benchmarks/bench_collect.py [--quick] [--repeat R] [--records N]``.
+Each measurement runs in a fresh child process, is repeated R times, and is
+reported with its minimum and median:
+
+* **Collection** (target >= 10,000 results/s): N jobs are submitted to a
+  BoincExecutor whose backend runs nothing; their N result records are written
+  beforehand into a staging directory on the same file system, then *another
+  process* renames them into ``new/`` (so the renames do not share the master's
+  GIL) and the clock runs until every future is resolved. Two ways in:
+  ``scan`` (the collector finds the records by listing ``new/``, as with BOINC's
+  assimilator) and ``delivered`` (the renaming process names each record on a
+  pipe, and the master passes the name to ``BackendEvents.record_delivered``, as
+  the embedded backend's workers do). The *floor* does only the required steps
+  for the same records in one thread (read, decode, set the result, pack, unlink)
+  and the ratio says how close the collector comes to it.
+* **Memory per pending job** (target <= ProcessPoolExecutor's): one worker is
+  blocked, N trivial calls are submitted, and the master's RSS growth and
+  ``tracemalloc`` heap growth per pending job are compared with
+  ``ProcessPoolExecutor(1)`` doing the same.
+* **A 10**\\ :sup:`6`\\ **-item ``map`` with ``buffersize``** (target: constant
+  memory): the RSS growth between 10 % and 100 % of the items consumed, for both
+  executors.
+* **A finished batch's footprint** (target <= 1 KiB and <= 0.2 files per call
+  beyond the results' own bytes): a 3,000-call batch with an explicit
+  ``batch_dir``, once, after a clean shutdown.
+
+Nothing lands in the user's home: ``BOINC_EXECUTOR_HOME`` points at a temporary
+directory. Results are checked, so a fast wrong answer cannot pass; the exit
+status is non-zero only when something failed, never because a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import gc
+import itertools
+import json
+import operator
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+COLLECT_TARGET = 10_000.0  # results/s
+FEEDER = """
+import os, sys
+staging, new, announce = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+out = sys.stdout
+for name in sorted(os.listdir(staging)):
+    os.rename(os.path.join(staging, name), os.path.join(new, name))
+    if announce:
+        out.write(name + "\\n")
+out.flush()
+"""
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _null_backend() -> Any:
+    """A local backend that stages and runs nothing: records come from the benchmark."""
+    from boinc_executor.backends.local import LocalBackend
+
+    class NullBackend(LocalBackend):
+        def attach(self, batch: Any, checkpoint: Any, events: Any) -> None:
+            self.events = events
+
+        def stage(self, name: str, data: bytes, *, shared: bool) -> None:
+            pass
+
+        def submit(self, jobs: Any, params: Any) -> None:
+            pass
+
+        def cancel(self, jobs: Any) -> None:
+            pass
+
+        def close(self, *, complete: bool) -> None:
+            pass
+
+    return NullBackend(max_workers=1)
+
+
+def collect_child(records: int, mode: str, scratch: Path) -> dict[str, Any]:
+    """Time the resolution of ``records`` records renamed into ``new/`` by another process."""
+    from boinc_executor import BoincExecutor, protocol
+
+    backend = _null_backend()
+    ex = BoincExecutor(batch_dir=scratch / "batch", _backend=backend)
+    futures = [ex.submit(operator.neg, i) for i in range(records)]
+    if not ex.flush(timeout=600):
+        raise RuntimeError("the jobs were not handed over")
+    staging = scratch / "staging"
+    staging.mkdir()
+    for i in range(records):
+        job = protocol.job_name("pyb", ex.batch_id, i)
+        (staging / protocol.record_file_name(job, "b")).write_bytes(
+            protocol.encode_result(job, [(True, -i)])
+        )
+    new = ex.batch_dir / protocol.NEW
+    announce = mode == "delivered"
+    start = time.perf_counter()
+    feeder = subprocess.Popen(
+        [sys.executable, "-c", FEEDER, str(staging), str(new), "1" if announce else "0"],
+        stdout=subprocess.PIPE,
+    )
+    assert feeder.stdout is not None
+    if announce:
+        delivered = backend.events.record_delivered
+
+        def relay() -> None:
+            assert feeder.stdout is not None
+            for line in feeder.stdout:
+                delivered(line.decode().rstrip("\n"))
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+    _, pending = concurrent.futures.wait(futures, timeout=600)
+    elapsed = time.perf_counter() - start
+    feeder.wait()
+    if pending or any(f.result() != -i for i, f in enumerate(futures)):
+        raise RuntimeError(f"{len(pending)} futures unresolved or wrong after {elapsed:.0f} s")
+    ex.shutdown(wait=True)
+    return {"rate": records / elapsed}
+
+
+def floor_child(records: int, scratch: Path) -> dict[str, Any]:
+    """The required steps alone, in one thread: read, decode, resolve, pack, unlink."""
+    from boinc_executor import protocol
+    from boinc_executor.protocol.decoding import TypePolicy
+    from boinc_executor.protocol.pack import RecordPack
+
+    new = scratch / "new"
+    new.mkdir()
+    names = []
+    for i in range(records):
+        job = protocol.job_name("pyb", 1, i)
+        name = protocol.record_file_name(job, "b")
+        (new / name).write_bytes(protocol.encode_result(job, [(True, -i)]))
+        names.append((job, name))
+    policy = TypePolicy()
+    pack = RecordPack(str(scratch / "handled.pack"))
+    futures: list[Future[Any]] = [Future() for _ in range(records)]
+    prefix = str(new) + os.sep
+    start = time.perf_counter()
+    for first in range(0, records, 256):
+        frames = []
+        for k in range(first, min(first + 256, records)):
+            job, name = names[k]
+            data = protocol.read_bounded(prefix + name, 1 << 30)
+            record = protocol.decode_result(data, policy, expect_job=job, expect_calls=1)
+            futures[k].set_running_or_notify_cancel()
+            futures[k].set_result(record.outcomes[0][1])
+            frames.append((name, data, 0))
+        pack.append(frames)
+    pack.sync()
+    for _, name in names:
+        os.unlink(prefix + name)
+    elapsed = time.perf_counter() - start
+    pack.close()
+    if any(f.result() != -i for i, f in enumerate(futures)):
+        raise RuntimeError("the floor decoded wrong values")
+    return {"rate": records / elapsed}
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _blocked(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "released"
+
+
+def _make(kind: str) -> Any:
+    if kind == "ProcessPool":
+        return ProcessPoolExecutor(1)
+    from boinc_executor import BoincExecutor
+
+    return BoincExecutor(max_workers=1)
+
+
+def memory_child(kind: str, pending: int, measure: str, scratch: Path) -> dict[str, Any]:
+    """Growth of the master per pending job, behind one blocked worker."""
+    release = str(scratch / f"release-{kind}-{measure}")
+    ex = _make(kind)
+    blocker = ex.submit(_blocked, release)
+    time.sleep(1.0)  # the blocker runs; start-up allocations are done
+    gc.collect()
+    if measure == "heap":
+        tracemalloc.start()
+    rss0 = _rss()
+    futures = [ex.submit(operator.neg, i) for i in range(pending)]
+    if kind == "BoincExecutor" and not ex.flush(timeout=600):
+        raise RuntimeError("the jobs were not handed over")
+    time.sleep(0.5)
+    gc.collect()
+    if measure == "heap":
+        growth, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    else:
+        growth = _rss() - rss0
+    still = sum(not f.done() for f in futures)
+    Path(release).touch()
+    if blocker.result() != "released":
+        raise RuntimeError("the blocking job returned a wrong result")
+    ex.shutdown(wait=True, cancel_futures=True)
+    if still != pending:
+        raise RuntimeError(f"only {still} of {pending} jobs were pending at the measurement")
+    return {"per_job": growth / pending}
+
+
+def _neg_chunk(chunk: list[int]) -> list[int]:
+    return [-x for x in chunk]
+
+
+def _bounded_map(ex: Any, items: int, chunksize: int, buffersize: int) -> Iterator[int]:
+    """``map(neg, range(items), chunksize, buffersize)`` for executors without ``buffersize``."""
+    window: deque[Future[list[int]]] = deque()
+    chunks = (list(range(i, min(i + chunksize, items))) for i in range(0, items, chunksize))
+    for chunk in itertools.islice(chunks, buffersize):
+        window.append(ex.submit(_neg_chunk, chunk))
+    while window:
+        done = window.popleft().result()
+        nxt = next(chunks, None)
+        if nxt is not None:
+            window.append(ex.submit(_neg_chunk, nxt))
+        yield from done
+
+
+def map_child(kind: str, items: int, scratch: Path) -> dict[str, Any]:
+    """RSS growth while a bounded ``map`` goes from 10 % to 100 % of ``items``.
+
+    Python before 3.14 has no ``buffersize`` on ``ProcessPoolExecutor.map``; there the
+    same window is kept by hand.
+    """
+    ex = _make(kind)
+    mark = items // 10
+    rss_at_mark = 0
+    total = 0
+    if kind == "ProcessPool" and sys.version_info < (3, 14):
+        values = _bounded_map(ex, items, 100, 16)
+    else:
+        values = ex.map(operator.neg, range(items), chunksize=100, buffersize=16)
+    for n, value in enumerate(values):
+        total += value
+        if n == mark:
+            gc.collect()
+            rss_at_mark = _rss()
+    gc.collect()
+    growth = _rss() - rss_at_mark
+    ex.shutdown(wait=True)
+    if total != -(items * (items - 1) // 2):
+        raise RuntimeError("map returned wrong values")
+    return {"growth": growth}
+
+
+def footprint_child(calls: int, scratch: Path) -> dict[str, Any]:
+    """Files and bytes a finished batch of ``calls`` calls keeps, beyond its records' bytes."""
+    from boinc_executor import BoincExecutor
+    from boinc_executor.protocol.pack import RecordPack
+
+    batch_dir = scratch / "batch"
+    with BoincExecutor(max_workers=2, batch_dir=batch_dir) as ex:
+        futures = [ex.submit(operator.neg, i) for i in range(calls)]
+        if [f.result() for f in futures] != [-i for i in range(calls)]:
+            raise RuntimeError("wrong results")
+    files = total = 0
+    for root, dirs, names in os.walk(batch_dir):
+        files += len(names) + len(dirs)
+        total += sum(os.path.getsize(os.path.join(root, n)) for n in names)
+    pack = RecordPack(str(batch_dir / "handled.pack"), writable=False)
+    records = sum(entry.size for entry, _ in pack.records())
+    pack.close()
+    return {"files": files / calls, "bytes": (total - records) / calls}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _child(argv: Sequence[str], home: Path) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(dir=home))
+    env = dict(os.environ, BOINC_EXECUTOR_HOME=str(home))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *argv, "--scratch", str(scratch)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        env=env,
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {argv} failed:\n{proc.stderr}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _stats(values: list[float]) -> str:
+    return f"min {min(values):>10,.1f}  median {statistics.median(values):>10,.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--pending", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only",
+        choices=("collect", "memory", "map", "footprint"),
+        help="run one measurement only",
+    )
+    parser.add_argument("--child", nargs="*")
+    parser.add_argument("--scratch", type=Path)
+    args = parser.parse_args()
+    if args.child is not None:
+        what, *rest = args.child
+        if what == "collect":
+            out = collect_child(int(rest[0]), rest[1], args.scratch)
+        elif what == "floor":
+            out = floor_child(int(rest[0]), args.scratch)
+        elif what == "memory":
+            out = memory_child(rest[0], int(rest[1]), rest[2], args.scratch)
+        elif what == "footprint":
+            out = footprint_child(int(rest[0]), args.scratch)
+        else:
+            out = map_child(rest[0], int(rest[1]), args.scratch)
+        print(json.dumps(out))
+        return 0
+    if args.quick:
+        args.repeat, args.records, args.pending, args.items = 1, 10_000, 10_000, 100_000
+    home = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    try:
+        print(
+            f"# bench_collect: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+            f"repeat {args.repeat}; scratch on {home}"
+        )
+        if args.only in (None, "collect"):
+            _report_collection(args, home)
+        if args.only in (None, "memory"):
+            _report_memory(args, home)
+        if args.only in (None, "map"):
+            _report_map(args, home)
+        if args.only in (None, "footprint"):
+            result = _child(["footprint", "3000"], home)
+            print(
+                "\n## a finished 3,000-call batch, beyond its records' bytes (target <= 1 KiB "
+                f"and <= 0.2 files per call)\n{result['bytes']:,.0f} bytes and "
+                f"{result['files']:.3f} files per call"
+            )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+def _report_collection(args: argparse.Namespace, home: Path) -> None:
+    rates: dict[str, list[float]] = {"floor": [], "scan": [], "delivered": []}
+    for _ in range(args.repeat):  # interleaved, so drift hits every variant alike
+        rates["floor"].append(_child(["floor", str(args.records)], home)["rate"])
+        for mode in ("scan", "delivered"):
+            rates[mode].append(_child(["collect", str(args.records), mode], home)["rate"])
+    print(
+        f"\n## collection of {args.records:,} records (results/s; target >= {COLLECT_TARGET:,.0f})"
+    )
+    for mode, values in rates.items():
+        ratio = statistics.median(values) / statistics.median(rates["floor"])
+        print(f"{mode:>10}: {_stats(values)}   median/floor {ratio:.2f}")
+
+
+def _report_memory(args: argparse.Namespace, home: Path) -> None:
+    memory: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeat):
+        for measure in ("rss", "heap"):
+            for kind in ("ProcessPool", "BoincExecutor"):
+                argv = ["memory", kind, str(args.pending), measure]
+                memory.setdefault((kind, measure), []).append(_child(argv, home)["per_job"])
+    print(f"\n## memory per pending job, {args.pending:,} pending (bytes; target <= PPE)")
+    for measure in ("rss", "heap"):
+        ppe = statistics.median(memory[("ProcessPool", measure)])
+        for kind in ("ProcessPool", "BoincExecutor"):
+            values = memory[(kind, measure)]
+            ratio = statistics.median(values) / ppe
+            print(f"{measure:>5} {kind:>14}: {_stats(values)}   ratio to PPE {ratio:.2f}")
+
+
+def _report_map(args: argparse.Namespace, home: Path) -> None:
+    growth: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        for kind in ("ProcessPool", "BoincExecutor"):
+            argv = ["map", kind, str(args.items)]
+            growth.setdefault(kind, []).append(_child(argv, home)["growth"] / 1024)
+    print(
+        f"\n## map of {args.items:,} items, chunksize 100, buffersize 16: RSS growth "
+        "from 10 % to 100 % consumed (KiB; target: constant)"
+    )
+    for kind, values in growth.items():
+        print(f"{kind:>14}: {_stats(values)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
