@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ResultDecodeError, UnsafeResultError
+from . import bounded
 
 __all__ = ["TypePolicy", "register_trusted_type", "safe_loads"]
 
@@ -141,36 +142,67 @@ class TypePolicy:
             return (module, name) in _registered
 
 
+def _check_allowed(policy: TypePolicy, module: str, name: str) -> None:
+    """The type check both readers apply before resolving a global."""
+    if not policy.allows(module, name):
+        raise UnsafeResultError(
+            f"result refers to {module}.{name}, which is not an allowed result type; "
+            "if you trust it, pass trusted_types=[...] to the executor or call "
+            "boinc_executor.register_trusted_type()"
+        )
+
+
+class _NeedsBounds(Exception):
+    """The C unpickler met a callable only the bounded reader may call: start over there."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, policy: TypePolicy) -> None:
         super().__init__(io.BytesIO(data))
         self._policy = policy
 
     def find_class(self, module: str, name: str) -> Any:
-        if not self._policy.allows(module, name):
-            raise UnsafeResultError(
-                f"result refers to {module}.{name}, which is not an allowed result type; "
-                "if you trust it, pass trusted_types=[...] to the executor or call "
-                "boinc_executor.register_trusted_type()"
-            )
+        _check_allowed(self._policy, module, name)
+        if bounded.needs_bounds(module, name):
+            raise _NeedsBounds
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeResultError("result uses persistent IDs, which are never allowed")
 
 
+def _bounded_loads(data: bytes, policy: TypePolicy) -> Any:
+    """Decode with every allocation and key insertion bounded by the payload's size."""
+
+    def find_class(module: str, name: str) -> Any:
+        _check_allowed(policy, module, name)
+        return pickle._Unpickler.find_class(reader, module, name)
+
+    reader = bounded.BoundedUnpickler(data, find_class)
+    return reader.load()
+
+
 def safe_loads(data: bytes, policy: TypePolicy) -> Any:
-    """Decode a pickle payload under ``policy``.
+    """Decode a pickle payload under ``policy``, in memory and time bounded by its size.
+
+    Small payloads that name no guarded callable are read by the C unpickler;
+    everything else by :class:`~.bounded.BoundedUnpickler` (see that module).
 
     Raises:
         UnsafeResultError: the payload names a type that is not allowed.
-        ResultDecodeError: the payload is malformed (truncated, garbage, too deep).
+        ResultDecodeError: the payload is malformed (truncated, garbage, too deep),
+            or asks for more memory or hashing work than its size allows.
     """
     try:
         if policy.trust_all:
             return pickle.loads(data)
-        return _RestrictedUnpickler(data, policy).load()
-    except UnsafeResultError:
+        if bounded.fast_path_ok(data):
+            try:
+                return _RestrictedUnpickler(data, policy).load()
+            except _NeedsBounds:
+                pass
+        return _bounded_loads(data, policy)
+    except ResultDecodeError:
         raise
     except (Exception, RecursionError) as exc:
         raise ResultDecodeError(f"result payload is corrupt: {type(exc).__name__}: {exc}") from exc
