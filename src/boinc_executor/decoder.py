@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .batch import BatchDir
-from .errors import BoincExecutorError, ResultDecodeError, rebuild_exception
+from .errors import ResultDecodeError, rebuild_exception
 from .protocol.decoding import TypePolicy
 
 __all__ = ["RecordDecoder"]
@@ -131,7 +131,7 @@ class RecordDecoder(Generic[J]):
             )
         except FileNotFoundError:
             return
-        except (BoincExecutorError, OSError) as exc:
+        except Exception as exc:  # a volunteer's bytes: whatever they raise, refuse the record
             error = ResultDecodeError(
                 f"the result record {path.name} for job {job.name} was refused: {exc}. "
                 f"It is kept in {self._batch.old_dir}; no code from it was run"
