@@ -81,6 +81,10 @@ class RecordDecoder(Generic[J]):
         self._queue.put(None)
         self._thread.join()
 
+    def on_thread(self) -> bool:
+        """Whether the caller runs on the decoder thread (in a future's done-callback)."""
+        return threading.current_thread() is self._thread
+
     def holds(self, path: str) -> bool:
         """Whether the record at ``path`` is queued or being decoded."""
         with self._lock:
