@@ -103,7 +103,8 @@ def _journal_entry(line: bytes, path: Path, lineno: int) -> JournalEntry:
         value = raw[name]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BatchError(
-                f"{where}: field {name!r} is {value!r:.60}, not a {kind.__name__}; {fix}"
+                f"{where}: field {name!r} is {value!r:.60}, not "
+                f"{'an integer' if kind is int else 'text'}; {fix}"
             )
         if isinstance(value, int) and value < 0:
             raise BatchError(f"{where}: field {name!r} is negative; {fix}")
