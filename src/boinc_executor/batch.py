@@ -95,10 +95,8 @@ def _journal_entry(line: bytes, path: Path, lineno: int) -> JournalEntry:
     except (ValueError, RecursionError) as exc:
         raise BatchError(f"{where} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(raw, dict) or set(raw) != set(_JOURNAL_FIELDS):
-        raise BatchError(
-            f"{where} must be an object with exactly the fields {', '.join(_JOURNAL_FIELDS)}; "
-            f"{fix}"
-        )
+        fields = ", ".join(_JOURNAL_FIELDS)
+        raise BatchError(f"{where} must be an object with exactly the fields {fields}; {fix}")
     for name, kind in _JOURNAL_FIELDS.items():
         value = raw[name]
         if not isinstance(value, kind) or isinstance(value, bool):
