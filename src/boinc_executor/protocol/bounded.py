@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import struct
 import sys
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -71,7 +72,17 @@ _GUARDED: frozenset[tuple[str, str]] = frozenset(
 # Keys whose hashes a volunteer cannot make collide: str and bytes hashes are
 # randomised per process; ints below the modulus hash to themselves.
 _UNCOLLIDABLE: frozenset[type] = frozenset({str, bytes, float, bool, type(None)})
-_PUT_OPCODES = (pickle.PUT, pickle.LONG_BINPUT)  # an index the C unpickler sizes its memo by
+# Opcodes the C unpickler trusts too far: a PUT index sizes its memo table, and an
+# 8-byte length is allocated before the data is read (a truncated BYTEARRAY8 also
+# makes it free a bytearray that still has a view: "SystemError: deallocated
+# bytearray object has exported buffers").
+_C_UNSAFE_OPCODES = (
+    pickle.PUT,
+    pickle.LONG_BINPUT,
+    pickle.BINBYTES8,
+    pickle.BINUNICODE8,
+    pickle.BYTEARRAY8,
+)
 
 
 def needs_bounds(module: str, name: str) -> bool:
@@ -82,11 +93,11 @@ def needs_bounds(module: str, name: str) -> bool:
 def fast_path_ok(data: bytes) -> bool:
     """Whether the C unpickler may read ``data`` (it must still refuse guarded names).
 
-    A byte test, not a parse: a payload that merely *contains* a ``PUT`` byte
-    (any text with a ``p`` or ``r``) takes the bounded path too. That costs speed,
-    never safety.
+    A byte test, not a parse: a payload that merely *contains* one of those
+    opcodes' bytes (any text with a ``p`` or ``r``) takes the bounded path too.
+    That costs speed, never safety.
     """
-    return len(data) <= FAST_PATH_BYTES and not any(op in data for op in _PUT_OPCODES)
+    return len(data) <= FAST_PATH_BYTES and not any(op in data for op in _C_UNSAFE_OPCODES)
 
 
 def _length(value: Any) -> int:
@@ -142,6 +153,7 @@ class BoundedUnpickler(pickle._Unpickler):
     # Attributes the pure-Python unpickler sets up; typeshed does not declare them.
     stack: list[Any]
     append: Callable[[Any], None]
+    read: Callable[[int], bytes]
     pop_mark: Callable[[], list[Any]]
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
 
@@ -263,6 +275,15 @@ class BoundedUnpickler(pickle._Unpickler):
         elif not isinstance(data, (bytes, bytearray)) or len(data) != nbytes:
             raise ResultDecodeError("result payload holds a numpy array of the wrong size")
 
+    def _load_bytearray8(self) -> None:
+        # The pure-Python reader zero-fills bytearray(length) before reading: a
+        # 17-byte payload could make it touch 2**60 bytes. Read first, then copy.
+        (length,) = struct.unpack("<Q", self.read(8))
+        data = self.read(length)
+        if len(data) != length:
+            raise ResultDecodeError("result payload is truncated inside a bytearray")
+        self.append(bytearray(data))
+
     def _load_dict(self) -> None:
         items = self.pop_mark()
         counts = self._check_keys(None, items[0::2])
@@ -310,6 +331,7 @@ class BoundedUnpickler(pickle._Unpickler):
         (pickle.SETITEMS, _load_setitems),
         (pickle.ADDITEMS, _load_additems),
         (pickle.FROZENSET, _load_frozenset),
+        (pickle.BYTEARRAY8, _load_bytearray8),
     ):
         dispatch[_opcode[0]] = _method
     del _opcode, _method
