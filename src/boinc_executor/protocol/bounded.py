@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import struct
 import sys
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -76,12 +77,12 @@ _UNCOLLIDABLE: frozenset[type] = frozenset({str, bytes, float, bool, type(None)}
 # 8-byte length is allocated before the data is read (a truncated BYTEARRAY8 also
 # makes it free a bytearray that still has a view: "SystemError: deallocated
 # bytearray object has exported buffers").
-_C_UNSAFE_OPCODES = (
-    pickle.PUT,
-    pickle.LONG_BINPUT,
-    pickle.BINBYTES8,
-    pickle.BINUNICODE8,
-    pickle.BYTEARRAY8,
+_C_UNSAFE_OPCODES = re.compile(
+    b"["
+    + re.escape(
+        pickle.PUT + pickle.LONG_BINPUT + pickle.BINBYTES8 + pickle.BINUNICODE8 + pickle.BYTEARRAY8
+    )
+    + b"]"
 )
 
 
@@ -97,7 +98,7 @@ def fast_path_ok(data: bytes) -> bool:
     opcodes' bytes (any text with a ``p`` or ``r``) takes the bounded path too.
     That costs speed, never safety.
     """
-    return len(data) <= FAST_PATH_BYTES and not any(op in data for op in _C_UNSAFE_OPCODES)
+    return len(data) <= FAST_PATH_BYTES and _C_UNSAFE_OPCODES.search(data) is None
 
 
 def _length(value: Any) -> int:
