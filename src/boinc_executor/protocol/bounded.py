@@ -188,7 +188,7 @@ class BoundedUnpickler(pickle._Unpickler):
         if func is bytearray or func is bytes:
             size = args[0] if args else 0
             cost = size if isinstance(size, int) else _length(size)
-            self._charge(cost, what)
+            self._charge(max(cost, 0), what)
         elif func is str:
             self._charge(_str_cost(args), what)
         elif func in _CONTAINERS or func is defaultdict:
@@ -198,10 +198,12 @@ class BoundedUnpickler(pickle._Unpickler):
             if func in _KEYED:
                 pairs = func not in (set, frozenset, Counter)
                 self._check_keys(None, _keys_of(items, pairs=pairs))
-        elif what == "_reconstructor" and getattr(func, "__module__", "") == "copyreg":
+        elif (getattr(func, "__module__", None), what) not in _GUARDED:
+            return
+        elif what == "_reconstructor":  # copyreg's: base.__new__(cls, state)
             if len(args) == 3 and args[1] is not object:
                 self._check_call(args[1], (args[2],), {})
-        elif what == "_reconstruct" and len(args) == 3:  # numpy's ndarray constructor
+        elif len(args) == 3:  # numpy's _reconstruct(subtype, shape, dtype)
             self._charge(_numpy_nbytes(args[1], args[2]), "numpy")
 
     def _check_keys(self, container: object | None, keys: Iterable[Any]) -> dict[int, int]:
