@@ -258,9 +258,11 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     """Turn an error record's ``error`` mapping into an exception object.
 
     Built-in exception types come back as the same type with the remote
-    traceback attached as ``__cause__``; BOINC failures as :class:`WorkunitError`,
-    lost jobs as :class:`JobLostError`, jobs that ended without results (a full
-    disk, say) as :class:`JobFailedError`; anything else as :class:`RemoteError`.
+    traceback attached as ``__cause__``; so does an exception of the script's own
+    class, which the result decoder rebuilt (under ``"exception"``) when the
+    batch trusts its class; BOINC failures as :class:`WorkunitError`, lost jobs
+    as :class:`JobLostError`, jobs that ended without results (a full disk, say)
+    as :class:`JobFailedError`; anything else as :class:`RemoteError`.
     Never raises: a field of the wrong type or shape is named in the message
     instead of being converted, since the record is a volunteer's bytes.
 
@@ -276,7 +278,10 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     tb = _text(info, "traceback")
     host = _text(info, "host")
     exc: BaseException
-    if module == "boinc_executor" and type_name == "WorkunitError":
+    rebuilt = info.get("exception")
+    if isinstance(rebuilt, BaseException):
+        exc = rebuilt
+    elif module == "boinc_executor" and type_name == "WorkunitError":
         exc = WorkunitError(
             message,
             error_mask=_integer(info.get("error_mask")) or 0,

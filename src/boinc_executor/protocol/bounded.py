@@ -145,10 +145,11 @@ def _numpy_nbytes(shape: Any, dtype: Any) -> int:
 class BoundedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with every allocation and every key insertion checked.
 
+    It resolves globals as ``pickle._Unpickler`` does: a subclass adds the type
+    policy (``decoding._BoundedRestricted``), so both readers agree on types.
+
     Args:
         data: the payload.
-        find_class: resolves a global after the type policy allowed it (the
-            restricted unpickler's own check, so both readers agree on types).
     """
 
     # Attributes the pure-Python unpickler sets up; typeshed does not declare them.
@@ -158,14 +159,10 @@ class BoundedUnpickler(pickle._Unpickler):
     pop_mark: Callable[[], list[Any]]
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, data: bytes, find_class: Callable[[str, str], Any]) -> None:
+    def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
-        self._resolve = find_class
         self._budget = ALLOC_SLACK + ALLOC_FACTOR * len(data)
         self._hashes: dict[int, dict[int, int]] = {}  # id(container) -> hash -> keys
-
-    def find_class(self, module: str, name: str) -> Any:
-        return self._resolve(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeResultError("result uses persistent IDs, which are never allowed")

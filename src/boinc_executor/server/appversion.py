@@ -72,6 +72,8 @@ RUNNER_MODULES = (
     "protocol.fileio",
     "protocol.decoding",
     "protocol.bounded",
+    "protocol.classref",
+    "protocol.taskoutput",
     "errors",
 )
 
