@@ -14,11 +14,14 @@ by work-unit ID: the WU's name and batch, the canonical result's name, the last 
 exit status and stderr, and BATCH_DIR from ``pyboinc_batch``. The record lands in
 ``BATCH_DIR/new/<wu_name>.<tag>.result`` (docs/protocol.md), written atomically.
 
-A nonzero exit stops the whole daemon, so whatever a volunteer, a user or a stray WU can
-cause (bad, oversized or symlinked output, a name that is not a job of its batch, an unknown
-batch, a deleted BATCH_DIR) is logged and exits 0. Only server faults that would lose
-results exit nonzero (1: database or config.xml unusable, disk full, uploads unreadable by
-the daemon user; 2: unusable arguments).
+Exit 0 tells BOINC the work unit is assimilated, and file_deleter then deletes its output
+within seconds. So 0 is only returned when the record was delivered, or when nothing can
+ever want it: a volunteer's bad, oversized or symlinked output (delivered as an error
+record instead), a name that is not a job of its batch, an unknown batch, a BATCH_DIR that
+was removed. Every fault that would lose a result someone still waits for exits nonzero
+and stops the daemon, so the work unit is retried after ``bin/start`` (1: database or
+config.xml unusable, disk full, uploads unreadable by the daemon user, a BATCH_DIR whose
+``new/`` is missing, not a plain directory or not writable; 2: unusable arguments).
 The output is copied byte for byte; its payload is never decoded here.
 """
 
@@ -44,6 +47,10 @@ CLIENT_ERROR = 3  # result.outcome
 # retried after bin/start instead of being marked done with its result lost.
 _SERVER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 _STDERR_TXT = re.compile(r"<stderr_txt>\n?(.*?)\n?</stderr_txt>", re.DOTALL)
+
+
+class Undeliverable(Exception):
+    """A record that someone waits for cannot be placed in its BATCH_DIR/new/."""
 
 
 def log(message: str) -> None:
@@ -128,23 +135,34 @@ def assimilate(db: Database, args: list[str], upload_dir: Path) -> int:
         doing="reading the work unit",
     )
     if not rows:
-        log(f"[WU#{wu_id}] no such work unit in the database; skipped")
+        log(f"[WU#{wu_id}] no such work unit in the database: nothing to deliver")
         return 0
     wu_name, batch_id, canonical, mask = str(rows[0][0]), int(rows[0][1]), rows[0][2], rows[0][3]
     where = f"[WU#{wu_id} {wu_name}]"
     parsed = protocol.parse_job_name(wu_name)
+    discarded = "not delivered, and BOINC deletes its output"
     if parsed is None or parsed[1] != batch_id:
-        log(f"{where} not a boinc-executor job of batch {batch_id}; skipped")
+        log(f"{where} not a boinc-executor job of batch {batch_id}: {discarded}")
         return 0
     try:
         batch_dir = db.batch_record(batch_id).batch_dir
     except errors.BatchNotFoundError:
-        log(f"{where} batch {batch_id} has no boinc-executor batch record; skipped")
+        log(f"{where} batch {batch_id} has no boinc-executor batch record: {discarded}")
         return 0
     new = batch_dir / protocol.NEW
-    if not batch_dir.is_absolute() or new.is_symlink() or not new.is_dir():
-        log(f"{where} {new} is missing or not a plain absolute directory; skipped")
+    if not batch_dir.is_absolute():
+        raise Undeliverable(
+            f"the batch record of batch {batch_id} names {batch_dir}, not an "
+            "absolute path; correct its row in pyboinc_batch"
+        )
+    if not batch_dir.exists() and not batch_dir.is_symlink():
+        log(f"{where} its batch directory {batch_dir} was removed: {discarded}")
         return 0
+    if new.is_symlink() or not new.is_dir():
+        raise Undeliverable(
+            f"{new} is missing, a symlink or not a directory; make it a plain "
+            "directory the daemon user may write to"
+        )
     tag, why = "error", None
     if failed or not canonical:
         # The row is authoritative; the command line's mask is the fallback.
@@ -160,8 +178,9 @@ def assimilate(db: Database, args: list[str], upload_dir: Path) -> int:
     except OSError as exc:
         if exc.errno in _SERVER_ERRNOS:
             raise
-        log(f"{where} cannot write into {new}: {exc}; skipped (let the daemon user write there)")
-        return 0
+        raise Undeliverable(
+            f"cannot write into {new} ({exc.strerror}); let the daemon user write there"
+        ) from exc
     log(f"{where} {'refused output: ' + why + '; ' if why else ''}delivered {target.name}")
     return 0
 
@@ -199,6 +218,9 @@ def main(argv: list[str]) -> int:
         config = ProjectConfig.load(project_root(project))
         with Database(config) as db:
             return assimilate(db, args, config.upload_dir)
+    except Undeliverable as exc:
+        log(f"CANNOT DELIVER, stopping (the work unit is retried after bin/start): {exc}")
+        return 1
     except (errors.ConfigError, errors.DatabaseError, ImportError, OSError) as exc:
         log(f"SERVER FAULT, stopping (the work unit is retried after bin/start): {exc}")
         return 1

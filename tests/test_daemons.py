@@ -268,31 +268,35 @@ def test_names_and_batches_pointing_elsewhere_write_nothing(project: Project,
         db.set_batch_dir(link_batch, linked)
         relative = new_batch(project, tmp_path / "relative")
         db.set_batch_dir(relative, Path("relative/dir"))
+    # (name, its WU's batch, exit status): names nobody can want are acknowledged (0); a
+    # BATCH_DIR that exists but cannot take the record stops the daemon (1) to keep it.
     cases = [
-        (f"../pyb_{batch}_0", batch),  # not a job name
-        (f"pyb_{batch}_0/../../x", batch),
-        (f"pyb_{other}_1", batch),  # names another batch than its WU's
-        ("pyb_0_1", 0),  # batch 0: no batch record
-        ("pyb_99999_1", 99999),  # unknown batch
-        (f"pyb_{link_batch}_1", link_batch),
-        (f"pyb_{relative}_1", relative),
+        (f"../pyb_{batch}_0", batch, 0),  # not a job name
+        (f"pyb_{batch}_0/../../x", batch, 0),
+        (f"pyb_{other}_1", batch, 0),  # names another batch than its WU's
+        ("pyb_0_1", 0, 0),  # batch 0: no batch record
+        ("pyb_99999_1", 99999, 0),  # unknown batch
+        (f"pyb_{link_batch}_1", link_batch, 1),
+        (f"pyb_{relative}_1", relative, 1),
     ]
     upload = project.upload_path("evil_upload")
     upload.parent.mkdir(parents=True, exist_ok=True)
-    for name, wu_batch in cases:
+    for name, wu_batch, status in cases:
         wu_id = submit(project, name, b"x", wu_batch)
         upload.write_bytes(record(name, [1]) if protocol.parse_job_name(name) else b"x")
         for args in ((wu_id, upload), ("--error", 8, name, wu_id, wu_batch)):
             done = assimilate(project, *args)
-            assert done.returncode == 0, (name, done.stderr)
-            assert "skipped" in done.stderr, (name, done.stderr)
+            assert done.returncode == status, (name, done.stderr)
+            said = "not delivered" if status == 0 else "CANNOT DELIVER"
+            assert said in done.stderr and "skipped" not in done.stderr, (name, done.stderr)
     assert all_records(tmp_path) == []
     assert list(escaped.iterdir()) == [] and list((evil_dir / protocol.NEW).iterdir()) == []
     assert list((project.tmp_dir).iterdir()) == []
 
 
-def test_missing_batch_dir_is_skipped(project: Project, volunteer_host: VolunteerHost,
-                                      tmp_path: Path) -> None:
+def test_removed_batch_dir_is_acknowledged(project: Project, volunteer_host: VolunteerHost,
+                                           tmp_path: Path) -> None:
+    """A removed BATCH_DIR wants nothing: exit 0, and the log says the output is dropped."""
     batch_dir = tmp_path / "batch"
     batch = new_batch(project, batch_dir)
     job = f"pyb_{batch}_0"
@@ -301,10 +305,35 @@ def test_missing_batch_dir_is_skipped(project: Project, volunteer_host: Voluntee
     shutil.rmtree(batch_dir)  # the batch was retired and its directory deleted
     done = assimilate(project, wu_id, output_path(project, job))
     assert done.returncode == 0
-    assert "missing" in done.stderr and "skipped" in done.stderr
+    assert "was removed" in done.stderr and "not delivered" in done.stderr
     assert not batch_dir.exists()
     done = assimilate(project, "--error", 8, job, wu_id, batch)
-    assert done.returncode == 0 and "skipped" in done.stderr
+    assert done.returncode == 0 and "not delivered" in done.stderr
+
+
+def test_unusable_new_dir_stops_the_daemon_and_keeps_the_result(
+    project: Project, volunteer_host: VolunteerHost, tmp_path: Path
+) -> None:
+    """Issue 11 item 13. Invariant: no finished result is lost. A BATCH_DIR whose new/ cannot
+    take the record is not acknowledged (exit 1, so BOINC keeps the output); once the
+    operator repairs new/, the retried handler delivers the very same record."""
+    batch_dir = tmp_path / "batch"
+    batch = new_batch(project, batch_dir)
+    job = f"pyb_{batch}_0"
+    wu_id = submit(project, job, record(job, [1]), batch)
+    volunteer_host.run_until(wu_ready(project, job))
+    new = batch_dir / protocol.NEW
+    new.rmdir()
+    new.write_text("not a directory")  # as unusable as an unwritable one, even for root
+    done = assimilate(project, wu_id, output_path(project, job))
+    assert done.returncode == 1, done.stderr
+    assert "CANNOT DELIVER" in done.stderr and "retried after bin/start" in done.stderr
+    assert output_path(project, job).is_file()
+    new.unlink()
+    new.mkdir()
+    done = assimilate(project, wu_id, output_path(project, job))
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in new.iterdir()] == [protocol.record_file_name(job, f"{job}_0")]
 
 
 def closed_port() -> int:

@@ -83,6 +83,44 @@ class JournalEntry:
     data: str
 
 
+_JOURNAL_FIELDS: dict[str, type] = {
+    "job": str,
+    "i": int,
+    "call": int,
+    "n": int,
+    "digest": str,
+    "program": str,
+    "data": str,
+}
+
+
+def _journal_entry(line: bytes, path: Path, lineno: int) -> JournalEntry:
+    """Parse one journal line, checking every field's type (a hand-edited ``"i": "1"`` too).
+
+    Raises:
+        BatchError: naming the line and the field, so it can be repaired.
+    """
+    where = f"journal {path}, line {lineno}"
+    fix = "repair that line, or run the batch again with a new batch_dir"
+    try:
+        raw = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise BatchError(f"{where} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(raw, dict) or set(raw) != set(_JOURNAL_FIELDS):
+        fields = ", ".join(_JOURNAL_FIELDS)
+        raise BatchError(f"{where} must be an object with exactly the fields {fields}; {fix}")
+    for name, kind in _JOURNAL_FIELDS.items():
+        value = raw[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BatchError(
+                f"{where}: field {name!r} is {value!r:.60}, not "
+                f"{'an integer' if kind is int else 'text'}; {fix}"
+            )
+        if isinstance(value, int) and value < 0:
+            raise BatchError(f"{where}: field {name!r} is negative; {fix}")
+    return JournalEntry(**raw)
+
+
 class BatchDir:
     """An open, locked batch directory.
 
@@ -187,13 +225,10 @@ class BatchDir:
         except FileNotFoundError:
             return entries
         with fh:
-            for line in fh:
+            for lineno, line in enumerate(fh, 1):
                 if not line.endswith(b"\n"):
                     break  # torn write: the job was never handed over
-                try:
-                    entry = JournalEntry(**json.loads(line))
-                except (ValueError, TypeError) as exc:
-                    raise BatchError(f"journal {path} has a corrupt line: {exc}") from exc
+                entry = _journal_entry(line, path, lineno)
                 entries[entry.i] = entry
         return entries
 

@@ -238,7 +238,7 @@ class Collector(RecordIntake):
         for fut in futures:
             fut.cancel()
         self.wake.set()
-        if wait and self._thread is not threading.current_thread():
+        if wait and not self.on_own_thread():
             self._thread.join()
 
     def abandon(self, timeout: float | None = None) -> bool:
@@ -273,13 +273,28 @@ class Collector(RecordIntake):
         with self.lock:
             return self._abandoned
 
+    def on_own_thread(self) -> bool:
+        """Whether the caller is a done-callback running on the collector or decoder thread.
+
+        Such a caller must never wait for these threads: the collector joins the
+        decoder when it finishes, and the decoder is the one running the callback.
+        ``stop(wait=True)`` then returns without joining, and ``wait_handed_over``
+        on the collector thread does not wait, as ``ProcessPoolExecutor`` would
+        deadlock or raise instead.
+        """
+        return threading.current_thread() is self._thread or self._decoder.on_thread()
+
     def wait_handed_over(self, timeout: float | None = None) -> bool:
         """Block until every buffered job is journaled and handed to the backend.
 
         Returns:
-            False if ``timeout`` seconds passed first.
+            False if ``timeout`` seconds passed first, or if called on the
+            collector thread (which is the one doing the handing over) while
+            jobs are still buffered.
         """
         self.wake.set()
+        if threading.current_thread() is self._thread:
+            timeout = 0
         with self._handed_over:
             return self._handed_over.wait_for(
                 lambda: not (self._buffer or self._resubmit or self._flushing), timeout

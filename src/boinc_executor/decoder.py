@@ -38,7 +38,6 @@ from typing import Any, Generic, Protocol, TypeVar
 from . import protocol
 from .batch import BatchDir
 from .errors import (
-    BoincExecutorError,
     ProtocolError,
     ResultDecodeError,
     UnsafeResultError,
@@ -125,6 +124,10 @@ class RecordDecoder(Generic[J]):
         self._queue.put(None)
         self._thread.join()
 
+    def on_thread(self) -> bool:
+        """Whether the caller runs on the decoder thread (in a future's done-callback)."""
+        return threading.current_thread() is self._thread
+
     @property
     def busy(self) -> bool:
         """Whether any record is queued or being decoded."""
@@ -140,9 +143,9 @@ class RecordDecoder(Generic[J]):
         """Note the record's per-call output for the job's futures (before they resolve)."""
         try:
             header, _ = protocol.decode_frame(data, protocol.KIND_RESULT)
-        except BoincExecutorError:
+            outputs = protocol.read_outputs(header, job.n)
+        except Exception:  # a volunteer's header: its output never stops the record's handling
             return
-        outputs = protocol.read_outputs(header, job.n)
         if job.chunk:
             joined = protocol.TaskOutput(
                 "".join(o.stdout for o in outputs),

@@ -191,9 +191,60 @@ _REBUILDABLE: dict[str, type[BaseException]] = {
 }
 
 
+# Limits on the plain data an error record's fields may hold. A record is a
+# volunteer's bytes: a field may be of any JSON or pickle type, nested to any depth.
+_MAX_ARGS_DEPTH = 4  # the runner writes at most 3 levels (protocol._plain)
+_MAX_ARGS_ITEMS = 1000
+_INT_RANGE = 2**63
+
+
+def _text(info: Mapping[str, Any], key: str, default: str = "") -> str:
+    """A text field of an error record; a value of any other type is named, never ``str()``-ed.
+
+    ``str()`` of a list nested 200,000 deep raises RecursionError, and of a huge
+    int raises ValueError: neither may escape while a future waits.
+    """
+    value = info.get(key, default)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return default
+    return f"<malformed {key}: {type(value).__name__}>"
+
+
+def _integer(value: Any) -> int | None:
+    """An integer field (``error_mask``, ``exit_status``), or None when it is not a sane int."""
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT_RANGE < value < _INT_RANGE:
+        return value
+    return None
+
+
+def _plain_args(value: Any) -> tuple[Any, ...] | None:
+    """The record's ``args`` as a tuple, if they are small, shallow plain data; else None."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    budget = _MAX_ARGS_ITEMS
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        budget -= 1
+        if budget < 0:
+            return None
+        if isinstance(item, (list, tuple)):
+            if depth >= _MAX_ARGS_DEPTH:
+                return None
+            todo.extend((v, depth + 1) for v in item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if _integer(item) is None:
+                return None
+        elif not (item is None or isinstance(item, (str, bool, float))):
+            return None
+    return tuple(value)
+
+
 def _builtin_exception(cls: type[BaseException], args: Any, message: str) -> BaseException:
     """Construct a built-in exception from plain-data args, falling back to the message."""
-    for attempt in (tuple(args) if isinstance(args, (list, tuple)) else None, (message,)):
+    for attempt in (_plain_args(args), (message,)):
         if attempt is None:
             continue
         try:
@@ -210,7 +261,10 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     traceback attached as ``__cause__``; so does an exception of the script's own
     class, which the result decoder rebuilt (under ``"exception"``) when the
     batch trusts its class; BOINC failures as :class:`WorkunitError`, lost jobs
-    as :class:`JobLostError`; anything else as :class:`RemoteError`.
+    as :class:`JobLostError`, jobs that ended without results (a full disk, say)
+    as :class:`JobFailedError`; anything else as :class:`RemoteError`.
+    Never raises: a field of the wrong type or shape is named in the message
+    instead of being converted, since the record is a volunteer's bytes.
 
     Args:
         info: the plain-data error description written by the runner or a daemon.
@@ -218,25 +272,26 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     Returns:
         The exception, ready to be set on a future.
     """
-    type_name = str(info.get("type", "Exception"))
-    module = str(info.get("module", ""))
-    message = str(info.get("message", ""))
-    tb = str(info.get("traceback", ""))
-    host = str(info.get("host", ""))
+    type_name = _text(info, "type", "Exception")
+    module = _text(info, "module")
+    message = _text(info, "message")
+    tb = _text(info, "traceback")
+    host = _text(info, "host")
     exc: BaseException
     rebuilt = info.get("exception")
     if isinstance(rebuilt, BaseException):
         exc = rebuilt
     elif module == "boinc_executor" and type_name == "WorkunitError":
-        exit_status = info.get("exit_status")
         exc = WorkunitError(
             message,
-            error_mask=int(info.get("error_mask", 0) or 0),
-            exit_status=int(exit_status) if isinstance(exit_status, int) else None,
-            stderr_tail=str(info.get("stderr_tail", "")),
+            error_mask=_integer(info.get("error_mask")) or 0,
+            exit_status=_integer(info.get("exit_status")),
+            stderr_tail=_text(info, "stderr_tail"),
         )
     elif module == "boinc_executor" and type_name == "JobLostError":
         exc = JobLostError(message)
+    elif module == "boinc_executor" and type_name == "JobFailedError":
+        exc = JobFailedError(message)
     elif module == "builtins" and type_name in _REBUILDABLE:
         exc = _builtin_exception(_REBUILDABLE[type_name], info.get("args"), message)
     else:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import ResultDecodeError, UnsafeResultError
-from . import classref
+from . import bounded, classref
 
 __all__ = ["TypePolicy", "decode_exception", "register_trusted_type", "safe_loads"]
 
@@ -300,11 +300,10 @@ class _ClassRefs:
         return None
 
 
-class _RestrictedUnpickler(_ClassRefs, pickle.Unpickler):
-    def __init__(self, data: bytes, policy: TypePolicy) -> None:
-        super().__init__(io.BytesIO(data))
-        self._policy = policy
-        self.refs = []
+class _PolicyGlobals(_ClassRefs):
+    """What both restricted readers resolve: class references, then the type policy."""
+
+    _policy: TypePolicy
 
     def find_class(self, module: str, name: str) -> Any:
         entry = self.class_ref_entry(module, name)
@@ -323,7 +322,7 @@ class _RestrictedUnpickler(_ClassRefs, pickle.Unpickler):
                 f"if you trust it, pass trusted_types=[{module + '.' + name!r}] to the "
                 "executor or call boinc_executor.register_trusted_type()"
             )
-        return super().find_class(module, name)
+        return super().find_class(module, name)  # type: ignore[misc]
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeResultError("result uses persistent IDs, which are never allowed")
@@ -331,6 +330,33 @@ class _RestrictedUnpickler(_ClassRefs, pickle.Unpickler):
     def explicitly_trusted(self, module: str, qualname: str) -> bool:
         """Classes in ``trusted_types`` or registered: their own pickling code may run."""
         return self._policy.allows(module, qualname)
+
+
+class _NeedsBounds(Exception):
+    """The C reader met a callable only the bounded reader may call: start over there."""
+
+
+class _RestrictedUnpickler(_PolicyGlobals, pickle.Unpickler):
+    """The C unpickler, for small payloads that name no guarded callable (see .bounded)."""
+
+    def __init__(self, data: bytes, policy: TypePolicy) -> None:
+        super().__init__(io.BytesIO(data))
+        self._policy = policy
+        self.refs = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if bounded.needs_bounds(module, name):
+            raise _NeedsBounds
+        return super().find_class(module, name)
+
+
+class _BoundedRestricted(_PolicyGlobals, bounded.BoundedUnpickler):
+    """The bounded pure-Python reader: memory and hashing work bounded by the payload."""
+
+    def __init__(self, data: bytes, policy: TypePolicy) -> None:
+        super().__init__(data)
+        self._policy = policy
+        self.refs = []
 
 
 class _TrustingUnpickler(_ClassRefs, pickle.Unpickler):
@@ -357,19 +383,31 @@ def _resolve_by_import(module: str, qualname: str) -> type:
 
 
 def safe_loads(data: bytes, policy: TypePolicy) -> Any:
-    """Decode a pickle payload under ``policy``.
+    """Decode a pickle payload under ``policy``, in memory and time bounded by its size.
+
+    Small payloads that name no guarded callable are read by the C unpickler;
+    everything else by the bounded pure-Python reader (see :mod:`.bounded`).
 
     Raises:
         UnsafeResultError: the payload names a type that is not allowed.
-        ResultDecodeError: the payload is malformed (truncated, garbage, too deep).
+        ResultDecodeError: the payload is malformed (truncated, garbage, too deep),
+            or asks for more memory or hashing work than its size allows.
     """
     unpickler: _ClassRefs | None = None
     try:
         if policy.trust_all:
             unpickler = trusting = _TrustingUnpickler(data)
             return trusting.rebuild(trusting.load(), _resolve_by_import)
-        unpickler = restricted = _RestrictedUnpickler(data, policy)
-        value = restricted.load()
+        restricted: _PolicyGlobals
+        if bounded.fast_path_ok(data):
+            unpickler = restricted = _RestrictedUnpickler(data, policy)
+        else:
+            unpickler = restricted = _BoundedRestricted(data, policy)
+        try:
+            value = restricted.load()
+        except _NeedsBounds:
+            unpickler = restricted = _BoundedRestricted(data, policy)
+            value = restricted.load()
     except ResultDecodeError:
         raise
     except (Exception, RecursionError) as exc:

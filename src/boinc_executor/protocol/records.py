@@ -255,6 +255,8 @@ def decode_frame(data: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
         header = json.loads(line)
     except ValueError as exc:
         raise ProtocolError(f"{kind} file header is not valid JSON: {exc}") from exc
+    except RecursionError:  # a volunteer's header nested deeper than the parser's stack
+        raise ProtocolError(f"{kind} file header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"{kind} file header is not a JSON object")
     return header, payload
@@ -478,6 +480,21 @@ def encode_error_record(
     return encode_frame(KIND_RESULT, header)
 
 
+def _text_field(header: dict[str, Any], key: str) -> str:
+    """A header field that must be text; anything else (a nested list, say) is refused."""
+    value = header.get(key, "")
+    if not isinstance(value, str):
+        raise ProtocolError(f"record header field {key!r} is a {type(value).__name__}, not text")
+    return value
+
+
+def _brief(value: Any) -> str:
+    """A short, always-computable description of a volunteer's value for a message."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return repr(value)[:100]
+    return f"<a {type(value).__name__}>"
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     """A decoded result or error record.
@@ -517,10 +534,10 @@ def decode_result(
     header, payload = decode_frame(data, KIND_RESULT)
     job = header.get("job")
     if job != expect_job:
-        raise ProtocolError(f"record names job {job!r} but was delivered as {expect_job!r}")
-    host = str(header.get("host", ""))
-    stdout = str(header.get("stdout", ""))
-    stderr = str(header.get("stderr", ""))
+        raise ProtocolError(f"record names job {_brief(job)} but was delivered as {expect_job!r}")
+    host = _text_field(header, "host")
+    stdout = _text_field(header, "stdout")
+    stderr = _text_field(header, "stderr")
     outputs = read_outputs(header, max(expect_calls, 0))
     if header.get("status") == "error":
         error = header.get("error")
@@ -530,7 +547,7 @@ def decode_result(
             expect_job, False, error=error, host=host, stdout=stdout, stderr=stderr, outputs=outputs
         )
     if header.get("status") != "ok":
-        raise ProtocolError(f"record has unknown status {header.get('status')!r}")
+        raise ProtocolError(f"record has unknown status {_brief(header.get('status'))}")
     outcomes = safe_loads(payload, policy)
     if not isinstance(outcomes, list) or len(outcomes) != expect_calls:
         raise ResultDecodeError(

@@ -71,6 +71,7 @@ RUNNER_MODULES = (
     "protocol.records",
     "protocol.fileio",
     "protocol.decoding",
+    "protocol.bounded",
     "protocol.classref",
     "protocol.taskoutput",
     "errors",

@@ -26,6 +26,7 @@ It imports nothing server-side: only the standard library and the protocol.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -46,6 +47,7 @@ _SOFT_LINK_CLOSE = b"</soft_link>"
 _MAX_LINK_FILE = 4096
 _MAX_INPUT_BYTES = 2**31
 _UNKNOWN_JOB = "unknown_0_0"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 # Long-lived local workers run many jobs of one function: keep the loaded
 # function rather than unpickling the same program file for every job.
@@ -280,12 +282,35 @@ def run_slot(slot: Path) -> int:
     else:
         record = execute(program, data, hint)
     try:
-        protocol.atomic_write(output, record)
+        try:
+            protocol.atomic_write(output, record)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            # The failed write's temp file is gone again, so a small record still fits.
+            print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
+            record = _failure(
+                _record_job(record, hint),
+                f"the disk is full on {protocol.host_name()}: the job's result record "
+                f"({len(record)} bytes) could not be written to {output.parent} ({exc.strerror}); "
+                "free space there (or return smaller results) and run the job again",
+            )
+            protocol.atomic_write(output, record)
         protocol.atomic_write(slot / protocol.FINISH_FILE, b"0\n")
     except OSError as exc:
         print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _record_job(record: bytes, fallback: str) -> str:
+    """The job a record we just encoded is for."""
+    try:
+        header, _ = protocol.decode_frame(record, protocol.KIND_RESULT)
+    except protocol.ProtocolError:
+        return fallback
+    job = header.get("job")
+    return job if isinstance(job, str) else fallback
 
 
 def main(argv: list[str] | None = None) -> int:
