@@ -39,6 +39,7 @@ from boinc_executor import (
     WorkunitError,
     protocol,
 )
+from boinc_executor.protocol.pack import handled_records
 from tests import hostile_records as hostile
 from tests import jobs
 
@@ -95,7 +96,8 @@ def test_deeply_nested_header_fails_the_future_once(blocked) -> None:
     with pytest.raises(ResultDecodeError, match="nested too deeply"):
         victim.result(timeout=30)
     assert _new_is_empty(ex)
-    assert (ex.batch_dir / protocol.OLD / protocol.record_file_name(job, "evil")).exists()
+    packed = handled_records(ex.batch_dir)  # refused, and kept in the pack for inspection
+    assert packed[job].name == protocol.record_file_name(job, "evil")
     _still_collecting(ex, gate)
 
 
