@@ -20,6 +20,7 @@ from boinc_executor import (
     ConfigError,
     JobLostError,
     RemoteError,
+    protocol,
 )
 from tests import jobs
 
@@ -207,8 +208,9 @@ def test_exit_without_shutdown_finishes_the_work(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
-    assert sorted(p.name for p in (batch / "old").iterdir()) == sorted(
-        f"pyb_{i}_{j}.local-0.result" for i in [_batch_id(batch)] for j in range(5)
+    handled = [protocol.parse_record_name(p.name) for p in (batch / "old").iterdir()]
+    assert sorted(job for job, _ in handled) == sorted(
+        f"pyb_{_batch_id(batch)}_{j}" for j in range(5)
     )
     assert list((batch / "new").iterdir()) == []
 

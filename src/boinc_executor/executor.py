@@ -155,7 +155,9 @@ class BoincExecutor(Executor):
                 remove_when_complete=explicit is None,
             )
             backend.attach(
-                batch, checkpoint, BackendEvents(collector.job_started, collector.wake.set)
+                batch,
+                checkpoint,
+                BackendEvents(collector.job_started, collector.wake.set, collector.job_failed),
             )
         except BaseException:
             batch.close()

@@ -59,10 +59,22 @@ class BackendEvents:
             longer be cancelled).
         wake: a record has probably arrived in ``new/``; scan now rather than
             at the next poll.
+        failed: a job's outcome could not be delivered as a record at all (a
+            full disk); its futures fail with ``error``. The job keeps its
+            journal line without a record, so a re-run or ``resume`` runs it
+            again. None: the backend logs the failure and leaves it to a re-run.
     """
 
     started: Callable[[str], None]
     wake: Callable[[], None]
+    failed: Callable[[str, BaseException], None] | None = None
+
+    def record_delivered(self, name: str) -> None:
+        """A record named ``name`` was just placed into ``new/``.
+
+        This implementation wakes the collector, whose scan then finds it.
+        """
+        self.wake()
 
 
 class Backend(abc.ABC):
@@ -104,6 +116,16 @@ class Backend(abc.ABC):
         Physical names are immutable: staging a name that already exists with the
         same content is a no-op. ``shared`` files (programs) serve many jobs.
         """
+
+    def stage_input(self, entry: JournalEntry, data: bytes) -> JournalEntry:
+        """Stage a job's data file; returns the journal entry that says where it went.
+
+        By default the data file is staged as the file ``entry.data`` and the
+        entry is returned unchanged; a backend that packs its inputs returns the
+        entry with the pack's name, offset and size, and the collector journals that.
+        """
+        self.stage(entry.data, data, shared=False)
+        return entry
 
     def wait_staged(self) -> None:  # noqa: B027 - optional hook for asynchronous staging
         """Return once every file staged so far is durable where volunteers fetch it.
