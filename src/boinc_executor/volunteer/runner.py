@@ -344,7 +344,8 @@ def write_in_place(path: str, data: bytes) -> None:
         written = 0
         while written < len(data):
             written += os.write(fd, view[written:])
-        os.ftruncate(fd, len(data))
+        if os.fstat(fd).st_size > len(data):  # a same-size truncate still costs a journal entry
+            os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 
