@@ -37,6 +37,7 @@ tags carry the slot, so two deliveries never share a record name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -195,7 +196,7 @@ class _Worker:
 
     def run(self) -> None:
         """Run jobs until the master closes stdin."""
-        from ..volunteer.runner import run_slot
+        from ..volunteer.runner import job_record, write_result
 
         while True:
             self._read(block=not self._queue)  # a withdrawal of the next job may be waiting
@@ -210,11 +211,14 @@ class _Worker:
             try:
                 data = self._input(pack, int(offset), int(size))
                 self._slot.lay_out(job, program, data, attempt)
-                code = run_slot(self._slot.path)
             except (OSError, protocol.ProtocolError) as exc:
-                reason = f"the local worker could not lay out job {job}: {exc}"
-                code = 1
-            self._deliver(job, attempt, code, reason)
+                reason = f"the local worker could not lay out job {job}: {_explain(exc)}"
+            else:
+                try:
+                    write_result(self._slot.path, job_record(self._slot.path))
+                except OSError as exc:
+                    reason = f"the runner could not write the result of job {job}: {_explain(exc)}"
+            self._deliver(job, attempt, 1 if reason else 0, reason)
 
     def _input(self, pack: str, offset: int, size: int) -> bytes:
         if offset >= 0:
@@ -243,6 +247,16 @@ class _Worker:
             self._say(f"F {job} {' '.join(str(exc).split())}\n")
             return
         self._say(f"D {job} {name}\n")
+
+
+def _explain(exc: BaseException) -> str:
+    """An OS error as a message; a full disk also says what to do."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"{exc}. The disk is full: free space, then run the script again or "
+            "BoincExecutor.resume() to run the job again"
+        )
+    return str(exc)
 
 
 def main(argv: list[str]) -> int:

@@ -200,16 +200,19 @@ def _picklable_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
 def run_slot(slot: Path | str) -> int:
     """Run the job laid out in ``slot``; returns the process exit code."""
     slot = os.fspath(slot)
+    return write_outputs(slot, job_record(slot))
+
+
+def job_record(slot: str) -> bytes:
+    """Run the job laid out in ``slot``; returns its result or error record."""
     try:
         program = _read_program(slot)
         data = read_input(slot, protocol.OPEN_DATA)
     except (OSError, protocol.ProtocolError) as exc:
-        record = _failure(slot_job_name(Path(slot)), f"job input missing or unreadable: {exc}")
-    else:
-        # init_data.xml only names the job when the data file cannot.
-        hint = _job_of(data, "") or slot_job_name(Path(slot))
-        record = execute(program, data, hint)
-    return write_outputs(slot, record)
+        return _failure(slot_job_name(Path(slot)), f"job input missing or unreadable: {exc}")
+    # init_data.xml only names the job when the data file cannot.
+    hint = _job_of(data, "") or slot_job_name(Path(slot))
+    return execute(program, data, hint)
 
 
 # --------------------------------------------------------------------------- slot I/O
@@ -350,11 +353,20 @@ def write_in_place(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def write_result(slot: str, record: bytes) -> None:
+    """Write the record under the output's open name, then ``boinc_finish_called``.
+
+    Raises:
+        OSError: either could not be written (a full disk, most likely).
+    """
+    write_in_place(_output_path(slot), record)
+    write_in_place(os.path.join(slot, protocol.FINISH_FILE), b"0\n")
+
+
 def write_outputs(slot: str, record: bytes) -> int:
-    """Write the record under the output's open name, then ``boinc_finish_called``."""
+    """:func:`write_result`, as an exit code: 1 (and a line on stderr) if it failed."""
     try:
-        write_in_place(_output_path(slot), record)
-        write_in_place(os.path.join(slot, protocol.FINISH_FILE), b"0\n")
+        write_result(slot, record)
     except OSError as exc:
         print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
         return 1
