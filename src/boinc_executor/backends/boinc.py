@@ -335,7 +335,7 @@ class BoincBackend(Backend):
 
         def staged(name: str) -> bool:
             if name not in present:
-                present[name] = self._stager.path(name).is_file()
+                present[name] = self._stager.is_staged(name)
             return present[name]
 
         kept = []

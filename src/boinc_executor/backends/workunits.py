@@ -95,10 +95,11 @@ class Stager:
         self._batch: list[tuple[str, bytes, bool]] = []
         self._error: SubmissionError | None = None
         self._fanout_made: set[str] = set()
+        self._written: set[str] = set()  # staged by this process: no stat needed to know
 
-    def path(self, name: str) -> Path:
-        """Where file ``name`` lives in the download hierarchy."""
-        return Path(self._path(name))
+    def is_staged(self, name: str) -> bool:
+        """Whether file ``name`` is in the download hierarchy (after :meth:`wait`)."""
+        return name in self._written or os.path.isfile(self._path(name))
 
     def _path(self, name: str) -> str:
         return os.path.join(self._download, self._config.fanout_dir(name), name)
@@ -166,11 +167,12 @@ class Stager:
                 fd = os.open(path, _CREATE_FLAGS, 0o666)
             except FileExistsError:
                 if shared or _same_content(path, data):
+                    self._written.add(name)
                     return  # immutable names: already staged
                 fd = os.open(path, os.O_WRONLY | _CLOEXEC)  # torn by a killed master
+                os.ftruncate(fd, len(data))
             try:
                 _write_all(fd, data)
-                os.ftruncate(fd, len(data))
             finally:
                 os.close(fd)
             if self._md5_cache:
@@ -180,6 +182,7 @@ class Stager:
                     _write_all(fd, f"{digest} {float(len(data)):.15e}\n".encode())
                 finally:
                     os.close(fd)
+            self._written.add(name)
         except OSError as exc:
             self._error = SubmissionError(
                 f"cannot stage {name} into {directory}: {exc}; the submitting user needs write "
