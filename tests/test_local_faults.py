@@ -174,3 +174,19 @@ def test_full_disk_fails_the_queued_jobs_clearly(small_disk: Path, tmp_path: Pat
         record.unlink()  # error records some jobs may have left when space came back
     with BoincExecutor.resume(batch_id, max_workers=2) as again:
         assert [len(v) for v in again.results(timeout=60)] == [200_000] * 8
+
+
+def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) -> None:
+    """Issue 11.16. Invariant: a job queued on a worker before its current job turned out
+    long is taken back and run by a worker that becomes idle, while the long job runs."""
+    gate = tmp_path / "gate"
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        assert list(ex.map(jobs.square, range(4))) == [0, 1, 4, 9]  # both workers are up
+        long_job = ex.submit(jobs.wait_for_file, str(gate), "long")
+        short = ex.submit(jobs.sleep_and_return, 0.3, "short")
+        queued = [ex.submit(jobs.square, i) for i in range(3)]
+        assert [f.result(timeout=20) for f in queued] == [0, 1, 4]
+        assert short.result(timeout=20) == "short"
+        assert not long_job.done()
+        gate.touch()
+        assert long_job.result(timeout=30) == "long"

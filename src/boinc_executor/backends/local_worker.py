@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO
 
 from .. import protocol
-from ..protocol.inputpack import PackReader
+from ..protocol.inputpack import PackReader, check_pack_name
 
 __all__ = ["record_tag"]
 
@@ -224,7 +224,7 @@ class _Worker:
         if offset >= 0:
             return self._packs.read(pack, offset, size)
         # A batch journaled by an older release: one data file per job in download/.
-        path = os.path.join(self._slot.download, pack)
+        path = os.path.join(self._slot.download, check_pack_name(pack))
         return protocol.read_bounded(Path(path), 2**31)
 
     def _deliver(self, job: str, attempt: int, code: int, reason: str) -> None:

@@ -33,7 +33,7 @@ _PACK_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 
 
 def check_pack_name(name: str) -> str:
-    """Validate a pack name taken from a journal line; returns it unchanged.
+    """Validate a pack (or data file) name taken from a journal line; returns it unchanged.
 
     Raises:
         ProtocolError: the name could point outside the pack directory.
