@@ -51,7 +51,7 @@ from ..config import JobParams, state_home
 from ..errors import BatchNotFoundError, JobFailedError
 from ..protocol.inputpack import PackWriter
 from .base import Backend, BackendEvents
-from .local_worker import record_tag
+from .local_worker import STDOUT_FD_ENV, record_tag
 
 __all__ = ["LocalBackend"]
 
@@ -61,6 +61,14 @@ _PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
 _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
 _LONG_JOB = 0.05  # seconds after which a running job no longer gets a job queued behind it
 _WORKER_MODULE = "boinc_executor.backends.local_worker"
+
+
+def _dup_stdout() -> int | None:
+    """A copy of this process's fd 1 for a worker, or None when there is none."""
+    try:
+        return os.dup(1)
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- registry
@@ -273,9 +281,22 @@ class LocalBackend(Backend):
         assert self._batch_dir is not None
         env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
         argv = [sys.executable, "-m", _WORKER_MODULE, str(self._batch_dir), worker.slot]
-        return subprocess.Popen(
-            [*argv, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-        )
+        # The worker's fd 1 is the protocol pipe: hand it this process's stdout
+        # under another number, so what a task prints reaches our stdout.
+        user_out = _dup_stdout()
+        if user_out is not None:
+            env[STDOUT_FD_ENV] = str(user_out)
+        try:
+            return subprocess.Popen(
+                [*argv, str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                pass_fds=() if user_out is None else (user_out,),
+            )
+        finally:
+            if user_out is not None:
+                os.close(user_out)
 
     def _feed_all(self) -> None:
         """Deal pending jobs to the least busy workers, at most ``_PREFETCH`` deep each."""

@@ -51,7 +51,9 @@ from typing import IO
 from .. import protocol
 from ..protocol.inputpack import PackReader, check_pack_name
 
-__all__ = ["record_tag"]
+__all__ = ["STDOUT_FD_ENV", "record_tag"]
+
+STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
 
 _PR_SET_PDEATHSIG = 1
 _NOT_FINISHED = b"\0\0"  # boinc_finish_called before the runner has written "0\n" into it
@@ -269,10 +271,15 @@ def main(argv: list[str]) -> int:
     extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
     if extra:
         sys.path[:] = [p for p in json.loads(extra) if isinstance(p, str)]
-    # The protocol owns the original stdout; user output goes to stderr like a volunteer's.
+    # The protocol owns the original stdout; user output goes to the master's stdout
+    # (handed over under another fd), or to stderr when the master has none.
     report: IO[str] = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    user_out = os.environ.pop(STDOUT_FD_ENV, "")
+    if user_out.isdigit():
+        os.dup2(int(user_out), 1)
+        os.close(int(user_out))
+    else:
+        os.dup2(2, 1)
     _Worker(batch_dir, slot, master_pid, report).run()
     return 0
 
