@@ -120,6 +120,7 @@ def measure_naive(project: Project, n: int) -> float:
             job = protocol.job_name("naive", batch_id, i)
             data_name = protocol.data_file_name(job)
             backend.stage(data_name, protocol.encode_data(job, [((i,), {})]), shared=False)
+            backend.wait_staged()  # staging is asynchronous; create_work reads the file
             done = subprocess.run(
                 [str(project.root / "bin" / "create_work"), "--appname", "pyboinc",
                  "--batch", str(batch_id), "--wu_name", job, *options, program_name, data_name],

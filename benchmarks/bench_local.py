@@ -1,25 +1,30 @@
 """BoincExecutor on the embedded local backend against ProcessPoolExecutor, in one run.
 
 Run ``python benchmarks/bench_local.py [--quick] [--workers N] [--repeat R]``.
-It prints one report with three parts, each measured for both executors on the
-same machine, with the same worker count and the same workload:
+Every figure is measured for both executors on the same machine, with the same
+worker count and workload, in the same run, and printed as a ratio to
+``ProcessPoolExecutor`` (the machine may be loaded: only the ratios compare):
 
-* **Throughput**: tasks/s of ``map(operator.neg, range(N), chunksize=c)`` for
-  c = 1, 10, 100 on warm executors (start-up excluded), best of R runs,
-  interleaved so that drift hits both executors alike. The ratio
-  BoincExecutor/ProcessPoolExecutor is checked against the targets
-  (>= 0.5 at chunksize 1, >= 0.9 at chunksize 100).
-* **Latency**: submit -> result of one trivial job on a warm executor, median and
-  p95 over sequential submits.
+* **Throughput** of ``map`` on warm executors (start-up excluded): a trivial task
+  (``operator.neg``) at chunksize 1, 10 and 100, and a task that spins the CPU
+  for 1 ms and for 10 ms. Each is repeated R times with the executors
+  interleaved; the ratio of each repetition is kept, and the minimum and median
+  are printed with the targets (>= 0.5, -, 0.6, 0.85, 0.95).
+* **Latency**: submit -> result of one trivial job, median over sequential
+  submits; target <= 2x ProcessPoolExecutor's.
+* **After deletions**: BoincExecutor's chunksize-1 throughput right after 20,000
+  files were created and deleted on the batch directories' file system, against
+  the same measure just before; target: it falls by at most 20%.
+* **Syscalls per job**, where ``strace`` is installed: ``strace -c -f`` of a child
+  running N and then 2N jobs, the difference divided by N (start-up cancels out).
+* **Files per job** (Linux): inotify events under the batch directory during a
+  run: files created, deleted and renamed per job.
 * **Memory per pending job**: in a fresh child process (so earlier phases cannot
   raise the baseline), one worker is blocked on a file, N trivial calls are
   submitted, and the master's growth is measured twice, in separate children:
   the resident set (peak ``VmHWM`` after resetting it, and ``VmRSS`` once every
-  job is handed over) and the Python heap (``tracemalloc`` peak, which would
-  inflate the RSS figure if both ran together). The target (<= 2 KiB per
-  pending job) is compared with the RSS peak: it is what the machine has to
-  provide, allocator overhead included. Then the worker is released and the
-  executor is shut down with the rest cancelled.
+  job is handed over) and the Python heap (``tracemalloc`` peak). The target is
+  compared with the RSS peak.
 
 Nothing lands in the user's home: ``BOINC_EXECUTOR_HOME`` points at a temporary
 directory that is removed at the end. Results are checked, so a fast wrong answer
@@ -30,6 +35,7 @@ because a target was missed (timing is not a test).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import operator
@@ -49,26 +55,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNKSIZES = (1, 10, 100)
-TARGETS = {1: 0.5, 100: 0.9}  # minimum BoincExecutor/ProcessPool throughput ratio
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import local_probes
+
 MEMORY_TARGET = 2048  # bytes per pending job in the BoincExecutor master
+LATENCY_TARGET = 2.0  # BoincExecutor latency at most this many times ProcessPool's
+CHURN_TARGET = 0.8  # throughput after 20,000 deletions, relative to just before
 KINDS = ("ProcessPool", "BoincExecutor")
+
+
+def spin(seconds: float) -> float:
+    """The CPU-bound workload: busy for ``seconds``, as a real task would be."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One throughput measurement: ``map(fn, args, chunksize=...)``."""
+
+    label: str
+    seconds: float  # the task's CPU time (0: operator.neg)
+    chunksize: int
+    n: int
+    target: float | None
+
+    def run(self, executor: Executor) -> float:
+        """Tasks/s of one checked ``map``."""
+        start = time.perf_counter()
+        if self.seconds:
+            total = sum(executor.map(spin, [self.seconds] * self.n, chunksize=self.chunksize))
+            ok = abs(total - self.seconds * self.n) < 1e-6 * self.n
+        else:
+            total = sum(executor.map(operator.neg, range(self.n), chunksize=self.chunksize))
+            ok = total == -(self.n * (self.n - 1) // 2)
+        elapsed = time.perf_counter() - start
+        if not ok:
+            raise RuntimeError(f"{type(executor).__name__}.map returned wrong results")
+        return self.n / elapsed
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How much work each measurement does."""
 
-    tasks: dict[int, int]  # chunksize -> N
+    workloads: tuple[Workload, ...]
     repeat: int
     latency_submits: int
     pending: int
+    syscall_jobs: int
 
 
-FULL = Sizes(
-    tasks={1: 3000, 10: 20_000, 100: 100_000}, repeat=3, latency_submits=50, pending=100_000
-)
-QUICK = Sizes(tasks={1: 600, 10: 3000, 100: 20_000}, repeat=3, latency_submits=20, pending=10_000)
+def _workloads(scale: float) -> tuple[Workload, ...]:
+    def n(full: int) -> int:
+        return max(20, int(full * scale))
+
+    return (
+        Workload("trivial, chunksize 1", 0.0, 1, n(3000), 0.5),
+        Workload("trivial, chunksize 10", 0.0, 10, n(20_000), None),
+        Workload("trivial, chunksize 100", 0.0, 100, n(100_000), 0.6),
+        Workload("1 ms task", 0.001, 1, n(2000), 0.85),
+        Workload("10 ms task", 0.01, 1, n(300), 0.95),
+    )
+
+
+FULL = Sizes(_workloads(1.0), repeat=5, latency_submits=50, pending=100_000, syscall_jobs=1000)
+QUICK = Sizes(_workloads(0.2), repeat=3, latency_submits=20, pending=10_000, syscall_jobs=200)
 
 
 # --------------------------------------------------------------------------- executors
@@ -92,37 +147,35 @@ def _make(kind: str, workers: int) -> Executor:
 
 
 def _warm_up(executor: Executor, workers: int) -> None:
-    """Start every worker and load the workload once, so start-up is not measured."""
-    for chunksize in CHUNKSIZES:
+    """Start every worker and load the workloads once, so start-up is not measured."""
+    for chunksize in (1, 10, 100):
         n = workers * 20 * chunksize
         if sum(executor.map(operator.neg, range(n), chunksize=chunksize)) != -sum(range(n)):
             raise RuntimeError("warm-up returned wrong results")
+    list(executor.map(spin, [0.001] * workers * 4))
 
 
-def _run_map(executor: Executor, n: int, chunksize: int) -> float:
-    """Seconds for one checked ``map`` of ``n`` trivial tasks."""
-    start = time.perf_counter()
-    total = sum(executor.map(operator.neg, range(n), chunksize=chunksize))
-    elapsed = time.perf_counter() - start
-    if total != -(n * (n - 1) // 2):
-        raise RuntimeError(f"{type(executor).__name__}.map returned wrong results")
-    return elapsed
+def measure_throughput(
+    executors: dict[str, Executor], sizes: Sizes
+) -> dict[str, dict[str, list[float]]]:
+    """Per workload: each executor's tasks/s and the ratio, one entry per repetition.
 
-
-def measure_throughput(executors: dict[str, Executor], sizes: Sizes) -> dict[int, dict[str, float]]:
-    """Best tasks/s per chunksize and executor; repetitions interleave the executors."""
-    best: dict[int, dict[str, float]] = {c: dict.fromkeys(executors, 0.0) for c in CHUNKSIZES}
+    The executors alternate within each repetition, so drift hits both alike.
+    """
+    table: dict[str, dict[str, list[float]]] = {
+        w.label: {k: [] for k in (*KINDS, "ratio")} for w in sizes.workloads
+    }
     for _ in range(sizes.repeat):
-        for chunksize in CHUNKSIZES:
-            n = sizes.tasks[chunksize]
+        for workload in sizes.workloads:
+            row = table[workload.label]
             for kind, executor in executors.items():
-                rate = n / _run_map(executor, n, chunksize)
-                best[chunksize][kind] = max(best[chunksize][kind], rate)
-    return best
+                row[kind].append(workload.run(executor))
+            row["ratio"].append(row["BoincExecutor"][-1] / row["ProcessPool"][-1])
+    return table
 
 
-def measure_latency(executor: Executor, submits: int) -> tuple[float, float]:
-    """Median and p95 seconds from ``submit`` to ``result()`` of single sequential jobs."""
+def measure_latency(executor: Executor, submits: int) -> float:
+    """Median seconds from ``submit`` to ``result()`` of single sequential jobs."""
     for i in range(5):  # the first submit of a new (fn, argument) shape may pickle more
         executor.submit(operator.neg, i).result()
     samples = []
@@ -131,8 +184,51 @@ def measure_latency(executor: Executor, submits: int) -> tuple[float, float]:
         if executor.submit(operator.neg, i).result() != -i:
             raise RuntimeError("latency job returned a wrong result")
         samples.append(time.perf_counter() - start)
-    p95 = statistics.quantiles(samples, n=20, method="inclusive")[18]
-    return statistics.median(samples), p95
+    return statistics.median(samples)
+
+
+def measure_churn(executor: Executor, home: Path, sizes: Sizes) -> tuple[float, float]:
+    """BoincExecutor's chunksize-1 rate (median of 3) before and right after 20,000 deletions."""
+    workload = sizes.workloads[0]
+    before = statistics.median(workload.run(executor) for _ in range(3))
+    local_probes.churn(home / "churn")
+    after = statistics.median(workload.run(executor) for _ in range(3))
+    return before, after
+
+
+def measure_files(executor: Executor, n: int) -> dict[str, float] | None:
+    """Files created, deleted and moved in per job under the batch directory (inotify)."""
+    from boinc_executor import BoincExecutor
+
+    if not local_probes.FileEvents.available():
+        return None
+    assert isinstance(executor, BoincExecutor)
+    with local_probes.FileEvents(executor.batch_dir) as events:
+        if sum(executor.map(operator.neg, range(n))) != -(n * (n - 1) // 2):
+            raise RuntimeError("files run returned wrong results")
+        time.sleep(0.5)  # let the collector move the last records to old/
+    return {k: events.counts[k] / n for k in ("created", "deleted", "moved_in")}
+
+
+def syscall_child(kind: str, n: int) -> None:
+    """Run ``n`` trivial jobs at chunksize 1 on a fresh executor (under strace)."""
+    executor = _make(kind, 2)
+    with executor:
+        if sum(executor.map(operator.neg, range(n))) != -(n * (n - 1) // 2):
+            raise RuntimeError("syscall child returned wrong results")
+
+
+def measure_syscalls(kind: str, n: int, scratch: Path) -> float | None:
+    """System calls per job: strace of 2n jobs minus strace of n jobs, over n."""
+    counts = []
+    for jobs in (n, 2 * n):
+        argv = [sys.executable, __file__, "--syscall-child", kind, "--pending", str(jobs)]
+        argv += ["--scratch", str(scratch)]
+        count = local_probes.syscalls(argv, scratch / f"strace-{kind}-{jobs}.txt")
+        if count is None:
+            return None
+        counts.append(count)
+    return (counts[1] - counts[0]) / n
 
 
 # --------------------------------------------------------------------------- memory child
@@ -287,12 +383,15 @@ def _file_system(path: Path) -> str:
     return kind
 
 
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
 def print_report(
     sizes: Sizes,
     workers: int,
     home: Path,
-    throughput: dict[int, dict[str, float]],
-    latency: dict[str, tuple[float, float]],
+    results: dict[str, Any],
     memory: dict[str, dict[str, Any]],
     elapsed: float,
 ) -> None:
@@ -300,29 +399,59 @@ def print_report(
     print(
         f"boinc-executor local benchmark: Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"max_workers={workers}"
+        f"max_workers={workers}, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(f"batch directories under {home.parent} ({_file_system(home)})")
-    print("workload: operator.neg on range(N); results checked; executors warm\n")
-    print(f"Throughput, tasks/s (best of {sizes.repeat}, executors interleaved)")
-    head = f"{'chunksize':>9} {'N':>8} {'ProcessPool':>12} {'BoincExecutor':>14}"
-    print(f"{head} {'ratio':>6} {'target':>7}  verdict")
-    for chunksize in CHUNKSIZES:
-        row = throughput[chunksize]
-        ratio = row["BoincExecutor"] / row["ProcessPool"]
-        target = TARGETS.get(chunksize)
-        goal = f">= {target}" if target else "-"
-        verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
+    print("results checked; executors warm; ratio = BoincExecutor / ProcessPool per repetition\n")
+    print(f"Throughput, tasks/s (median of {sizes.repeat}, executors interleaved)")
+    print(
+        f"{'workload':<24} {'N':>7} {'ProcessPool':>12} {'BoincExecutor':>14} "
+        f"{'ratio min':>9} {'median':>7} {'target':>7}  verdict"
+    )
+    for w in sizes.workloads:
+        row = results["throughput"][w.label]
+        low, mid = min(row["ratio"]), statistics.median(row["ratio"])
+        goal = f">= {w.target}" if w.target else "-"
+        verdict = "" if w.target is None else _verdict(mid >= w.target)
         print(
-            f"{chunksize:>9} {sizes.tasks[chunksize]:>8} {_rate(row['ProcessPool']):>12} "
-            f"{_rate(row['BoincExecutor']):>14} {ratio:>6.2f} {goal:>7}  {verdict}"
+            f"{w.label:<24} {w.n:>7} {_rate(statistics.median(row['ProcessPool'])):>12} "
+            f"{_rate(statistics.median(row['BoincExecutor'])):>14} {low:>9.2f} {mid:>7.2f} "
+            f"{goal:>7}  {verdict}"
         )
-    print(f"\nLatency, submit -> result of one job ({sizes.latency_submits} sequential submits)")
-    print(f"{'':<14} {'median':>10} {'p95':>10}")
-    for kind in KINDS:
-        median, p95 = latency[kind]
-        print(f"{kind:<14} {_ms(median):>10} {_ms(p95):>10}")
+    latency = results["latency"]
+    ratio = latency["BoincExecutor"] / latency["ProcessPool"]
+    print(
+        f"\nLatency, submit -> result (median of {sizes.latency_submits}): ProcessPool "
+        f"{_ms(latency['ProcessPool'])}, BoincExecutor {_ms(latency['BoincExecutor'])}, "
+        f"ratio {ratio:.2f} (target <= {LATENCY_TARGET}): {_verdict(ratio <= LATENCY_TARGET)}"
+    )
+    before, after = results["churn"]
+    print(
+        f"After 20,000 files were deleted on that file system: chunksize-1 rate "
+        f"{_rate(before)}/s before, {_rate(after)}/s after, ratio {after / before:.2f} "
+        f"(target >= {CHURN_TARGET}): {_verdict(after / before >= CHURN_TARGET)}"
+    )
+    calls = results["syscalls"]
+    if calls["BoincExecutor"] is None:
+        print("Syscalls per job: n/a (install strace)")
+    else:
+        print(
+            f"Syscalls per job (strace -c -f, whole process tree, chunksize 1): ProcessPool "
+            f"{calls['ProcessPool']:.0f}, BoincExecutor {calls['BoincExecutor']:.0f}"
+        )
+    files = results["files"]
+    if files is None:
+        print("Files per job: n/a (needs Linux inotify)")
+    else:
+        print(
+            f"Files per job under the batch directory (inotify): created {files['created']:.2f}, "
+            f"deleted {files['deleted']:.2f}, renamed in {files['moved_in']:.2f} "
+            "(ProcessPool: none)"
+        )
     n = sizes.pending
+    if not memory:
+        print(f"\ntotal benchmark time {elapsed:.0f}s (memory not measured)")
+        return
     print(f"\nMemory per pending job: {n:,} jobs queued behind 1 blocked worker (fresh process)")
     print(
         f"{'':<14} {'RSS peak':>10} {'RSS after':>10} {'heap peak':>10} {'heap after':>11} "
@@ -336,18 +465,11 @@ def print_report(
             f"{_per_job(m.get('heap_peak'), n):>10} {_per_job(m.get('heap_after'), n):>11} "
             f"{m['submit_s']:>7.1f}s {m['handed_over_s']:>11.1f}s"
         )
-    boinc = memory["BoincExecutor"]
-    peak = boinc.get("rss_peak")
-    if peak is None:
-        print("BoincExecutor target <= 2 KiB per pending job on RSS peak: n/a (needs Linux /proc)")
+    peak, ppe = memory["BoincExecutor"].get("rss_peak"), memory["ProcessPool"].get("rss_peak")
+    if peak is None or ppe is None:
+        print("memory target (RSS peak <= ProcessPool's): n/a (needs Linux /proc)")
     else:
-        verdict = "PASS" if peak / n <= MEMORY_TARGET else "MISS"
-        print(f"BoincExecutor target <= 2 KiB per pending job on RSS peak: {verdict}")
-    print(
-        "(RSS: VmHWM/VmRSS growth over the baseline with workers warm; heap: tracemalloc, "
-        "measured in a separate child.\n submit: time for the submit() calls; handed over: "
-        "until every job was journaled and given to the backend.)"
-    )
+        print(f"memory target (RSS peak <= ProcessPool's): {_verdict(peak <= ppe)}")
     print(f"\ntotal benchmark time {elapsed:.0f}s")
 
 
@@ -363,16 +485,17 @@ def _scratch_home(parent: Path | None) -> Iterator[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (~20 s), for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="max_workers")
     parser.add_argument("--repeat", type=int, help="repetitions per throughput measurement")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
     parser.add_argument(
         "--tmpdir",
         type=Path,
-        help="where the batch directories live (default: the system temp dir); the local "
-        "backend creates several files per job, so the file system matters",
+        help="where the batch directories live (default: the system temp dir)",
     )
     parser.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--syscall-child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=("rss", "heap"), help=argparse.SUPPRESS)
     parser.add_argument("--pending", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
@@ -381,34 +504,45 @@ def main(argv: list[str] | None = None) -> int:
         _isolate_environment(args.scratch)
         print(json.dumps(memory_child(args.memory_child, args.pending, args.measure, args.scratch)))
         return 0
+    if args.syscall_child:
+        _isolate_environment(args.scratch)
+        syscall_child(args.syscall_child, args.pending)
+        return 0
     sizes = QUICK if args.quick else FULL
     if args.repeat:
-        sizes = Sizes(sizes.tasks, args.repeat, sizes.latency_submits, sizes.pending)
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
     began = time.perf_counter()
     with _scratch_home(args.tmpdir) as home:
         _isolate_environment(home)
         executors: dict[str, Executor] = {}
+        results: dict[str, Any] = {}
         try:
             # In order: the process pool forks its workers before the BoincExecutor
             # starts any thread.
             for kind in KINDS:
                 executors[kind] = _make(kind, args.workers)
                 _warm_up(executors[kind], args.workers)
-            throughput = measure_throughput(executors, sizes)
-            latency = {
+            results["throughput"] = measure_throughput(executors, sizes)
+            results["latency"] = {
                 kind: measure_latency(ex, sizes.latency_submits) for kind, ex in executors.items()
             }
+            boinc = executors["BoincExecutor"]
+            results["files"] = measure_files(boinc, sizes.workloads[0].n)
+            results["churn"] = measure_churn(boinc, home, sizes)
         finally:
             for executor in executors.values():
                 executor.shutdown(wait=True)
+        results["syscalls"] = {
+            kind: measure_syscalls(kind, sizes.syscall_jobs, home) for kind in KINDS
+        }
         memory: dict[str, dict[str, Any]] = {}
-        for kind in KINDS:
+        for kind in KINDS if not args.no_memory else ():
             # Timings come from the RSS child: tracemalloc slows the heap child down.
             heap = run_memory(kind, sizes.pending, "heap", home)
             memory[kind] = run_memory(kind, sizes.pending, "rss", home)
             memory[kind].update(heap_peak=heap["heap_peak"], heap_after=heap["heap_after"])
         elapsed = time.perf_counter() - began
-        print_report(sizes, args.workers, home, throughput, latency, memory, elapsed)
+        print_report(sizes, args.workers, home, results, memory, elapsed)
     return 0
 
 

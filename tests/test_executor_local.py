@@ -19,6 +19,7 @@ from boinc_executor import (
     BoincExecutor,
     ConfigError,
     JobLostError,
+    protocol,
 )
 from boinc_executor.errors import RemoteTraceback
 from boinc_executor.protocol.pack import handled_records
@@ -206,8 +207,9 @@ def test_exit_without_shutdown_finishes_the_work(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
-    assert sorted(r.name for r in handled_records(batch).values()) == sorted(
-        f"pyb_{i}_{j}.local-0.result" for i in [_batch_id(batch)] for j in range(5)
+    handled = [protocol.parse_record_name(r.name) for r in handled_records(batch).values()]
+    assert sorted(job for job, _ in handled) == sorted(
+        f"pyb_{_batch_id(batch)}_{j}" for j in range(5)
     )
     assert list((batch / "new").iterdir()) == []
 

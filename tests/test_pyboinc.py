@@ -173,7 +173,14 @@ def test_slave_runs_from_the_volunteers_runner_zip(tmp_path: Path) -> None:
     shutil.copy(program, slot / protocol.OPEN_PROGRAM)
     batch_id = json.loads((work / protocol.CHECKPOINT).read_text())["batch_id"]
     job = protocol.job_name("pyb", batch_id, 7)
-    shutil.copy(download / protocol.data_file_name(job), slot / protocol.OPEN_DATA)
+    (line,) = [
+        json.loads(text)
+        for text in (work / protocol.JOURNAL).read_text().splitlines()
+        if json.loads(text)["job"] == job
+    ]
+    with open(work / "local" / line["data"], "rb") as pack:  # the input pack
+        pack.seek(line["data_offset"])
+        (slot / protocol.OPEN_DATA).write_bytes(pack.read(line["data_size"]))
     env.pop("BOINC_EXECUTOR_SYS_PATH", None)
     env.pop("PYTHONPATH", None)
     # -S: no site-packages, so not the installed boinc_executor either, as on a volunteer.

@@ -36,6 +36,8 @@ from .protocol.pack import RecordPack
 
 __all__ = ["BatchDir", "Checkpoint", "JournalEntry"]
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -71,7 +73,10 @@ class JournalEntry:
         n: number of calls the job carries (chunk membership).
         digest: digest of the job's input, to match replayed calls.
         program: physical name of the program file.
-        data: physical name of the data file.
+        data: physical name of the data file, or of the input pack holding it.
+        data_offset: where the data file starts in the pack ``data`` (-1: ``data``
+            is a file of its own, as on BOINC and in local batches of older releases).
+        data_size: the data file's length in the pack.
     """
 
     job: str
@@ -81,6 +86,24 @@ class JournalEntry:
     digest: str
     program: str
     data: str
+    data_offset: int = -1
+    data_size: int = 0
+
+    def json_line(self) -> bytes:
+        """The journal line, built field by field (``asdict`` costs more than the job)."""
+        fields: dict[str, str | int] = {
+            "job": self.job,
+            "i": self.i,
+            "call": self.call,
+            "n": self.n,
+            "digest": self.digest,
+            "program": self.program,
+            "data": self.data,
+        }
+        if self.data_offset >= 0:
+            fields["data_offset"] = self.data_offset
+            fields["data_size"] = self.data_size
+        return _compact_json(fields).encode() + b"\n"
 
 
 _JOURNAL_FIELDS: dict[str, type] = {
@@ -243,10 +266,7 @@ class BatchDir:
                     fh.seek(size - 1)
                     if fh.read(1) != b"\n":
                         self._journal.truncate(self._last_newline(size))
-        data = b"".join(
-            json.dumps(asdict(e), separators=(",", ":")).encode() + b"\n" for e in entries
-        )
-        self._journal.write(data)
+        self._journal.write(b"".join(e.json_line() for e in entries))
         self._journal.flush()
 
     def _last_newline(self, size: int) -> int:

@@ -323,6 +323,13 @@ class Collector(RecordIntake):
                 if not fut.done() and not fut.running():
                     fut.set_running_or_notify_cancel()
 
+    def job_failed(self, job_name: str, error: BaseException) -> None:
+        """Backend event: the job's outcome cannot reach ``new/``; fail its futures."""
+        with self.lock:
+            job = self._jobs.get(job_name)
+        if job is not None:
+            self._resolve(job, error=error)
+
     def future_cancelled(self, job: Job, future: Future[Any]) -> None:
         """Done-callback of a cancelled future: notify waiters, cancel the job if all are."""
         with contextlib.suppress(RuntimeError):  # already notified
@@ -412,12 +419,12 @@ class Collector(RecordIntake):
         backend = self.backend
         live = [item for item in buffer if item[0].state is JobState.PENDING]
         try:
+            entries = []
             for _job, entry, program, data in live:
                 if program is not None:
                     backend.stage(entry.program, program, shared=True)
-                backend.stage(entry.data, data, shared=False)
+                entries.append(backend.stage_input(entry, data))
             backend.wait_staged()  # journaled implies staged, whenever the master dies
-            entries = [entry for _, entry, _, _ in live]
             if entries:
                 self.batch.append_journal(entries)
             with self.lock:

@@ -147,7 +147,10 @@ class BoincExecutor(Executor):
                 on_finish=when_finished(opened),
             )
             events = BackendEvents(
-                collector.job_started, collector.request_scan, collector.record_delivered
+                collector.job_started,
+                collector.request_scan,
+                collector.record_delivered,
+                collector.job_failed,
             )
             backend.attach(batch, checkpoint, events)
         except BaseException:

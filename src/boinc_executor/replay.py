@@ -128,7 +128,9 @@ def retry_entry(
     name = retry_name(checkpoint, entry.job, entry.i)
     try:
         program = backend.read_input(entry.program)
-        header, payload = protocol.decode_frame(backend.read_input(entry.data), protocol.KIND_DATA)
+        header, payload = protocol.decode_frame(
+            backend.read_input(entry.data, entry.data_offset, entry.data_size), protocol.KIND_DATA
+        )
     except (OSError, protocol.ProtocolError) as exc:
         raise BatchError(
             f"cannot retry job {entry.job} of batch {checkpoint.batch_id}: its staged input is "
@@ -137,7 +139,10 @@ def retry_entry(
             "failed calls again from the script"
         ) from exc
     data = protocol.encode_frame(protocol.KIND_DATA, dict(header, job=name), payload)
-    return replace(entry, job=name, data=protocol.data_file_name(name)), program, data
+    retry = replace(
+        entry, job=name, data=protocol.data_file_name(name), data_offset=-1, data_size=0
+    )
+    return retry, program, data
 
 
 def retry_name(checkpoint: Checkpoint, old_job: str, index: int) -> str:

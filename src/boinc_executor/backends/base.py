@@ -72,11 +72,16 @@ class BackendEvents:
             listing ``new/``. A backend that knows each record it delivers (the
             embedded one) calls this instead of ``wake``; the periodic scan
             still finds any record whose announcement was missed.
+        failed: a job's outcome could not be delivered as a record at all (a
+            full disk); its futures fail with ``error``. The job keeps its
+            journal line without a record, so a re-run or ``resume`` runs it
+            again. None: the backend logs the failure and leaves it to a re-run.
     """
 
     started: Callable[[str], None]
     wake: Callable[[], None]
     record_delivered: Callable[[str], None]
+    failed: Callable[[str, BaseException], None] | None = None
 
 
 class Backend(abc.ABC):
@@ -125,12 +130,26 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def read_input(self, name: str) -> bytes:
-        """The bytes of an input file staged earlier (to re-submit it under a new job name).
+    def read_input(self, name: str, offset: int = -1, size: int = 0) -> bytes:
+        """The bytes of an input staged earlier (to re-submit it under a new job name).
+
+        ``offset`` and ``size`` locate a data file inside a pack, as the journal
+        records them for a backend whose :meth:`stage_input` packs inputs; -1 means
+        the input is the whole file ``name``.
 
         Raises:
             OSError: the file is not where it was staged.
         """
+
+    def stage_input(self, entry: JournalEntry, data: bytes) -> JournalEntry:
+        """Stage a job's data file; returns the journal entry that says where it went.
+
+        By default the data file is staged as the file ``entry.data`` and the
+        entry is returned unchanged; a backend that packs its inputs returns the
+        entry with the pack's name, offset and size, and the collector journals that.
+        """
+        self.stage(entry.data, data, shared=False)
+        return entry
 
     def wait_staged(self) -> None:  # noqa: B027 - optional hook for asynchronous staging
         """Return once every file staged so far is durable where volunteers fetch it.

@@ -295,9 +295,14 @@ class BoincBackend(Backend):
 
     # ------------------------------------------------------------------ submission
 
-    def read_input(self, name: str) -> bytes:
-        """Read a staged input file back from the download hierarchy."""
-        return self._stager.path(name).read_bytes()
+    def read_input(self, name: str, offset: int = -1, size: int = 0) -> bytes:
+        """Read a staged input file back from the download hierarchy.
+
+        Inputs are staged whole (create_work needs files), so ``offset`` is always -1.
+        """
+        with open(self._stager.path(name), "rb") as fh:
+            data = fh.read()
+        return data if offset < 0 else data[offset : offset + size]
 
     def wait_staged(self) -> None:
         """Wait for the staging threads, so the collector journals only staged jobs."""
@@ -355,7 +360,7 @@ class BoincBackend(Backend):
 
         def staged(name: str) -> bool:
             if name not in present:
-                present[name] = self._stager.path(name).is_file()
+                present[name] = self._stager.is_staged(name)
             return present[name]
 
         kept = []

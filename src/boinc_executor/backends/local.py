@@ -3,17 +3,25 @@
 Used when no BOINC project is configured. It keeps BOINC's shape so code moves
 to a real project unchanged::
 
-    executor ──stage──▶ BATCH_DIR/local/download/<physical name>      (the download hierarchy)
-             ──submit─▶ dispatcher ──"job\\tprogram\\tdata\\tattempt"──▶ worker (stdin)
-    worker: lay out BATCH_DIR/local/slots/<k>/ as the BOINC client does
-            (program.pkl, data.pkl, init_data.xml), run the real runner on it,
-            then deliver slot/result.pkl into BATCH_DIR/new/ as the assimilator does
-    worker ──"S job" / "D job"──▶ reader thread ──▶ events.started / events.wake
+    executor ──stage────────▶ BATCH_DIR/local/download/<program>   (one file per program)
+             ──stage_input──▶ BATCH_DIR/local/inputs.pack          (appended; offsets journaled)
+             ──submit───────▶ dispatcher ──"J job program pack offset size attempt"──▶ worker
+    worker (local_worker.py): lay out BATCH_DIR/local/slots/<run>-<k>/ as the BOINC
+            client does, run the real runner in it, rename its result.pkl into new/
+    worker ──"S job" / "D job record" / "F job why"──▶ reader thread
+            ──▶ events.started / events.record_delivered / error record or events.failed
 
-Workers are plain ``python -m boinc_executor.backends.local`` subprocesses rather than
-``multiprocessing`` children: nothing re-imports the user's ``__main__``, and
-like a volunteer they know only the files they are given. A worker that dies
-mid-job has that job retried once; the second death delivers an error record.
+In the steady state no file is created or deleted per job except the record the
+protocol needs in ``new/`` (see :mod:`.local_worker`). Each worker is started
+by the thread that reads it, and the thread lives as long as its worker, so
+``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
+the least busy worker, at most ``_PREFETCH`` deep, never behind a job that has
+run for a while, and an idle worker takes a queued job back from a busy one.
+
+Workers are plain ``python -m`` subprocesses rather than ``multiprocessing``
+children: nothing re-imports the user's ``__main__``, and like a volunteer they
+know only the files they are given. A worker that dies mid-job has that job
+retried once; the second death delivers an error record.
 
 Batch IDs come from a small registry under :func:`~boinc_executor.config.state_home`
 so ``BoincExecutor.resume(batch_id)`` finds a local batch from any directory.
@@ -21,6 +29,7 @@ so ``BoincExecutor.resume(batch_id)`` finds a local batch from any directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,15 +43,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import IO
+from typing import NamedTuple
 
 import filelock
 
 from .. import protocol
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams, state_home
-from ..errors import BatchError, BatchNotFoundError
+from ..errors import BatchError, BatchNotFoundError, JobFailedError
+from ..protocol.inputpack import PackReader, PackWriter
 from .base import Backend, BackendEvents
+from .local_worker import STDOUT_FD_ENV, record_tag
 
 __all__ = ["LocalBackend"]
 
@@ -50,7 +61,8 @@ logger = logging.getLogger("boinc_executor")
 
 _PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
 _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
-_STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
+_LONG_JOB = 0.05  # seconds after which a running job no longer gets a job queued behind it
+_WORKER_MODULE = "boinc_executor.backends.local_worker"
 
 
 def _dup_stdout() -> int | None:
@@ -111,17 +123,34 @@ def _register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
 # --------------------------------------------------------------------------- master side
 
 
-class _Worker:
-    """One worker process and the jobs assigned to it."""
+class _Dispatch(NamedTuple):
+    """Where a job's inputs are, and how often it was tried."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], slot: int) -> None:
-        self.proc = proc
+    program: str
+    pack: str  # the input pack, or the data file's name in download/ (offset -1)
+    offset: int
+    size: int
+    attempt: int
+
+    def line(self, job: str) -> str:
+        return (
+            f"J\t{job}\t{self.program}\t{self.pack}\t{self.offset}\t{self.size}\t{self.attempt}\n"
+        )
+
+
+class _Worker:
+    """One worker slot: its current process and the jobs dealt to it."""
+
+    def __init__(self, slot: str) -> None:
         self.slot = slot
-        self.assigned: OrderedDict[str, tuple[str, int]] = (
-            OrderedDict()
-        )  # job -> (program, attempt)
-        self.started: set[str] = set()
-        self.reader: threading.Thread | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.assigned: OrderedDict[str, _Dispatch] = OrderedDict()
+        self.started: dict[str, float] = {}  # job -> when it started (monotonic)
+        self.thread: threading.Thread | None = None
+
+    def busy_for(self, now: float) -> float:
+        """Seconds the oldest running job has run (0 when none runs)."""
+        return max((now - t for t in self.started.values()), default=0.0)
 
 
 class LocalBackend(Backend):
@@ -140,14 +169,16 @@ class LocalBackend(Backend):
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
         self._lock = threading.Lock()
-        # job -> (program file, attempt); the data file's name follows from the job's.
-        self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._pending: OrderedDict[str, _Dispatch] = OrderedDict()
         self._known: set[str] = set()  # jobs queued or running, so a replayed submit is a no-op
         self._workers: list[_Worker] = []
         self._closing = False
-        self._root: Path | None = None
+        self._root = ""
         self._batch_dir: Path | None = None
         self._events: BackendEvents | None = None
+        self._pack: PackWriter | None = None
+        # Slots are named after this run, so an orphan of a killed master never shares one.
+        self._run = f"{time.time_ns() // 1_000_000 % 10**10:x}{os.getpid():x}"
 
     # -- batches
 
@@ -182,26 +213,51 @@ class LocalBackend(Backend):
         return path
 
     def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
-        """Prepare the download area and slot directories inside the batch directory."""
+        """Prepare the download area and slots; drop slots a killed master left behind."""
         self._batch_dir = batch.path
-        self._root = batch.path / "local"
-        (self._root / "download").mkdir(parents=True, exist_ok=True)
-        (self._root / "slots").mkdir(parents=True, exist_ok=True)
+        self._root = os.path.join(batch.path, "local")
+        os.makedirs(os.path.join(self._root, "download"), exist_ok=True)
+        slots = os.path.join(self._root, "slots")
+        os.makedirs(slots, exist_ok=True)
+        with os.scandir(slots) as entries:  # another run's: its workers died with it
+            for entry in entries:
+                shutil.rmtree(entry.path, ignore_errors=True)
         self._events = events
 
     # -- jobs
 
     def stage(self, name: str, data: bytes, *, shared: bool) -> None:
         """Write an input file into the local download area (immutable names)."""
-        assert self._root is not None, "attach() first"
-        path = self._root / "download" / name
+        path = Path(self._root, "download", name)
         if not path.exists():
             protocol.atomic_write(path, data)
 
-    def read_input(self, name: str) -> bytes:
-        """Read a staged input file back from the local download area."""
+    def read_input(self, name: str, offset: int = -1, size: int = 0) -> bytes:
+        """Read a staged input back: from the input pack at ``offset``, else from download/."""
         assert self._root is not None, "attach() first"
-        return (self._root / "download" / name).read_bytes()
+        if offset >= 0:
+            reader = PackReader(self._root)
+            try:
+                return reader.read(name, offset, size)
+            finally:
+                reader.close()
+        with open(os.path.join(self._root, "download", name), "rb") as fh:
+            return fh.read()
+
+    def stage_input(self, entry: JournalEntry, data: bytes) -> JournalEntry:
+        """Append a job's data file to the input pack; the entry says where."""
+        if self._pack is None:
+            self._pack = PackWriter(self._root)
+        offset = self._pack.append(data)
+        return JournalEntry(
+            entry.job, entry.i, entry.call, entry.n, entry.digest, entry.program,
+            self._pack.name, offset, len(data),
+        )  # fmt: skip
+
+    def wait_staged(self) -> None:
+        """Hand the appended inputs to the OS before their journal lines are written."""
+        if self._pack is not None:
+            self._pack.flush()
 
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Queue jobs for the workers; ``params`` only matter on BOINC."""
@@ -209,9 +265,16 @@ class LocalBackend(Backend):
             for job in jobs:
                 if job.job not in self._known:
                     self._known.add(job.job)
-                    self._pending[job.job] = (sys.intern(job.program), 0)
+                    self._pending[job.job] = _Dispatch(
+                        sys.intern(job.program), job.data, job.data_offset, job.data_size, 0
+                    )
             self._start_workers()
             self._feed_all()
+
+    def poll(self) -> None:
+        """Give queued jobs of busy workers to idle ones (a job may have grown long)."""
+        with self._lock:
+            self._rebalance()
 
     def cancel(self, jobs: Collection[str]) -> None:
         """Drop jobs no worker has picked up yet."""
@@ -232,234 +295,230 @@ class LocalBackend(Backend):
             self._pending.clear()
             workers = list(self._workers)
         for w in workers:
-            try:
+            if w.proc is None:
+                continue
+            with contextlib.suppress(OSError):
                 if interrupted and w.proc.poll() is None:
                     w.proc.send_signal(signal.SIGINT)
-                assert w.proc.stdin is not None
-                w.proc.stdin.close()
-            except OSError:
-                pass
+                if w.proc.stdin is not None:
+                    w.proc.stdin.close()
         deadline = time.monotonic() + 5
         for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
-            if w.reader is not None and w.reader is not threading.current_thread():
-                w.reader.join(timeout=5)
-        if self._root is not None:
-            shutil.rmtree(self._root / "slots", ignore_errors=True)
+            if w.thread is not None and w.thread is not threading.current_thread():
+                w.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            proc = w.proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if w.thread is not None and w.thread is not threading.current_thread():
+                w.thread.join(timeout=5)
+        if self._pack is not None:
+            self._pack.close()
+        for w in workers:
+            shutil.rmtree(os.path.join(self._root, "slots", w.slot), ignore_errors=True)
 
     # -- dispatching (called with self._lock held)
 
     def _start_workers(self) -> None:
-        assert self._batch_dir is not None
         while len(self._workers) < self.max_workers and not self._closing:
-            slot = self._free_slot()
-            env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
-            # The worker's fd 1 is the protocol pipe: hand it this process's stdout
-            # under another number, so what a task prints reaches our stdout.
-            user_out = _dup_stdout()
-            if user_out is not None:
-                env[_STDOUT_FD_ENV] = str(user_out)
-            try:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "boinc_executor.backends.local",
-                        str(self._batch_dir),
-                        str(slot),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    env=env,
-                    pass_fds=() if user_out is None else (user_out,),
-                )
-            finally:
-                if user_out is not None:
-                    os.close(user_out)
-            worker = _Worker(proc, slot)
+            used = {w.slot for w in self._workers}
+            k = next(k for k in range(len(used) + 1) if f"{self._run}-{k}" not in used)
+            worker = _Worker(f"{self._run}-{k}")
             self._workers.append(worker)
-            worker.reader = threading.Thread(
-                target=self._read_worker, args=(worker,), name="boinc-executor-worker", daemon=True
+            # The thread starts the process: PR_SET_PDEATHSIG fires when the
+            # *thread* that forked a worker ends, and this one lives as long as it.
+            worker.thread = threading.Thread(
+                target=self._run_worker, args=(worker,), name="boinc-executor-worker", daemon=True
             )
-            worker.reader.start()
+            worker.thread.start()
 
-    def _free_slot(self) -> int:
-        used = {w.slot for w in self._workers}
-        return min(set(range(len(used) + 1)) - used)
+    def _spawn(self, worker: _Worker) -> subprocess.Popen[bytes]:
+        assert self._batch_dir is not None
+        env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
+        argv = [sys.executable, "-m", _WORKER_MODULE, str(self._batch_dir), worker.slot]
+        # The worker's fd 1 is the protocol pipe: hand it this process's stdout
+        # under another number, so what a task prints reaches our stdout.
+        user_out = _dup_stdout()
+        if user_out is not None:
+            env[STDOUT_FD_ENV] = str(user_out)
+        try:
+            return subprocess.Popen(
+                [*argv, str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                pass_fds=() if user_out is None else (user_out,),
+            )
+        finally:
+            if user_out is not None:
+                os.close(user_out)
 
     def _feed_all(self) -> None:
-        for worker in self._workers:
-            self._feed(worker)
+        """Deal pending jobs to the least busy workers, at most ``_PREFETCH`` deep each."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        lines: dict[_Worker, list[str]] = {}
+        while self._pending:
+            ready = [
+                w
+                for w in self._workers
+                if w.proc is not None
+                and len(w.assigned) < _PREFETCH
+                and not (w.assigned and w.busy_for(now) >= _LONG_JOB)
+            ]
+            if not ready:
+                break
+            worker = min(ready, key=lambda w: len(w.assigned))
+            job, dispatch = self._pending.popitem(last=False)
+            worker.assigned[job] = dispatch
+            lines.setdefault(worker, []).append(dispatch.line(job))
+        for worker, batch in lines.items():
+            self._send(worker, "".join(batch))
 
-    def _feed(self, worker: _Worker) -> None:
-        lines = []
-        while self._pending and len(worker.assigned) < _PREFETCH:
-            job, (program, attempt) = self._pending.popitem(last=False)
-            worker.assigned[job] = (program, attempt)
-            lines.append(f"{job}\t{program}\t{protocol.data_file_name(job)}\t{attempt}\n")
-        if lines:
-            try:
-                assert worker.proc.stdin is not None
-                worker.proc.stdin.write("".join(lines).encode())
-                worker.proc.stdin.flush()
-            except OSError:
-                pass  # the worker died; its reader thread re-queues the jobs
-
-    # -- worker events (reader threads)
-
-    def _read_worker(self, worker: _Worker) -> None:
-        assert worker.proc.stdout is not None and self._events is not None
-        for raw in worker.proc.stdout:
-            kind, _, job = raw.decode().rstrip("\n").partition(" ")
-            if kind == "S":
-                worker.started.add(job)
-                self._events.started(job)
-            elif kind == "D":
-                with self._lock:
-                    worker.assigned.pop(job, None)
-                    worker.started.discard(job)
-                    self._known.discard(job)
-                    self._feed(worker)
-                self._events.wake()
-        worker.proc.stdout.close()
-        code = worker.proc.wait()
-        self._worker_died(worker, code)
-
-    def _worker_died(self, worker: _Worker, code: int) -> None:
-        with self._lock:
-            if worker in self._workers:
-                self._workers.remove(worker)
-            if self._closing:
-                return
-            try:
-                assert worker.proc.stdin is not None
-                worker.proc.stdin.close()
-            except OSError:
-                pass  # the pipe is broken: the worker is gone anyway
-            # Jobs it had not started go back unchanged; the one it died in costs an attempt.
-            for job, (program, tried) in reversed(worker.assigned.items()):
-                attempt = tried + 1 if job in worker.started else tried
-                if attempt >= _MAX_ATTEMPTS:
-                    self._known.discard(job)
-                    self._deliver_lost(job, code)
+    def _rebalance(self) -> None:
+        """Move a queued, unstarted job from a worker busy with a long job to an idle one."""
+        if self._pending:
+            return
+        now = time.monotonic()
+        for idle in self._workers:
+            if idle.proc is None or idle.assigned:
+                continue
+            for busy in self._workers:
+                if busy.busy_for(now) < _LONG_JOB:
                     continue
-                self._pending[job] = (program, attempt)
-                self._pending.move_to_end(job, last=False)
-            self._start_workers()
-            self._feed_all()
-        assert self._events is not None
-        self._events.wake()
+                queued = [j for j in busy.assigned if j not in busy.started]
+                if not queued:
+                    continue
+                job = queued[-1]
+                dispatch = busy.assigned.pop(job)
+                self._send(busy, f"X\t{job}\n")
+                idle.assigned[job] = dispatch
+                self._send(idle, dispatch.line(job))
+                break
 
-    def _deliver_lost(self, job: str, code: int) -> None:
-        assert self._batch_dir is not None
+    @staticmethod
+    def _send(worker: _Worker, text: str) -> None:
+        try:
+            assert worker.proc is not None and worker.proc.stdin is not None
+            worker.proc.stdin.write(text.encode())
+            worker.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the worker died (or is being closed); its thread re-queues the jobs
+
+    # -- one thread per worker slot
+
+    def _run_worker(self, worker: _Worker) -> None:
+        """Start the slot's worker, read its reports, and replace it when it dies."""
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                try:
+                    worker.proc = self._spawn(worker)
+                except OSError as exc:
+                    logger.error("cannot start a local worker: %s", exc)
+                    self._workers.remove(worker)
+                    return
+                self._feed_all()
+                self._rebalance()
+            try:
+                self._read_reports(worker)
+            except Exception:  # never lose a worker's jobs to a bug in handling one line
+                logger.exception("reading local worker %s failed", worker.slot)
+            if not self._worker_died(worker):
+                return
+
+    def _read_reports(self, worker: _Worker) -> None:
+        assert worker.proc is not None and worker.proc.stdout is not None
+        events = self._events
+        assert events is not None
+        for raw in worker.proc.stdout:
+            kind, _, rest = raw.decode().rstrip("\n").partition(" ")
+            job, _, detail = rest.partition(" ")
+            if kind == "S":
+                with self._lock:
+                    if job in worker.assigned:
+                        worker.started[job] = time.monotonic()
+                events.started(job)
+            elif kind in ("D", "F"):
+                with self._lock:
+                    dispatch = worker.assigned.pop(job, None)
+                    worker.started.pop(job, None)
+                    if dispatch is not None:
+                        self._known.discard(job)
+                    self._feed_all()
+                    self._rebalance()
+                if kind == "D":
+                    events.record_delivered(detail)
+                elif dispatch is not None:
+                    self._undeliverable(job, worker.slot, dispatch.attempt, detail)
+
+    def _worker_died(self, worker: _Worker) -> bool:
+        """Re-queue a dead worker's jobs; returns whether to start a replacement."""
+        assert worker.proc is not None
+        if worker.proc.stdout is not None:
+            worker.proc.stdout.close()
+        code = worker.proc.wait()
+        lost: list[tuple[str, _Dispatch]] = []
+        with self._lock:
+            if worker.proc.stdin is not None:
+                with contextlib.suppress(OSError):  # broken pipe: the worker is gone anyway
+                    worker.proc.stdin.close()
+            worker.proc = None
+            if self._closing:
+                self._workers.remove(worker)
+                return False
+            # Jobs it had not started go back unchanged; the one it died in costs an attempt.
+            for job, queued in reversed(worker.assigned.items()):
+                dispatch = (
+                    queued._replace(attempt=queued.attempt + 1) if job in worker.started else queued
+                )
+                if dispatch.attempt >= _MAX_ATTEMPTS:
+                    self._known.discard(job)
+                    lost.append((job, dispatch))
+                    continue
+                self._pending[job] = dispatch
+                self._pending.move_to_end(job, last=False)
+            worker.assigned.clear()
+            worker.started.clear()
+            self._feed_all()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        info = protocol.failure_info(
-            "JobLostError",
-            f"the local worker running job {job} died ({how}) on each of {_MAX_ATTEMPTS} attempts; "
-            "the function probably crashes the interpreter or exhausts memory",
-            exit_status=code,
+        for job, dispatch in lost:
+            message = (
+                f"the local worker running job {job} died ({how}) on each of {_MAX_ATTEMPTS} "
+                "attempts; the function probably crashes the interpreter or exhausts memory"
+            )
+            tag = record_tag(worker.slot, dispatch.attempt)
+            self._deliver_error(job, tag, "JobLostError", message, code)
+        return True
+
+    def _undeliverable(self, job: str, slot: str, attempt: int, why: str) -> None:
+        """A worker could not write the job's record (a full disk): try once more from here."""
+        message = (
+            f"the local worker could not deliver the record of job {job} into new/: {why}. "
+            "If the disk is full, free space, then run the script again or "
+            "BoincExecutor.resume() to run the job again"
         )
+        self._deliver_error(job, record_tag(slot, attempt), "JobFailedError", message, 1)
+
+    def _deliver_error(self, job: str, tag: str, kind: str, message: str, code: int) -> None:
+        """Deliver an error record for a job; if even that fails, fail its futures directly."""
+        assert self._batch_dir is not None and self._events is not None
+        info = protocol.failure_info(kind, message, exit_status=code)
         info["host"] = protocol.host_name()
         record = protocol.encode_error_record(job, info, source="local")
-        protocol.deliver_record(self._batch_dir, job, "lost", record)
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-def _lay_out_slot(
-    slot: Path, download: Path, *, job: str, program: str, data: str, attempt: int
-) -> None:
-    """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
-    # Empty the slot rather than re-create it: on common file systems rmdir+mkdir
-    # costs more than the whole job (about 1 ms against 0.1 ms for the unlinks).
-    slot.mkdir(parents=True, exist_ok=True)
-    with os.scandir(slot) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-    for physical, open_name in ((program, protocol.OPEN_PROGRAM), (data, protocol.OPEN_DATA)):
-        # A hard link is a real copy for every purpose the runner has, without the bytes.
+        tag = f"{tag}-master"  # the worker's own record may still arrive under its tag
         try:
-            os.link(download / physical, slot / open_name)
-        except OSError:
-            shutil.copyfile(download / physical, slot / open_name)
-    (slot / "init_data.xml").write_text(
-        "<app_init_data>\n"
-        f"<wu_name>{job}</wu_name>\n<result_name>{job}_{attempt}</result_name>\n"
-        f"<slot>{slot.name}</slot>\n<project_dir>{download.parent}</project_dir>\n"
-        "</app_init_data>\n"
-    )
-
-
-def _deliver(batch_dir: Path, slot: Path, job: str, attempt: int, code: int) -> None:
-    """Move the slot's output into ``new/`` as the assimilator would, or report its absence."""
-    tag = f"local-{attempt}"
-    output = slot / protocol.OPEN_RESULT
-    finished = (slot / protocol.FINISH_FILE).exists()
-    if code == 0 and finished and output.is_file():
-        os.replace(output, batch_dir / protocol.NEW / protocol.record_file_name(job, tag))
-        return
-    info = protocol.failure_info(
-        "JobFailedError",
-        f"the runner for job {job} exited with code {code} without a result record",
-        exit_status=code,
-    )
-    info["host"] = protocol.host_name()
-    protocol.deliver_record(
-        batch_dir, job, tag, protocol.encode_error_record(job, info, source="local")
-    )
-
-
-def _worker_main(batch_dir: Path, slot_index: int) -> int:
-    """Run jobs read from stdin until it closes; report on the saved stdout."""
-    from ..volunteer.runner import run_slot
-
-    # A ^C in the terminal reaches the whole process group. The job running now
-    # finishes and reports (so no finished work is lost); the jobs queued after it
-    # are skipped, and the master's next run submits them again.
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
-
-    extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
-    if extra:
-        sys.path[:] = [p for p in json.loads(extra) if isinstance(p, str)]
-    # The protocol owns the original stdout; user output goes to the master's stdout
-    # (handed over under another fd), or to stderr when the master has none.
-    report: IO[str] = os.fdopen(os.dup(1), "w", buffering=1)
-    user_out = os.environ.pop(_STDOUT_FD_ENV, "")
-    if user_out.isdigit():
-        os.dup2(int(user_out), 1)
-        os.close(int(user_out))
-    else:
-        os.dup2(2, 1)
-    slot = batch_dir / "local" / "slots" / str(slot_index)
-    download = batch_dir / "local" / "download"
-    for line in sys.stdin:
-        if stop.is_set():
-            break
-        job, program, data, attempt_text = line.rstrip("\n").split("\t")
-        attempt = int(attempt_text)
-        report.write(f"S {job}\n")
-        report.flush()
-        try:
-            _lay_out_slot(slot, download, job=job, program=program, data=data, attempt=attempt)
-            code = run_slot(slot)
+            protocol.deliver_record(self._batch_dir, job, tag, record)
         except OSError as exc:
-            print(f"boinc-executor worker: cannot lay out job {job}: {exc}", file=sys.stderr)
-            code = 1
-        _deliver(batch_dir, slot, job, attempt, code)
-        report.write(f"D {job}\n")
-        report.flush()
-    shutil.rmtree(slot, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(Path(sys.argv[1]), int(sys.argv[2])))
+            error = JobFailedError(
+                f"{message} (and no error record could be written into "
+                f"{self._batch_dir / protocol.NEW} either: {exc})"
+            )
+            if self._events.failed is None:
+                logger.error("%s", error)
+            else:
+                self._events.failed(job, error)
+            return
+        self._events.record_delivered(protocol.record_file_name(job, tag))

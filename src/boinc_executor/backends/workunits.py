@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .. import protocol
 from ..batch import JournalEntry
 from ..config import JobParams, ProjectConfig
 from ..errors import SubmissionError
@@ -39,7 +38,8 @@ OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
 _CREATE_WORK_CHUNK = 5000  # jobs per create_work process at most
 _CREATE_WORK_MIN_CHUNK = 500  # below this, one more process costs more than it saves
 _STAGE_THREADS = 16  # file creation is latency-bound: parallel writes hide the disk's latency
-_STAGE_WINDOW = 1024  # staged files in flight before stage() waits for the older half
+_STAGE_BATCH = 64  # files written by one pool task
+_STAGE_WINDOW = 16  # pool tasks in flight before stage() waits for the older half
 _STDERR_TAIL = 2000
 # JobParams fields that are create_work options; the first ten are also <workunit>
 # children of an input template, whose values would override the options (§3).
@@ -71,27 +71,39 @@ class Stager:
 
     Creating a file (and, the first time, its fan-out directory) is bound by the
     disk's latency, not by bandwidth, so writes run in parallel while the
-    executor keeps staging; :meth:`wait` is the barrier ``submit`` crosses before
+    executor keeps staging, a batch of files per task so the pool's own
+    overhead stays small; :meth:`wait` is the barrier ``submit`` crosses before
     ``create_work`` reads the files. A failed write is reported by the next
     :meth:`stage` or :meth:`wait`, whichever comes first.
 
-    With ``<cache_md5_info>`` on (make_project's default), create_work keeps
-    ``<file>.md5`` ("<md5> <nbytes>") beside each input and trusts it while it is
-    not older than the file (boinc-facts §3). Writing it here, in parallel, spares
+    Each input is one file written where it belongs, without a temp file and
+    rename: nothing reads it before ``create_work``, which runs after
+    :meth:`wait`, and a file torn by a killed master has no journal line, so
+    the re-run finds its bytes differ and rewrites it. With ``<cache_md5_info>``
+    on (make_project's default), create_work keeps ``<file>.md5`` ("<md5>
+    <nbytes>") beside each input and trusts it while it is not older than the
+    file (boinc-facts §3); writing it here, after the file, in parallel, spares
     create_work a serial read, hash and file creation per job.
     """
 
     def __init__(self, config: ProjectConfig) -> None:
         self._config = config
+        self._download = str(config.download_dir)
         self._md5_cache = cache_md5_info(config.root)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        self._batch: list[tuple[str, bytes, bool]] = []
         self._error: SubmissionError | None = None
         self._fanout_made: set[str] = set()
+        self._written: set[str] = set()  # staged by this process: no stat needed to know
 
-    def path(self, name: str) -> Path:
-        """Where file ``name`` lives in the download hierarchy."""
-        return self._config.download_dir / self._config.fanout_dir(name) / name
+    def is_staged(self, name: str) -> bool:
+        """Whether file ``name`` is in the download hierarchy (after :meth:`wait`)."""
+        return name in self._written or os.path.isfile(self.path(name))
+
+    def path(self, name: str) -> str:
+        """Where file ``name`` is (or goes) in the download hierarchy."""
+        return os.path.join(self._download, self._config.fanout_dir(name), name)
 
     def stage(self, name: str, data: bytes, *, shared: bool) -> None:
         """Queue ``data`` to be written as ``name`` (see :meth:`BoincBackend.stage`).
@@ -100,14 +112,20 @@ class Stager:
             SubmissionError: an earlier write failed.
         """
         self._raise_error()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_STAGE_THREADS, thread_name_prefix="boinc-stage")
-        self._pending.append(self._pool.submit(self._write, name, data, shared))
+        self._batch.append((name, data, shared))
+        if len(self._batch) >= _STAGE_BATCH:
+            self._submit_batch()
         if len(self._pending) >= _STAGE_WINDOW:  # bound the bytes held in the queue
             half = _STAGE_WINDOW // 2
             for future in self._pending[:half]:
                 future.result()
             del self._pending[:half]
+
+    def _submit_batch(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_STAGE_THREADS, thread_name_prefix="boinc-stage")
+        batch, self._batch = self._batch, []
+        self._pending.append(self._pool.submit(self._write_all, batch))
 
     def wait(self) -> None:
         """Return once every file staged so far is written.
@@ -115,6 +133,8 @@ class Stager:
         Raises:
             SubmissionError: a write failed.
         """
+        if self._batch:
+            self._submit_batch()
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
@@ -122,6 +142,8 @@ class Stager:
 
     def close(self) -> None:
         """Finish the queued writes and stop the threads."""
+        if self._batch:
+            self._submit_batch()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -130,26 +152,59 @@ class Stager:
         if error is not None:
             raise error
 
+    def _write_all(self, batch: list[tuple[str, bytes, bool]]) -> None:
+        for name, data, shared in batch:
+            self._write(name, data, shared)
+
     def _write(self, name: str, data: bytes, shared: bool) -> None:
-        path = self.path(name)
-        directory = path.parent
+        fanout = self._config.fanout_dir(name)
+        directory = os.path.join(self._download, fanout)
+        path = os.path.join(directory, name)
         try:
-            if directory.name not in self._fanout_made:
-                directory.mkdir(exist_ok=True)
-                self._fanout_made.add(directory.name)
-            if path.exists():
-                if shared or path.read_bytes() == data:
-                    return
-                path.with_name(name + ".md5").unlink(missing_ok=True)  # create_work's cache
-            protocol.atomic_write(path, data)
+            if fanout not in self._fanout_made:
+                os.makedirs(directory, exist_ok=True)
+                self._fanout_made.add(fanout)
+            try:
+                fd = os.open(path, _CREATE_FLAGS, 0o666)
+            except FileExistsError:
+                if shared or _same_content(path, data):
+                    self._written.add(name)
+                    return  # immutable names: already staged
+                fd = os.open(path, os.O_WRONLY | _CLOEXEC)  # torn by a killed master
+                os.ftruncate(fd, len(data))
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
             if self._md5_cache:
                 digest = hashlib.md5(data).hexdigest()  # noqa: S324 - BOINC's file checksum
-                path.with_name(name + ".md5").write_text(f"{digest} {float(len(data)):.15e}\n")
+                fd = os.open(path + ".md5", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o666)
+                try:
+                    _write_all(fd, f"{digest} {float(len(data)):.15e}\n".encode())
+                finally:
+                    os.close(fd)
+            self._written.add(name)
         except OSError as exc:
             self._error = SubmissionError(
                 f"cannot stage {name} into {directory}: {exc}; the submitting user needs write "
                 "access to the project's download directory, and the disk needs room"
             )
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_BINARY", 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        written += os.write(fd, view[written:])
+
+
+def _same_content(path: str, data: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(data) + 1) == data
 
 
 def create_work(
@@ -204,7 +259,7 @@ def _create_work_chunk(
     ]
     argv += param_options(params)
     argv.append("--stdin")
-    lines = "".join(f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs)
+    lines = "".join([f"--wu_name {j.job} {j.program} {j.data}\n" for j in jobs])
     try:
         done = subprocess.run(
             argv,

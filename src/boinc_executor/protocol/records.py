@@ -112,6 +112,8 @@ _JOB_RE = re.compile(r"([a-z][a-z0-9]{0,15})_(\d+)_(\d+)")
 _TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _MAGIC_PREFIX = b"BOINC-EXECUTOR/"
 
+_PYTHON_VERSION = platform.python_version()  # recorded in every record: computed once
+
 KIND_PROGRAM = "program"
 KIND_DATA = "data"
 KIND_RESULT = "result"
@@ -388,8 +390,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return f"<unrepresentable {type(value).__name__}>"
 
 
+@functools.cache
 def host_name() -> str:
-    """This host's name, as recorded in results and error records."""
+    """This host's name, as recorded in results and error records (looked up once)."""
     return socket.gethostname() or platform.node()
 
 
@@ -404,7 +407,7 @@ def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
         "message": str(exc),
         "traceback": tb,
         "host": host_name(),
-        "python": platform.python_version(),
+        "python": _PYTHON_VERSION,
     }
 
 
@@ -452,7 +455,7 @@ def encode_result(
         "status": "ok",
         "calls": len(outcomes),
         "host": host_name(),
-        "python": platform.python_version(),
+        "python": _PYTHON_VERSION,
         "stdout": tail(stdout),
         "stderr": tail(stderr),
         "error": None,
@@ -471,7 +474,7 @@ def encode_error_record(
         "status": "error",
         "calls": 0,
         "host": str(error.get("host", "")),
-        "python": platform.python_version(),
+        "python": _PYTHON_VERSION,
         "stdout": tail(stdout),
         "stderr": tail(stderr),
         "error": error,

@@ -32,6 +32,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -53,22 +54,6 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 # function rather than unpickling the same program file for every job.
 _program_cache: dict[str, Callable[..., Any]] = {}
 _PROGRAM_CACHE_SIZE = 16
-
-
-def resolve(slot: Path, open_name: str) -> Path:
-    """Path of a logical file: the file itself, or the target of a BOINC soft-link file."""
-    path = slot / open_name
-    try:
-        if path.stat().st_size > _MAX_LINK_FILE:
-            return path
-        head = path.read_bytes()
-    except OSError:
-        return path  # absent or unreadable: using the name itself reports the real error later
-    head = head.strip()
-    if head.startswith(_SOFT_LINK_OPEN) and head.endswith(_SOFT_LINK_CLOSE):
-        target = head[len(_SOFT_LINK_OPEN) : -len(_SOFT_LINK_CLOSE)].decode().strip()
-        return (slot / target).resolve()
-    return path
 
 
 class _CallCapture(io.TextIOBase):
@@ -270,36 +255,193 @@ def _picklable_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
     return outcome
 
 
-def run_slot(slot: Path) -> int:
+def run_slot(slot: Path | str) -> int:
     """Run the job laid out in ``slot``; returns the process exit code."""
-    output = resolve(slot, protocol.OPEN_RESULT)
-    hint = slot_job_name(slot)
+    slot = os.fspath(slot)
+    return write_outputs(slot, job_record(slot))
+
+
+def job_record(slot: str) -> bytes:
+    """Run the job laid out in ``slot``; returns its result or error record."""
     try:
-        program = protocol.read_bounded(resolve(slot, protocol.OPEN_PROGRAM), _MAX_INPUT_BYTES)
-        data = protocol.read_bounded(resolve(slot, protocol.OPEN_DATA), _MAX_INPUT_BYTES)
+        program = _read_program(slot)
+        data = read_input(slot, protocol.OPEN_DATA)
     except (OSError, protocol.ProtocolError) as exc:
-        record = _failure(hint, f"job input missing or unreadable: {exc}")
-    else:
-        record = execute(program, data, hint)
+        return _failure(slot_job_name(Path(slot)), f"job input missing or unreadable: {exc}")
+    # init_data.xml only names the job when the data file cannot.
+    hint = _job_of(data, "") or slot_job_name(Path(slot))
+    return execute(program, data, hint)
+
+
+# --------------------------------------------------------------------------- slot I/O
+#
+# A long-lived local worker runs thousands of jobs in one slot, so each file is
+# opened once per job at most and the program file, which stays linked while it
+# is unchanged, is not read again at all. The outputs are written in place
+# (write + ftruncate, never O_TRUNC or a temp file and rename): nothing reads
+# them before the runner exits, the client renames result.pkl away afterwards,
+# and boinc_finish_called, written last, is what says the run finished.
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+# The program file last read, by (device, inode, size, mtime): at most one entry.
+_program_file: dict[tuple[int, int, int, int], bytes] = {}
+
+
+def _soft_link_target(slot: str, head: bytes) -> str | None:
+    """The path a BOINC soft-link file points at, or None if ``head`` is not one."""
+    head = head.strip()
+    if not (head.startswith(_SOFT_LINK_OPEN) and head.endswith(_SOFT_LINK_CLOSE)):
+        return None
+    target = head[len(_SOFT_LINK_OPEN) : -len(_SOFT_LINK_CLOSE)].decode().strip()
+    return str((Path(slot) / target).resolve())
+
+
+def _open_input(slot: str, open_name: str) -> tuple[int, os.stat_result, bytes | None]:
+    """Open a logical input once: (fd, its stat, its bytes when small enough to have read).
+
+    A small file is read whole to see whether it is a soft-link file; if it is,
+    the target is opened instead (bounded and without following symlinks, as
+    ``read_bounded`` does), and its bytes are read by the caller.
+    """
+    path = os.path.join(slot, open_name)
+    fd = _open_regular(path)
+    st = os.fstat(fd)
+    if st.st_size > _MAX_LINK_FILE:
+        return fd, st, None
     try:
-        try:
-            protocol.atomic_write(output, record)
-        except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                raise
-            # The failed write's temp file is gone again, so a small record still fits.
-            print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
-            record = _failure(
-                _record_job(record, hint),
-                f"the disk is full on {protocol.host_name()}: the job's result record "
-                f"({len(record)} bytes) could not be written to {output.parent} ({exc.strerror}); "
-                "free space there (or return smaller results) and run the job again",
-            )
-            protocol.atomic_write(output, record)
-        protocol.atomic_write(slot / protocol.FINISH_FILE, b"0\n")
+        head = os.read(fd, _MAX_LINK_FILE + 1)
+        target = _soft_link_target(slot, head)
+    except BaseException:
+        os.close(fd)
+        raise
+    if target is None:
+        return fd, st, head
+    os.close(fd)
+    fd = _open_regular(target)
+    return fd, os.fstat(fd), None
+
+
+def _open_regular(path: str) -> int:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise protocol.ProtocolError(
+                f"{os.path.basename(path)} is a symbolic link; refused"
+            ) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise protocol.ProtocolError(f"{os.path.basename(path)} is not a regular file; refused")
+    return fd
+
+
+def _read_rest(fd: int, st: os.stat_result, head: bytes | None, name: str) -> bytes:
+    if st.st_size > _MAX_INPUT_BYTES:
+        raise protocol.ProtocolError(
+            f"{name} is {st.st_size} bytes, over the {_MAX_INPUT_BYTES}-byte limit"
+        )
+    if head is not None:
+        return head
+    chunks = []
+    remaining = _MAX_INPUT_BYTES + 1
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    if remaining <= 0:
+        raise protocol.ProtocolError(f"{name} grew past the {_MAX_INPUT_BYTES}-byte limit")
+    return b"".join(chunks)
+
+
+def read_input(slot: str, open_name: str) -> bytes:
+    """The bytes of a logical input file, opened and read once."""
+    fd, st, head = _open_input(slot, open_name)
+    try:
+        return _read_rest(fd, st, head, open_name)
+    finally:
+        os.close(fd)
+
+
+def _read_program(slot: str) -> bytes:
+    """The program file's bytes; not read again while the same file stays linked."""
+    fd, st, head = _open_input(slot, protocol.OPEN_PROGRAM)
+    try:
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _program_file.get(identity)
+        if cached is not None:
+            return cached
+        data = _read_rest(fd, st, head, protocol.OPEN_PROGRAM)
+    finally:
+        os.close(fd)
+    _program_file.clear()
+    _program_file[identity] = data
+    return data
+
+
+def _output_path(slot: str) -> str:
+    """Where ``result.pkl`` goes: the file itself, or the target of its soft-link file."""
+    path = os.path.join(slot, protocol.OPEN_RESULT)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return path  # absent (copy_file mode) or unusable: writing it reports the real error
+    try:
+        head = os.read(fd, _MAX_LINK_FILE + 1)
+    finally:
+        os.close(fd)
+    return _soft_link_target(slot, head) or path
+
+
+def write_in_place(path: str, data: bytes) -> None:
+    """Write ``data`` as the whole content of ``path``, reusing the file if it exists."""
+    fd = os.open(path, _WRITE_FLAGS, 0o666)
+    try:
+        view = memoryview(data)
+        written = 0
+        while written < len(data):
+            written += os.write(fd, view[written:])
+        if os.fstat(fd).st_size > len(data):  # a same-size truncate still costs a journal entry
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def write_result(slot: str, record: bytes) -> None:
+    """Write the record under the output's open name, then ``boinc_finish_called``.
+
+    Raises:
+        OSError: either could not be written (a full disk, most likely).
+    """
+    write_in_place(_output_path(slot), record)
+    write_in_place(os.path.join(slot, protocol.FINISH_FILE), b"0\n")
+
+
+def write_outputs(slot: str, record: bytes) -> int:
+    """:func:`write_result`, as an exit code: 1 (and a line on stderr) if it failed."""
+    try:
+        write_result(slot, record)
     except OSError as exc:
         print(f"boinc-executor runner: cannot write the result: {exc}", file=sys.stderr)
-        return 1
+        if exc.errno not in _DISK_FULL:
+            return 1
+        # The record did not fit; a small one saying so still does (written in place,
+        # it replaces what the failed write left).
+        record = _failure(
+            _record_job(record, slot_job_name(Path(slot))),
+            f"the disk is full on {protocol.host_name()}: the job's result record "
+            f"({len(record)} bytes) could not be written to {slot} ({exc.strerror}); "
+            "free space there (or return smaller results) and run the job again",
+        )
+        try:
+            write_result(slot, record)
+        except OSError as again:
+            print(f"boinc-executor runner: cannot write the error record: {again}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,0 +1,293 @@
+"""A worker process of the embedded backend: it plays one BOINC client with one slot.
+
+Run as ``python -m boinc_executor.backends.local_worker BATCH_DIR SLOT MASTER_PID``
+by :class:`~boinc_executor.backends.local.LocalBackend`. It reads job lines on
+stdin and reports on the stdout it was given::
+
+    master ──"J job program pack offset size attempt"──▶ worker   run this job
+           ──"X job"──────────────────────────────────▶ worker   withdrawn: another worker runs it
+    worker ──"S job"───────────────────────────────────▶ master   started
+           ──"D job record-name"───────────────────────▶ master   record delivered into new/
+           ──"F job message"───────────────────────────▶ master   no record could be written
+
+Steady state, per job, nothing is created or deleted but the record itself:
+
+* the data file is read out of the input pack with one ``pread`` and written into
+  the slot's ``data.pkl`` in place (pwrite + ftruncate through a descriptor kept
+  open), as is ``init_data.xml``; ``boinc_finish_called`` stays, reset in place to
+  two NUL bytes, and the runner writes ``0\\n`` over them when it finishes (files
+  only shrink by truncation, never to zero: freeing and re-allocating a block
+  per job costs 50 times a same-size rewrite on ext4);
+* ``program.pkl`` is a hard link to the download area's program file and stays
+  linked while the job's program is the same;
+* the runner creates ``result.pkl`` (absent before the run, as the BOINC client
+  lays a slot out in ``<copy_file/>`` mode), and the worker renames that file
+  into ``BATCH_DIR/new/<job>.local-<slot>-<attempt>.result``: the one file per
+  job the protocol needs, since results are learned only from records in ``new/``.
+
+A worker never outlives its master: on Linux the kernel kills it when the
+thread that started it ends (``PR_SET_PDEATHSIG``; the master starts each
+worker from the thread that reads it, which lives exactly as long), and on
+every platform it checks that its parent is still the master before it
+delivers, so an orphan never writes a record. Slot names carry the master's
+run, so an orphan and a new master's worker never share a slot, and record
+tags carry the slot, so two deliveries never share a record name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+from .. import protocol
+from ..protocol.inputpack import PackReader, check_pack_name
+
+__all__ = ["STDOUT_FD_ENV", "record_tag"]
+
+STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
+
+_PR_SET_PDEATHSIG = 1
+_NOT_FINISHED = b"\0\0"  # boinc_finish_called before the runner has written "0\n" into it
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_SLOT_FILE_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
+
+
+def record_tag(slot: str, attempt: int) -> str:
+    """The tag of a record a worker in ``slot`` delivers for an attempt."""
+    return f"local-{slot}-{attempt}"
+
+
+def _die_with_master(master_pid: int) -> None:
+    """Ask the kernel to kill this process with its master; exit if it is gone already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the parent check before each delivery still holds
+    if os.getppid() != master_pid:
+        os._exit(0)  # the master died before the request took effect
+
+
+class _Slot:
+    """One slot directory whose files are kept open and rewritten in place."""
+
+    def __init__(self, batch_dir: str, name: str) -> None:
+        local = os.path.join(batch_dir, "local")
+        self.name = name
+        self.path = os.path.join(local, "slots", name)
+        self.download = os.path.join(local, "download")
+        self.new = os.path.join(batch_dir, protocol.NEW)
+        os.makedirs(self.path, exist_ok=True)
+        self.result = os.path.join(self.path, protocol.OPEN_RESULT)
+        self._remove_result()  # left by a worker that died mid-job in this slot
+        self._sizes: dict[int, int] = {}  # fd -> the size this worker last gave the file
+        self._data = self._open(protocol.OPEN_DATA)
+        self._init = self._open("init_data.xml")
+        self._finish = self._open(protocol.FINISH_FILE)
+        self._program = ""
+        self.project_dir = local
+
+    def _open(self, name: str) -> int:
+        fd = os.open(os.path.join(self.path, name), _SLOT_FILE_FLAGS, 0o666)
+        self._sizes[fd] = os.fstat(fd).st_size
+        return fd
+
+    def _remove_result(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.result)
+
+    def _rewrite(self, fd: int, data: bytes) -> None:
+        """Make ``data`` the file's content; truncate only when it shrinks.
+
+        Freeing and re-allocating a block per job is what makes a truncate to
+        zero cost 50x a same-size rewrite on ext4, so sizes are tracked here
+        (this worker is the files' only writer) and the file only ever shrinks
+        by what the new content lacks.
+        """
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], written)
+        if self._sizes.get(fd, 0) > len(data):
+            os.ftruncate(fd, len(data))
+        self._sizes[fd] = len(data)
+
+    def lay_out(self, job: str, program: str, data: bytes, attempt: int) -> None:
+        """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
+        if program != self._program:
+            target = os.path.join(self.path, protocol.OPEN_PROGRAM)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            # A hard link is a real copy for every purpose the runner has, without the bytes.
+            source = os.path.join(self.download, program)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+            self._program = program
+        self._rewrite(self._data, data)
+        self._rewrite(
+            self._init,
+            (
+                f"<app_init_data>\n<wu_name>{job}</wu_name>\n"
+                f"<result_name>{job}_{attempt}</result_name>\n<slot>{self.name}</slot>\n"
+                f"<project_dir>{self.project_dir}</project_dir>\n</app_init_data>\n"
+            ).encode(),
+        )
+        # Not finished yet: two NUL bytes where the runner writes "0\n" at the end,
+        # rewritten in place (the file is never emptied, see _rewrite).
+        self._rewrite(self._finish, _NOT_FINISHED)
+
+    def finished(self) -> bool:
+        """Whether the runner wrote ``boinc_finish_called``."""
+        return os.pread(self._finish, 3, 0) == b"0\n"
+
+    def deliver(self, record_name: str) -> None:
+        """Move the runner's output into ``new/``, as the assimilator would."""
+        os.rename(self.result, os.path.join(self.new, record_name))
+
+    def discard_output(self) -> None:
+        """Drop a partial or unusable output, so the next job starts without one."""
+        self._remove_result()
+
+
+class _Worker:
+    """Reads job lines, runs them in the slot, reports."""
+
+    def __init__(self, batch_dir: str, slot: str, master_pid: int, report: IO[str]) -> None:
+        self._slot = _Slot(batch_dir, slot)
+        self._batch = Path(batch_dir)  # for the rare error record only
+        self._packs = PackReader(os.path.join(batch_dir, "local"))
+        self._master_pid = master_pid
+        self._report = report
+        self._queue: deque[list[str]] = deque()
+        self._buffer = b""
+        self._eof = False
+
+    def _read(self, block: bool) -> None:
+        """Read what the master sent; without ``block`` only what is already there."""
+        if not block and (os.name == "nt" or not select.select([0], [], [], 0)[0]):
+            return  # (no select() on Windows pipes: a withdrawal then arrives too late)
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            self._eof = True
+            return
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        for raw in lines:
+            fields = raw.decode().split("\t")
+            if fields[0] == "J":
+                self._queue.append(fields)
+            elif fields[0] == "X":
+                self._queue = deque(f for f in self._queue if f[1] != fields[1])
+
+    def _say(self, line: str) -> None:
+        self._report.write(line)
+        self._report.flush()
+
+    def run(self) -> None:
+        """Run jobs until the master closes stdin."""
+        from ..volunteer.runner import job_record, write_result
+
+        while not _INTERRUPTED.is_set():
+            self._read(block=not self._queue)  # a withdrawal of the next job may be waiting
+            if not self._queue:
+                if self._eof:
+                    return
+                continue
+            _, job, program, pack, offset, size, attempt_text = self._queue.popleft()
+            attempt = int(attempt_text)
+            self._say(f"S {job}\n")
+            reason = ""
+            try:
+                data = self._input(pack, int(offset), int(size))
+                self._slot.lay_out(job, program, data, attempt)
+            except (OSError, protocol.ProtocolError) as exc:
+                reason = f"the local worker could not lay out job {job}: {_explain(exc)}"
+            else:
+                try:
+                    write_result(self._slot.path, job_record(self._slot.path))
+                except OSError as exc:
+                    reason = f"the runner could not write the result of job {job}: {_explain(exc)}"
+            self._deliver(job, attempt, 1 if reason else 0, reason)
+
+    def _input(self, pack: str, offset: int, size: int) -> bytes:
+        if offset >= 0:
+            return self._packs.read(pack, offset, size)
+        # A batch journaled by an older release: one data file per job in download/.
+        path = os.path.join(self._slot.download, check_pack_name(pack))
+        return protocol.read_bounded(Path(path), 2**31)
+
+    def _deliver(self, job: str, attempt: int, code: int, reason: str) -> None:
+        if os.getppid() != self._master_pid:
+            os._exit(0)  # orphaned: this job is no longer ours to report
+        tag = record_tag(self._slot.name, attempt)
+        name = protocol.record_file_name(job, tag)
+        try:
+            if code == 0 and self._slot.finished():
+                self._slot.deliver(name)
+                self._say(f"D {job} {name}\n")
+                return
+            self._slot.discard_output()
+            message = reason or f"the runner for job {job} exited with code {code} without a result"
+            info = protocol.failure_info("JobFailedError", message, exit_status=code)
+            info["host"] = protocol.host_name()
+            record = protocol.encode_error_record(job, info, source="local")
+            protocol.deliver_record(self._batch, job, tag, record)
+        except OSError as exc:
+            self._say(f"F {job} {' '.join(str(exc).split())}\n")
+            return
+        self._say(f"D {job} {name}\n")
+
+
+def _explain(exc: BaseException) -> str:
+    """An OS error as a message; a full disk also says what to do."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"{exc}. The disk is full: free space, then run the script again or "
+            "BoincExecutor.resume() to run the job again"
+        )
+    return str(exc)
+
+
+_INTERRUPTED = threading.Event()  # set by SIGINT: run no further queued job
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``BATCH_DIR SLOT MASTER_PID``."""
+    batch_dir, slot, master_pid = argv[0], argv[1], int(argv[2])
+    _die_with_master(master_pid)
+    # A ^C in the terminal reaches the whole process group. The job running now
+    # finishes and reports (no finished work is lost); the jobs queued after it are
+    # skipped, and the master's next run submits them again.
+    signal.signal(signal.SIGINT, lambda _signum, _frame: _INTERRUPTED.set())
+    extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
+    if extra:
+        sys.path[:] = [p for p in json.loads(extra) if isinstance(p, str)]
+    # The protocol owns the original stdout; user output goes to the master's stdout
+    # (handed over under another fd), or to stderr when the master has none.
+    report: IO[str] = os.fdopen(os.dup(1), "w")
+    user_out = os.environ.pop(STDOUT_FD_ENV, "")
+    if user_out.isdigit():
+        os.dup2(int(user_out), 1)
+        os.close(int(user_out))
+    else:
+        os.dup2(2, 1)
+    _Worker(batch_dir, slot, master_pid, report).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

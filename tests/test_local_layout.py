@@ -1,0 +1,133 @@
+"""The embedded backend's on-disk layout: input packs, slots rewritten in place, old batches."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from boinc_executor import BoincExecutor, protocol
+from boinc_executor.protocol.inputpack import PACK_NAME
+from tests import jobs
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _journal(batch: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (batch / protocol.JOURNAL).read_text().splitlines()]
+
+
+def _batch_id(batch: Path) -> int:
+    return int(json.loads((batch / protocol.CHECKPOINT).read_text())["batch_id"])
+
+
+def slot_files(batch_dir: str) -> tuple[int, ...]:
+    """Job function: the inodes of the files in the only slot of a one-worker batch."""
+    (slot,) = Path(batch_dir, "local", "slots").iterdir()
+    names = (protocol.OPEN_PROGRAM, protocol.OPEN_DATA, "init_data.xml", protocol.FINISH_FILE)
+    return tuple(os.stat(slot / name).st_ino for name in names)
+
+
+def test_no_file_per_job_but_the_record(tmp_path: Path) -> None:
+    """Invariant: in the steady state a job creates one file (its record in new/, then
+    old/); its input is a range of one append-only pack, and the slot's files keep
+    their inodes from job to job (rewritten in place, the program file stays linked)."""
+    batch = tmp_path / "b"
+    with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
+        inodes = list(ex.map(slot_files, [str(batch)] * 50))
+    assert len(set(inodes)) == 1, "a slot file was re-created between jobs"
+    local = batch / "local"
+    assert sorted(p.name for p in (local / "download").iterdir()) == [
+        _journal(batch)[0]["program"]
+    ]  # one program file, no data files
+    assert (local / PACK_NAME).is_file()
+    assert list((local / "slots").iterdir()) == []  # removed at close
+    lines = _journal(batch)
+    assert {line["data"] for line in lines} == {PACK_NAME}
+    ranges = sorted((int(line["data_offset"]), int(line["data_size"])) for line in lines)  # type: ignore[call-overload]
+    assert ranges[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
+    assert (local / PACK_NAME).stat().st_size == ranges[-1][0] + ranges[-1][1]
+    assert len(list((batch / protocol.OLD).iterdir())) == 50
+
+
+def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:
+    """Invariant: a batch directory written before input packs (one data file per job in
+    local/download/, journal lines without offsets) re-runs: jobs with records replay,
+    jobs without one run again from their data files."""
+    batch = tmp_path / "b"
+    with BoincExecutor(max_workers=2, batch_dir=batch) as ex:
+        assert list(ex.map(jobs.square, range(10))) == [i * i for i in range(10)]
+    # Rewrite the directory into the older layout.
+    pack = (batch / "local" / PACK_NAME).read_bytes()
+    old_lines = []
+    for line in _journal(batch):
+        start, size = int(line.pop("data_offset")), int(line.pop("data_size"))  # type: ignore[call-overload]
+        line["data"] = protocol.data_file_name(str(line["job"]))
+        (batch / "local" / "download" / str(line["data"])).write_bytes(pack[start : start + size])
+        old_lines.append(json.dumps(line) + "\n")
+    (batch / protocol.JOURNAL).write_text("".join(old_lines))
+    (batch / "local" / PACK_NAME).unlink()
+    rerun = {f"pyb_{_batch_id(batch)}_{i}" for i in (3, 7)}
+    for record in (batch / protocol.OLD).iterdir():
+        parsed = protocol.parse_record_name(record.name)
+        if parsed and parsed[0] in rerun:
+            record.unlink()
+    log = tmp_path / "log"
+    with BoincExecutor(max_workers=2, batch_dir=batch) as ex:
+        assert list(ex.map(jobs.square, range(10))) == [i * i for i in range(10)]
+        ex.submit(jobs.log_and_square, str(log), 11).result(timeout=60)
+    assert _journal(batch)[-1]["data"] == PACK_NAME  # new jobs of an old batch are packed
+    handled = [protocol.parse_record_name(p.name) for p in (batch / protocol.OLD).iterdir()]
+    assert sorted(job for job, _ in handled if job in rerun) == sorted(rerun)
+
+
+MASTER = """
+import sys
+from boinc_executor import BoincExecutor
+from tests import jobs
+
+batch_dir, gate = sys.argv[1:3]
+if __name__ == "__main__":
+    ex = BoincExecutor(max_workers=1, batch_dir=batch_dir)
+    futures = [ex.submit(jobs.wait_for_file, gate, i) for i in range(6)]
+    assert ex.flush(timeout=60)
+    print(ex.batch_id, flush=True)
+    futures[0].result()
+"""
+
+
+def test_resume_reuses_the_pack(tmp_path: Path) -> None:
+    """Invariant: after kill -9 of the master, resume hands the journaled jobs over from
+    the pack as it is: nothing is appended, no journal line is added, every call returns."""
+    batch, gate = tmp_path / "b", tmp_path / "gate"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    master = subprocess.Popen(
+        [sys.executable, "-c", MASTER, str(batch), str(gate)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert master.stdout is not None
+        batch_id = int(master.stdout.readline())
+    finally:
+        master.send_signal(signal.SIGKILL)
+        master.wait()
+        assert master.stdout is not None
+        master.stdout.close()
+    pack = batch / "local" / PACK_NAME
+    size, lines = pack.stat().st_size, len(_journal(batch))
+    assert lines == 6
+    gate.touch()
+    ex = BoincExecutor.resume(batch_id, max_workers=2)  # the kernel released the dead lock
+    with ex:
+        assert list(ex.results(timeout=60)) == list(range(6))
+    assert pack.stat().st_size == size
+    assert len(_journal(batch)) == lines
+    shutil.rmtree(batch)
