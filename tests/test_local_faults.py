@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor, JobFailedError, protocol
+from boinc_executor.protocol.pack import handled_records
 from tests import jobs
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -89,7 +90,7 @@ def test_orphaned_worker_dies_with_its_master(tmp_path: Path) -> None:
     with BoincExecutor.resume(batch_id, max_workers=1) as ex:
         assert list(ex.results(timeout=60)) == ["good"]
     time.sleep(3.5)  # past the moment the orphan would have finished its job
-    records = [p.name for p in (batch / protocol.OLD).iterdir()]
+    records = [r.name for r in handled_records(batch).values()]
     records += [p.name for p in (batch / protocol.NEW).iterdir()]
     assert len(records) == 1, records
     with BoincExecutor.resume(batch_id, max_workers=1) as ex:
@@ -170,9 +171,8 @@ def test_full_disk_fails_the_queued_jobs_clearly(small_disk: Path, tmp_path: Pat
         assert "free space" in str(error)
     ex.shutdown(wait=True)
     (small_disk / "filler").unlink()
-    for record in (batch / protocol.OLD).iterdir():
-        record.unlink()  # error records some jobs may have left when space came back
-    with BoincExecutor.resume(batch_id, max_workers=2) as again:
+    # The jobs that failed for want of space have error records: retry exactly those.
+    with BoincExecutor.resume(batch_id, max_workers=2, retry_failed=True) as again:
         assert [len(v) for v in again.results(timeout=60)] == [200_000] * 8
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from boinc_executor import BoincExecutor, protocol
 from boinc_executor.protocol.inputpack import PACK_NAME
+from boinc_executor.protocol.pack import RecordPack, handled_records
 from tests import jobs
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -53,7 +54,7 @@ def test_no_file_per_job_but_the_record(tmp_path: Path) -> None:
     assert ranges[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
     assert (local / PACK_NAME).stat().st_size == ranges[-1][0] + ranges[-1][1]
-    assert len(list((batch / protocol.OLD).iterdir())) == 50
+    assert len(handled_records(batch)) == 50
 
 
 def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:
@@ -74,17 +75,21 @@ def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:
     (batch / protocol.JOURNAL).write_text("".join(old_lines))
     (batch / "local" / PACK_NAME).unlink()
     rerun = {f"pyb_{_batch_id(batch)}_{i}" for i in (3, 7)}
-    for record in (batch / protocol.OLD).iterdir():
-        parsed = protocol.parse_record_name(record.name)
-        if parsed and parsed[0] in rerun:
-            record.unlink()
+    # ... records as files in old/ (as before the handled-records pack), none for `rerun`.
+    (batch / protocol.OLD).mkdir()
+    pack = RecordPack(str(batch / protocol.HANDLED_PACK), writable=False)
+    for job in pack.index:
+        if job not in rerun:
+            entry, body = pack.read(job)
+            (batch / protocol.OLD / entry.name).write_bytes(body)
+    pack.close()
+    (batch / protocol.HANDLED_PACK).unlink()
     log = tmp_path / "log"
     with BoincExecutor(max_workers=2, batch_dir=batch) as ex:
         assert list(ex.map(jobs.square, range(10))) == [i * i for i in range(10)]
         ex.submit(jobs.log_and_square, str(log), 11).result(timeout=60)
     assert _journal(batch)[-1]["data"] == PACK_NAME  # new jobs of an old batch are packed
-    handled = [protocol.parse_record_name(p.name) for p in (batch / protocol.OLD).iterdir()]
-    assert sorted(job for job, _ in handled if job in rerun) == sorted(rerun)
+    assert sorted(job for job in handled_records(batch) if job in rerun) == sorted(rerun)
 
 
 MASTER = """

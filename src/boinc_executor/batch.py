@@ -115,6 +115,8 @@ _JOURNAL_FIELDS: dict[str, type] = {
     "program": str,
     "data": str,
 }
+# Where a data file sits in an input pack (the embedded backend); absent: a file of its own.
+_PACKED_FIELDS: dict[str, type] = {"data_offset": int, "data_size": int}
 
 
 def _journal_entry(line: bytes, path: Path, lineno: int) -> JournalEntry:
@@ -129,10 +131,15 @@ def _journal_entry(line: bytes, path: Path, lineno: int) -> JournalEntry:
         raw = json.loads(line)
     except (ValueError, RecursionError) as exc:
         raise BatchError(f"{where} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(raw, dict) or set(raw) != set(_JOURNAL_FIELDS):
+    packed = isinstance(raw, dict) and "data_offset" in raw
+    expected = {**_JOURNAL_FIELDS, **_PACKED_FIELDS} if packed else _JOURNAL_FIELDS
+    if not isinstance(raw, dict) or set(raw) != set(expected):
         fields = ", ".join(_JOURNAL_FIELDS)
-        raise BatchError(f"{where} must be an object with exactly the fields {fields}; {fix}")
-    for name, kind in _JOURNAL_FIELDS.items():
+        raise BatchError(
+            f"{where} must be an object with exactly the fields {fields} (and data_offset, "
+            f"data_size for a packed input); {fix}"
+        )
+    for name, kind in expected.items():
         value = raw[name]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BatchError(
