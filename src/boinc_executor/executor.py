@@ -73,6 +73,12 @@ class BoincExecutor(Executor):
         trusted_types: extra classes (or ``"module.QualName"`` strings) results may contain.
         trust_results: decode results with plain ``pickle`` (closed networks only).
         max_result_bytes: records larger than this are refused unread.
+        server: a BOINC project's master URL: submit over its web RPCs from any
+            machine (default ``$BOINC_EXECUTOR_SERVER`` when no project is set;
+            docs/remote.md).
+        authenticator: the account key for ``server`` (default
+            ``$BOINC_EXECUTOR_AUTHENTICATOR``, else the file named by
+            ``$BOINC_EXECUTOR_AUTHENTICATOR_FILE``); never written anywhere.
 
     Raises:
         ConfigError: a bad argument or project configuration.
@@ -91,6 +97,8 @@ class BoincExecutor(Executor):
         trusted_types: Iterable[type | str] = (),
         trust_results: bool = False,
         max_result_bytes: int = protocol.DEFAULT_MAX_RESULT_BYTES,
+        server: str | None = None,
+        authenticator: str | None = None,
         _backend: Backend | None = None,
     ) -> None:
         try:
@@ -103,14 +111,18 @@ class BoincExecutor(Executor):
             )
         if job_params is not None and not isinstance(job_params, JobParams):
             raise ConfigError("job_params must be a boinc_executor.JobParams")
-        self._project_dir = resolve_project_dir(project_dir)
-        self._backend = _backend or load_backend(self._project_dir, max_workers=max_workers)
+        # An explicit server= outranks $PYBOINC_DIR (explicit arguments come first).
+        explicit_server = server is not None and project_dir is None
+        self._project_dir = None if explicit_server else resolve_project_dir(project_dir)
+        self._backend = _backend or load_backend(
+            self._project_dir, max_workers=max_workers, server=server, authenticator=authenticator
+        )
         self._params = job_params or JobParams()
         self._policy = TypePolicy(trusted_types, trust_all=trust_results)
         self._max_result_bytes = max_result_bytes
         self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
         self._resumed: list[Future[Any]] = []
-        if self._project_dir is None:
+        if self._backend.kind == "local":
             _announce_local()
         self._open_batch(batch_dir, name or _script_name(), prefix)
         self._collector.start()
@@ -132,6 +144,7 @@ class BoincExecutor(Executor):
                 if explicit is not None:
                     batch_id, _ = backend.create_batch(name, batch.path)
                 project = str(self._project_dir) if self._project_dir else None
+                project = getattr(backend, "server", None) or project  # remote: the URL
                 checkpoint = Checkpoint(batch_id, backend.kind, prefix, project, time.time())
                 batch.write_checkpoint(checkpoint)
             elif checkpoint.backend != backend.kind:
@@ -139,7 +152,9 @@ class BoincExecutor(Executor):
                     f"{batch.path} holds a {checkpoint.backend} batch, but this executor runs on "
                     f"the {backend.kind} backend; "
                     + (
-                        f"set project_dir={checkpoint.project_dir!r}"
+                        f"set server={checkpoint.project_dir!r}"
+                        if checkpoint.backend == "remote"
+                        else f"set project_dir={checkpoint.project_dir!r}"
                         if checkpoint.project_dir
                         else "unset project_dir and PYBOINC_DIR"
                     )
@@ -186,6 +201,8 @@ class BoincExecutor(Executor):
         *,
         project_dir: str | os.PathLike[str] | None = None,
         max_workers: int | None = None,
+        server: str | None = None,
+        authenticator: str | None = None,
         **kwargs: Any,
     ) -> BoincExecutor:
         """Reattach to an existing batch from any directory.
@@ -198,6 +215,8 @@ class BoincExecutor(Executor):
             batch_id: the batch's ID, as logged when it was created.
             project_dir: the BOINC project (default ``$PYBOINC_DIR``; none: local).
             max_workers: local worker processes.
+            server: the master URL of a remotely submitted batch (see ``__init__``).
+            authenticator: its account key (see ``__init__``).
             **kwargs: other :class:`BoincExecutor` options (``trusted_types``, ...).
 
         Raises:
@@ -205,9 +224,18 @@ class BoincExecutor(Executor):
         """
         if not isinstance(batch_id, int) or isinstance(batch_id, bool) or batch_id <= 0:
             raise BatchNotFoundError(f"batch IDs are positive integers, got {batch_id!r}")
-        backend = load_backend(resolve_project_dir(project_dir), max_workers=max_workers)
+        backend = load_backend(
+            None
+            if server is not None and project_dir is None
+            else resolve_project_dir(project_dir),
+            max_workers=max_workers,
+            server=server,
+            authenticator=authenticator,
+        )
         path = backend.locate_batch(batch_id)
-        executor = cls(project_dir=project_dir, batch_dir=path, _backend=backend, **kwargs)
+        executor = cls(
+            project_dir=project_dir, batch_dir=path, server=server, _backend=backend, **kwargs
+        )
         if executor.batch_id != batch_id:
             executor.shutdown(wait=False)
             raise BatchError(f"{path} holds batch {executor.batch_id}, not batch {batch_id}")
@@ -240,7 +268,7 @@ class BoincExecutor(Executor):
 
     @property
     def backend(self) -> str:
-        """``"local"`` or ``"boinc"``."""
+        """``"local"``, ``"boinc"`` or ``"remote"``."""
         return self._backend.kind
 
     @property
