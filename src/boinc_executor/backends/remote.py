@@ -47,11 +47,11 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from .. import protocol
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams
-from ..errors import ConfigError, SubmissionError, describe_error_mask
+from ..errors import ConfigError, SubmissionError
 from .base import Backend, BackendEvents
+from .remote_delivery import Delivery
 from .remote_rpc import (
     BatchStatus,
     JobStatus,
@@ -89,19 +89,9 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _REQUEST_SLACK = 64 * 1024  # multipart headers and the request XML
 _QUERY_CHUNK = 1000  # names per query_files
 _SUBMIT_CHUNK = 2000  # jobs per submit_batch
-_OUTPUT_MISSES = 3  # polls a done job's output may be missing before it fails
 _RETRY_MAX = 60.0  # seconds between hand-over retries at most
 # job_params submit_batch accepts (§10.8.1); quorum and retry limits come from the template.
 _PARAMS = ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound", "delay_bound")
-_ERROR_WORDS = {  # query_batch's <error> words (assumed from the bit names; docs/remote.md)
-    "couldnt_send": 1,
-    "too_many_errors": 2,
-    "too_many_success": 4,
-    "too_many_total": 8,
-    "cancelled": 16,
-    "no_canonical": 32,
-}
-_CANCELLED = 16
 
 
 def resolve_authenticator(authenticator: str | None) -> str:
@@ -150,6 +140,8 @@ class RemoteBackend(Backend):
     default_chunksize = 10
     submit_delay = 0.5
     handover_size = 5000
+    #: seconds :meth:`wait_staged` waits for an unreachable server before failing the calls
+    stage_patience = 600.0
 
     def __init__(
         self,
@@ -175,13 +167,16 @@ class RemoteBackend(Backend):
         self._segment_state: dict[int, int] = {}
         self._uncertain: set[int] = set()  # segments a submit_batch may have filled
         self._refreshed = False
-        self._delivered: set[str] = set()
+        self._delivery: Delivery | None = None
         self._started: set[str] = set()
-        self._cancelled: set[str] = set()
-        self._misses: dict[str, int] = {}
         self._retry_at = 0.0
         self._retry_delay = 1.0
         self._last_warning = 0.0
+
+    @property
+    def _deliver(self) -> Delivery:
+        assert self._delivery is not None, "attach() first"
+        return self._delivery
 
     # ------------------------------------------------------------------ batches
 
@@ -202,11 +197,7 @@ class RemoteBackend(Backend):
         self._state = RemoteState(batch.path, checkpoint.batch_id)
         self._events = events
         register(self.server, checkpoint.batch_id, batch.path)
-        for directory in (batch.new_dir, batch.old_dir):
-            for entry in os.scandir(directory):
-                parsed = protocol.parse_record_name(entry.name)
-                if parsed is not None:
-                    self._delivered.add(parsed[0])
+        self._delivery = Delivery(self.rpc, batch.path)
         self._note(self.rpc.query_batch(checkpoint.batch_id), checkpoint.batch_id)
 
     # ------------------------------------------------------------------ staging
@@ -234,15 +225,29 @@ class RemoteBackend(Backend):
     def wait_staged(self) -> None:
         """Upload what the server lacks, then record the names (before journaling).
 
+        The calls are not journaled yet, so a server that is down is waited for
+        (with backoff, up to :attr:`stage_patience` seconds) rather than failing them.
+
         Raises:
-            RemoteSubmitError: the server refused or stayed unreachable through the retries.
+            RemoteSubmitError: the server refused, or stayed unreachable too long.
         """
         staged, self._staged = self._staged, []
         if not staged:
             return
         assert self._state is not None
         by_jf = {jf: data for _, jf, data in staged}
-        self._upload(by_jf)
+        give_up = time.monotonic() + self.stage_patience
+        delay = 1.0
+        while True:
+            try:
+                self._upload(by_jf)
+                break
+            except RemoteUnavailableError as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                self._warn(f"cannot upload inputs ({exc}); waiting for the server")
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
         self._state.add_files([(n, jf, len(d)) for n, jf, d in staged])
 
     def _absent(self, names: Sequence[str]) -> list[str]:
@@ -308,7 +313,7 @@ class RemoteBackend(Backend):
             if not from_poll:
                 raise
             for name in failed:
-                self._deliver_error(name, "WorkunitError", f"the server refused job {name}: {exc}")
+                self._deliver.error(name, "WorkunitError", f"the server refused job {name}: {exc}")
             if failed and self._events is not None:
                 self._events.wake()
             return
@@ -394,7 +399,7 @@ class RemoteBackend(Backend):
                 continue
             with self._lock:
                 self._queue.pop(job.job, None)
-            self._deliver_error(
+            self._deliver.error(
                 job.job,
                 "JobLostError",
                 f"the input of job {job.job} is not on the server (never uploaded, or deleted "
@@ -423,7 +428,11 @@ class RemoteBackend(Backend):
                 self._hand_over(from_poll=True)
             with self._lock:
                 open_segments = sorted(
-                    {seg for name, (seg, _) in self._jobs.items() if name not in self._delivered}
+                    {
+                        seg
+                        for name, (seg, _) in self._jobs.items()
+                        if name not in self._deliver.delivered
+                    }
                     | {s for s in self._state.segments if self._segment_state.get(s) is None}
                 )
             self._refresh(open_segments)
@@ -432,108 +441,19 @@ class RemoteBackend(Backend):
             return
         delivered = False
         with self._lock:
-            jobs = [job for name, (_, job) in self._jobs.items() if name not in self._delivered]
+            jobs = [
+                job for name, (_, job) in self._jobs.items() if name not in self._deliver.delivered
+            ]
         for job in jobs:
             if job.status == "in_progress" and job.name not in self._started:
                 self._started.add(job.name)
                 self._events.started(job.name)
             elif job.status == "done" and job.canonical_instance_id:
-                delivered |= self._fetch(job)
+                delivered |= self._deliver.fetch(job)
             elif job.status == "error":
-                delivered |= self._fail(job)
+                delivered |= self._deliver.fail(job)
         if delivered:
             self._events.wake()
-
-    def _fetch(self, job: JobStatus) -> bool:
-        """Download a done job's output into ``new/``; True when a record was written."""
-        assert self._batch is not None
-        try:
-            names = dict((i, n) for n, i in self.rpc.query_job(job.id))
-            result = names.get(job.canonical_instance_id, "")
-            data = (
-                self.rpc.get_output(result, limit=protocol.DEFAULT_MAX_RESULT_BYTES)
-                if result
-                else None
-            )
-        except RemoteUnavailableError:
-            return False
-        except RemoteSubmitError as exc:
-            return self._deliver_error(
-                job.name, "WorkunitError", f"fetching the output failed: {exc}"
-            )
-        if data is None:
-            self._misses[job.name] = self._misses.get(job.name, 0) + 1
-            if self._misses[job.name] < _OUTPUT_MISSES:
-                return False
-            return self._output_gone(job, result)
-        try:
-            header, _ = protocol.decode_frame(data, "result")
-            if header.get("job") != job.name:
-                raise protocol.ProtocolError(f"the record names job {header.get('job')!r}")
-        except Exception as exc:  # volunteer bytes: refuse, never crash on them
-            return self._deliver_error(
-                job.name, "WorkunitError", f"the output of job {job.name} was refused: {exc}"
-            )
-        tag = result if result and len(result) <= 100 else f"result{job.canonical_instance_id}"
-        protocol.deliver_record(self._batch.path, job.name, tag, data)
-        self._delivered.add(job.name)
-        return True
-
-    def _output_gone(self, job: JobStatus, result: str) -> bool:
-        stderr, status = "", None
-        try:
-            completed = self.rpc.query_completed_job(job.name)
-            stderr, status = completed.stderr_out, completed.exit_status
-        except RemoteSubmitError:
-            pass
-        return self._deliver_error(
-            job.name,
-            "WorkunitError",
-            f"job {job.name} finished, but the server no longer has its output {result or '?'} "
-            "where get_output.php reads it: the project must keep remote outputs until the "
-            "batch is retired (its operator runs 'boinc-executor setup-project --remote')",
-            exit_status=status,
-            stderr_tail=protocol.tail(stderr),
-        )
-
-    def _fail(self, job: JobStatus) -> bool:
-        if job.name in self._cancelled:
-            self._delivered.add(job.name)
-            return False
-        mask = 0
-        for word in job.errors:
-            mask |= _ERROR_WORDS.get(word.lower().replace(" ", "_").replace("'", ""), 0)
-        words = ", ".join(job.errors) or "no reason given"
-        stderr = ""
-        if job.canonical_instance_id:  # query_completed_job only works with a canonical result
-            try:
-                stderr = self.rpc.query_completed_job(job.name).stderr_out
-            except RemoteSubmitError:
-                stderr = ""
-        hint = (
-            "It was cancelled outside this executor"
-            if mask & _CANCELLED
-            else "The project's retry limits for remote jobs are in its templates/pyboinc_remote_in"
-        )
-        status = f"; exit status {job.exit_status}" if job.exit_status is not None else ""
-        return self._deliver_error(
-            job.name,
-            "WorkunitError",
-            f"BOINC gave up on job {job.name} (work unit {job.id}: {words}; error_mask {mask}: "
-            f"{describe_error_mask(mask)}){status}. {hint}",
-            error_mask=mask,
-            exit_status=job.exit_status,
-            stderr_tail=protocol.tail(stderr),
-        )
-
-    def _deliver_error(self, job: str, kind: str, message: str, **extra: object) -> bool:
-        assert self._batch is not None
-        info = protocol.failure_info(kind, self.rpc.scrub(message), **extra)
-        info["host"] = protocol.host_name()
-        record = protocol.encode_error_record(job, info, source="remote-backend")
-        protocol.deliver_record(self._batch.path, job, "error", record)
-        self._delivered.add(job)
-        return True
 
     def progress(self) -> BatchCounts:
         """Counts of the batch's jobs as the last status query saw them."""
@@ -561,7 +481,7 @@ class RemoteBackend(Backend):
             for name in names:
                 self._queue.pop(name, None)
             known = [n for n in names if n in self._jobs]
-        self._cancelled.update(names)
+        self._deliver.cancelled.update(names)
         if known:  # an unknown name would fail the whole request
             try:
                 self.rpc.abort_jobs(known)
