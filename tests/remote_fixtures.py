@@ -54,7 +54,9 @@ def remote_web(remote_project: Project) -> Iterator[WebServer]:
 @pytest.fixture
 def admin_key(remote_project: Project) -> str:
     """The authenticator of user 1, who may submit to every app."""
-    return str(remote_project.query("select authenticator from user where id=1")[0]["authenticator"])
+    return str(
+        remote_project.query("select authenticator from user where id=1")[0]["authenticator"]
+    )
 
 
 @pytest.fixture

@@ -37,8 +37,9 @@ DB_CONN = "/var/www/boinctest/html/inc/db_conn.inc"
 def xml_error(req: Request, server: WebServer, command: str, message: str) -> None:
     """xml.inc xml_error(): the error element, the closing tag, exit."""
     server.record(command, message)
-    req.echo(f"<error>\n    <error_num>-1</error_num>\n    <error_msg>{message}</error_msg>\n"
-             f"</error>\n")
+    req.echo(
+        f"<error>\n    <error_num>-1</error_num>\n    <error_msg>{message}</error_msg>\n</error>\n"
+    )
     if command:
         req.echo(f"</{command}>\n")
     raise Exit
@@ -102,8 +103,12 @@ def job_file(req: Request, server: WebServer) -> None:
     names = [(p.text or "").strip() for p in root.findall("phys_name")]
     delete_time = float(root.findtext("delete_time") or 0)
     if root.findtext("batch_id") and int(root.findtext("batch_id") or 0):
-        req.fatal(f"Uncaught mysqli_sql_exception: Table '{req.config.db_name}.batch_file_assoc' "
-                  "doesn't exist", DB_CONN, 66)
+        req.fatal(
+            f"Uncaught mysqli_sql_exception: Table '{req.config.db_name}.batch_file_assoc' "
+            "doesn't exist",
+            DB_CONN,
+            66,
+        )
     if command == "query_files":
         absent = []
         for i, name in enumerate(names):
@@ -112,8 +117,12 @@ def job_file(req: Request, server: WebServer) -> None:
             row = req.q("select * from job_file where name=%s", name)
             if path.is_file():
                 if not row:
-                    req.x("insert into job_file (name, create_time, delete_time) values "
-                          "(%s, %s, %s)", name, time.time(), delete_time)
+                    req.x(
+                        "insert into job_file (name, create_time, delete_time) values (%s, %s, %s)",
+                        name,
+                        time.time(),
+                        delete_time,
+                    )
                 elif delete_time > row[0]["delete_time"]:
                     req.x("update job_file set delete_time=%s where name=%s", delete_time, name)
             else:
@@ -121,34 +130,57 @@ def job_file(req: Request, server: WebServer) -> None:
                     req.x("delete from job_file where name=%s", name)
                 absent.append(i)
         server.record(command, "")
-        req.echo("<absent_files>\n" + "".join(f"<file>{i}</file>\n" for i in absent)
-                 + "</absent_files>\n</query_files>\n")
+        req.echo(
+            "<absent_files>\n"
+            + "".join(f"<file>{i}</file>\n" for i in absent)
+            + "</absent_files>\n</query_files>\n"
+        )
         return
     if len(req.files) != len(names):
-        xml_error(req, server, command,
-                  f"# of uploaded files ({len(req.files)}) doesn't agree with request "
-                  f"({len(names)})")
+        xml_error(
+            req,
+            server,
+            command,
+            f"# of uploaded files ({len(req.files)}) doesn't agree with request ({len(names)})",
+        )
     for name, upload in zip(names, req.files, strict=True):
         if upload.error:
-            xml_error(req, server, command, f"upload of {name} failed: file too large "
-                      "(upload_max_filesize)")
+            xml_error(
+                req,
+                server,
+                command,
+                f"upload of {name} failed: file too large (upload_max_filesize)",
+            )
         directory, ok = _dir_for(req, name, create=True)
         if not ok or not _writable(directory):
             if ok:
-                req.warning("Warning", f"file_put_contents({directory / name}.md5): Failed to "
-                            "open stream: Permission denied", "/var/www/boinctest/html/user/"
-                            "job_file.php", 140)
-            xml_error(req, server, command, "file operation failed; check permissions in download/*")
+                req.warning(
+                    "Warning",
+                    f"file_put_contents({directory / name}.md5): Failed to "
+                    "open stream: Permission denied",
+                    "/var/www/boinctest/html/user/job_file.php",
+                    140,
+                )
+            xml_error(
+                req, server, command, "file operation failed; check permissions in download/*"
+            )
         if req.q("select id from job_file where name=%s", name):
             server.record(command, "fatal: duplicate entry")
-            req.fatal(f"Uncaught mysqli_sql_exception: Duplicate entry '{name}' for key "
-                      "'jf_name'", DB_CONN, 66)
+            req.fatal(
+                f"Uncaught mysqli_sql_exception: Duplicate entry '{name}' for key 'jf_name'",
+                DB_CONN,
+                66,
+            )
         path = directory / name
         path.write_bytes(upload.data)
         digest = hashlib.md5(upload.data).hexdigest()
         (directory / f"{name}.md5").write_text(f"{digest} {len(upload.data)}")
-        req.x("insert into job_file (name, create_time, delete_time) values (%s, %s, %s)",
-              name, time.time(), delete_time)
+        req.x(
+            "insert into job_file (name, create_time, delete_time) values (%s, %s, %s)",
+            name,
+            time.time(),
+            delete_time,
+        )
     server.record(command, "")
     req.echo("<success/>\n        </upload_files>\n")
 
@@ -160,8 +192,11 @@ def get_output(req: Request, server: WebServer) -> tuple[dict[str, str], bytes] 
         req.out.append("ERROR: unsupported command in this stand-in")
         return None
     name = fields.get("result_name", "")
-    rows = req.q("select r.*, b.user_id from result r join workunit w on w.id=r.workunitid "
-                 "join batch b on b.id=w.batch where r.name=%s", name)
+    rows = req.q(
+        "select r.*, b.user_id from result r join workunit w on w.id=r.workunitid "
+        "join batch b on b.id=w.batch where r.name=%s",
+        name,
+    )
     if not rows:
         server.record("get_output", "no such result")
         req.out.append("ERROR: no such result")
@@ -183,5 +218,10 @@ def get_output(req: Request, server: WebServer) -> tuple[dict[str, str], bytes] 
         req.out.append(f"ERROR: no such file {path}")
         return None
     server.record("get_output", "")
-    return ({"Content-Type": "application/octet-stream",
-             "Content-Disposition": f"attachment; filename={path.name}"}, path.read_bytes())
+    return (
+        {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"attachment; filename={path.name}",
+        },
+        path.read_bytes(),
+    )

@@ -32,7 +32,7 @@ POST_MAX_SIZE = 8 * 1024 * 1024
 UPLOAD_MAX_FILESIZE = 2 * 1024 * 1024
 MAX_FILE_UPLOADS = 20
 WARNING = (
-    "<br />\n<b>Warning</b>:  Undefined array key \"HTTP_X_FORWARDED_FOR\" in "
+    '<br />\n<b>Warning</b>:  Undefined array key "HTTP_X_FORWARDED_FOR" in '
     "<b>/var/www/boinctest/html/project/project.inc</b> on line <b>27</b><br />\n"
 )
 
@@ -67,19 +67,24 @@ class Request:
         self.out.append(text)
 
     def warning(self, kind: str, message: str, where: str, line: int) -> None:
-        self.out.append(f"<br />\n<b>{kind}</b>:  {message} in <b>{where}</b> on line "
-                        f"<b>{line}</b><br />\n")
+        self.out.append(
+            f"<br />\n<b>{kind}</b>:  {message} in <b>{where}</b> on line <b>{line}</b><br />\n"
+        )
 
     def fatal(self, message: str, where: str, line: int) -> None:
-        self.out.append(f"<br />\n<b>Fatal error</b>:  {message} in <b>{where}</b> on line "
-                        f"<b>{line}</b><br />\n")
+        self.out.append(
+            f"<br />\n<b>Fatal error</b>:  {message} in <b>{where}</b> on line "
+            f"<b>{line}</b><br />\n"
+        )
         raise Exit
 
     def q(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         cur = self.conn.cursor()
         cur.execute(sql, args)
-        return [{k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
-                for row in cur.fetchall()]
+        return [
+            {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
+            for row in cur.fetchall()
+        ]
 
     def x(self, sql: str, *args: Any) -> int:
         cur = self.conn.cursor()
@@ -96,15 +101,22 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], li
             continue
         head, _, data = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
         data = data[:-2] if data.endswith(b"\r\n") else data
-        disposition = next((h for h in head.decode().split("\r\n")
-                            if h.lower().startswith("content-disposition")), "")
+        disposition = next(
+            (h for h in head.decode().split("\r\n") if h.lower().startswith("content-disposition")),
+            "",
+        )
         params = dict(p.strip().split("=", 1) for p in disposition.split(";")[1:] if "=" in p)
         name = params.get("name", "").strip('"')
         if "filename" in params:
             if len(files) >= MAX_FILE_UPLOADS:
                 continue  # PHP ignores file parts past max_file_uploads
-            files.append(Upload(name, data if len(data) <= UPLOAD_MAX_FILESIZE else b"",
-                                0 if len(data) <= UPLOAD_MAX_FILESIZE else 1))
+            files.append(
+                Upload(
+                    name,
+                    data if len(data) <= UPLOAD_MAX_FILESIZE else b"",
+                    0 if len(data) <= UPLOAD_MAX_FILESIZE else 1,
+                )
+            )
         else:
             fields[name] = data.decode("utf-8", "replace")
     return fields, files
@@ -151,15 +163,27 @@ class WebServer:
                     if ctype.startswith("multipart/form-data"):
                         fields, files = _parse_multipart(body, ctype)
                     else:
-                        fields = {k: v[0] for k, v in urllib.parse.parse_qs(
-                            body.decode("utf-8", "replace")).items()}
-                self._serve(self.path, fields, files, over_limit=length > POST_MAX_SIZE,
-                            length=length)
+                        fields = {
+                            k: v[0]
+                            for k, v in urllib.parse.parse_qs(
+                                body.decode("utf-8", "replace")
+                            ).items()
+                        }
+                self._serve(
+                    self.path, fields, files, over_limit=length > POST_MAX_SIZE, length=length
+                )
 
-            def _serve(self, path: str, fields: dict[str, str], files: list[Upload],
-                       over_limit: bool = False, length: int = 0) -> None:
-                status, headers, body = server.handle(Path(path).name, fields, files,
-                                                      over_limit, length)
+            def _serve(
+                self,
+                path: str,
+                fields: dict[str, str],
+                files: list[Upload],
+                over_limit: bool = False,
+                length: int = 0,
+            ) -> None:
+                status, headers, body = server.handle(
+                    Path(path).name, fields, files, over_limit, length
+                )
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -171,8 +195,9 @@ class WebServer:
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, daemon=True,
-                                        name="remote-harness-web")
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, daemon=True, name="remote-harness-web"
+        )
         self._thread.start()
         return self
 
@@ -187,17 +212,31 @@ class WebServer:
         with self._lock:
             self.calls.append((command, error))
 
-    def handle(self, script: str, fields: dict[str, str], files: list[Upload],
-               over_limit: bool, length: int) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self,
+        script: str,
+        fields: dict[str, str],
+        files: list[Upload],
+        over_limit: bool,
+        length: int,
+    ) -> tuple[int, dict[str, str], bytes]:
         from . import rpc_files, rpc_submit
 
         config = read_config(self.root)
         req = Request(config=config, fields=fields, files=files, noisy=self.noisy)
         if over_limit:
-            req.warning("Warning", f"PHP Request Startup: POST Content-Length of {length} "
-                        f"bytes exceeds the limit of {POST_MAX_SIZE} bytes", "Unknown", 0)
-        pages = {"submit_rpc_handler.php": rpc_submit.handle, "job_file.php": rpc_files.job_file,
-                 "get_output.php": rpc_files.get_output}
+            req.warning(
+                "Warning",
+                f"PHP Request Startup: POST Content-Length of {length} "
+                f"bytes exceeds the limit of {POST_MAX_SIZE} bytes",
+                "Unknown",
+                0,
+            )
+        pages = {
+            "submit_rpc_handler.php": rpc_submit.handle,
+            "job_file.php": rpc_files.job_file,
+            "get_output.php": rpc_files.get_output,
+        }
         page = pages.get(script)
         if page is None:
             return 404, {"Content-Type": "text/html"}, b"<h1>Not Found</h1>"

@@ -89,6 +89,7 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _REQUEST_SLACK = 64 * 1024  # multipart headers and the request XML
 _QUERY_CHUNK = 1000  # names per query_files
 _SUBMIT_CHUNK = 2000  # jobs per submit_batch
+_SETTLE = 10.0  # seconds an INIT segment's counts must stand still before it is given up
 _RETRY_MAX = 60.0  # seconds between hand-over retries at most
 # job_params submit_batch accepts (§10.8.1); quorum and retry limits come from the template.
 _PARAMS = ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound", "delay_bound")
@@ -165,6 +166,9 @@ class RemoteBackend(Backend):
             str, tuple[int, JobStatus]
         ] = {}  # on the server: name -> (segment, status)
         self._segment_state: dict[int, int] = {}
+        self._segment_fill: dict[int, tuple[int, int]] = {}  # INIT segments: (njobs, jobs)
+        self._settling: dict[int, tuple[tuple[int, int], float]] = {}
+        self._dead: set[int] = set()  # left in INIT by a failed submit_batch: never reused
         self._uncertain: set[int] = set()  # segments a submit_batch may have filled
         self._refreshed = False
         self._delivery: Delivery | None = None
@@ -323,12 +327,27 @@ class RemoteBackend(Backend):
         assert self._state is not None and self._batch is not None
         if not self._queue:
             return
-        self._refresh(self._state.segments if not self._refreshed else sorted(self._uncertain))
+        half_filled = {
+            s for s, (njobs, _) in self._segment_fill.items() if njobs and s not in self._dead
+        }
+        self._refresh(
+            self._state.segments if not self._refreshed else sorted(self._uncertain | half_filled)
+        )
         self._refreshed = True
         with self._lock:
             for name in [n for n in self._queue if n in self._jobs]:
                 del self._queue[name]
             todo = list(self._queue.values())
+        if not todo:
+            return
+        busy = self._unsettled()
+        if busy:
+            raise RemoteUnavailableError(
+                f"an earlier submit_batch into server batch {busy[0]} may still be running "
+                "(it is INIT with jobs announced); waiting for it to finish before submitting "
+                "what it lacks",
+                maybe_applied=True,
+            )
         todo = self._drop_unstaged(todo)
         for start in range(0, len(todo), _SUBMIT_CHUNK):
             self._submit_chunk(todo[start : start + _SUBMIT_CHUNK])
@@ -350,7 +369,7 @@ class RemoteBackend(Backend):
         except RemoteUnavailableError:
             raise  # the segment stays uncertain: the next try asks the server first
         except (RemoteRpcError, RemotePhpError) as exc:
-            self._refresh([segment])
+            self._refresh(self._state.segments)  # a duplicate may sit in another segment
             missing = [n for n in names if n not in self._jobs]
             self._uncertain.discard(segment)
             if missing:
@@ -368,16 +387,42 @@ class RemoteBackend(Backend):
                 if name in self._jobs:
                     self._queue.pop(name, None)
 
+    def _unsettled(self) -> list[int]:
+        """INIT segments with jobs announced (njobs set) whose fill may still be running.
+
+        submit_batch sets njobs before create_work runs and the state only after it
+        succeeded (§10.2.5-6), so such a segment is either being filled by a
+        request whose submitter died, or was left behind by a failed one. It is
+        waited for until its counts have not changed for :data:`_SETTLE` seconds;
+        after that it is given up (never reused), so no request ever races it.
+        """
+        busy = []
+        now = time.monotonic()
+        for segment, fill in self._segment_fill.items():
+            if not fill[0] or segment in self._dead:
+                continue
+            seen = self._settling.get(segment)
+            if seen is None or seen[0] != fill:
+                self._settling[segment] = (fill, now)
+                busy.append(segment)
+            elif now - seen[1] < _SETTLE:
+                busy.append(segment)
+            else:
+                self._dead.add(segment)
+                logger.info("server batch %d was left in INIT by a failed submit_batch", segment)
+        return busy
+
     def _open_segment(self) -> int:
-        """A server batch of ours still in INIT, else a new one (recorded first)."""
+        """A server batch of ours in INIT with no jobs, else a new one (recorded first)."""
         assert self._state is not None
         for segment in self._state.segments:
-            if self._segment_state.get(segment) == 0:
+            if self._segment_fill.get(segment) == (0, 0) and segment not in self._dead:
                 return segment
         anchor = self._state.segments[0]
         segment = self.rpc.create_batch(APP_NAME, f"boinc-executor {anchor} part")
         self._state.add_segment(segment)
         self._segment_state[segment] = 0
+        self._segment_fill[segment] = (0, 0)
         return segment
 
     def _sources(self, job: JournalEntry) -> list[str]:
@@ -415,6 +460,10 @@ class RemoteBackend(Backend):
 
     def _note(self, status: BatchStatus, segment: int) -> None:
         self._segment_state[segment] = status.state
+        if status.state == 0:
+            self._segment_fill[segment] = (status.njobs, len(status.jobs))
+        else:
+            self._segment_fill.pop(segment, None)
         with self._lock:
             for job in status.jobs:
                 self._jobs[job.name] = (segment, job)

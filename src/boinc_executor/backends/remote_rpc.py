@@ -148,6 +148,7 @@ class BatchStatus:
     Attributes:
         id: the batch ID.
         state: 0 init, 1 in progress, 2 complete, 3 aborted, 4 retired.
+        njobs: jobs announced by submit_batch (set before create_work runs).
         name: the batch name.
         jobs: the jobs, with details.
     """
@@ -155,6 +156,7 @@ class BatchStatus:
     id: int
     state: int
     name: str
+    njobs: int = 0
     jobs: list[JobStatus] = field(default_factory=list)
 
 
@@ -439,6 +441,7 @@ class RpcClient:
             id=_int(batch, "id", "query_batch", batch_id),
             state=_int(batch, "state", "query_batch", 0),
             name=(batch.findtext("name") or "").strip(),
+            njobs=_int(batch, "njobs", "query_batch", 0),
             jobs=jobs,
         )
 
