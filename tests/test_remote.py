@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor
+from boinc_executor.backends.remote_ops import abort_remote_batch, retire_remote_batch
 from boinc_executor.backends.remote_rpc import (
     RemoteAuthError,
     RemotePhpError,
@@ -466,3 +467,22 @@ def test_unreachable_server_is_a_clear_error(admin_key: str, tmp_path: Path) -> 
     with pytest.raises(RemoteUnavailableError, match="reachable") as info:
         rpc.ping()
     assert admin_key not in str(info.value)
+
+
+def test_abort_and_retire_from_outside_the_executor(
+    remote_project: Project, remote_web: WebServer, admin_key: str, tmp_path: Path
+) -> None:
+    ex = BoincExecutor(server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b")
+    futures = [ex.submit(jobs.square, i) for i in range(2)]
+    assert ex.flush(timeout=60)
+    batch_id = ex.batch_id
+    assert abort_remote_batch(batch_id, server=remote_web.url, authenticator=admin_key) == [
+        batch_id
+    ]
+    for future in futures:
+        with pytest.raises(WorkunitError, match="cancelled outside this executor"):
+            future.result(timeout=60)
+    ex.shutdown()
+    assert retire_remote_batch(batch_id, server=remote_web.url, authenticator=admin_key) == []
+    (row,) = remote_project.query("select state from batch where id=%s", batch_id)
+    assert row["state"] == 4

@@ -61,7 +61,17 @@ from .remote_rpc import (
     RemoteUnavailableError,
     RpcClient,
 )
-from .remote_state import RemoteState, default_batch_dir, locate, register
+from .remote_staging import MAX_FILE_BYTES, absent, upload
+from .remote_state import (
+    ENV_AUTHENTICATOR,
+    ENV_AUTHENTICATOR_FILE,
+    ENV_SERVER,
+    RemoteState,
+    default_batch_dir,
+    locate,
+    register,
+    resolve_authenticator,
+)
 from .rows import BatchCounts
 
 __all__ = [
@@ -74,53 +84,16 @@ __all__ = [
 
 logger = logging.getLogger("boinc_executor")
 
-ENV_SERVER = "BOINC_EXECUTOR_SERVER"
-ENV_AUTHENTICATOR = "BOINC_EXECUTOR_AUTHENTICATOR"
-ENV_AUTHENTICATOR_FILE = "BOINC_EXECUTOR_AUTHENTICATOR_FILE"
 ENV_POLL_INTERVAL = "BOINC_EXECUTOR_POLL_INTERVAL"
 APP_NAME = "pyboinc"
 INPUT_TEMPLATE = "pyboinc_remote_in"
 OUTPUT_TEMPLATE = "pyboinc_remote_out"
 
-# PHP's defaults (§10.1.10): max_file_uploads, upload_max_filesize, post_max_size.
-MAX_FILES_PER_UPLOAD = 20
-MAX_FILE_BYTES = 2 * 1024 * 1024
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
-_REQUEST_SLACK = 64 * 1024  # multipart headers and the request XML
-_QUERY_CHUNK = 1000  # names per query_files
 _SUBMIT_CHUNK = 2000  # jobs per submit_batch
 _SETTLE = 10.0  # seconds an INIT segment's counts must stand still before it is given up
 _RETRY_MAX = 60.0  # seconds between hand-over retries at most
 # job_params submit_batch accepts (§10.8.1); quorum and retry limits come from the template.
 _PARAMS = ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound", "delay_bound")
-
-
-def resolve_authenticator(authenticator: str | None) -> str:
-    """``authenticator``, else ``$BOINC_EXECUTOR_AUTHENTICATOR``, else the file named by
-    ``$BOINC_EXECUTOR_AUTHENTICATOR_FILE``.
-
-    Raises:
-        ConfigError: none of them gives a key, or the file cannot be read.
-    """
-    if authenticator:
-        return authenticator.strip()
-    if os.environ.get(ENV_AUTHENTICATOR):
-        return os.environ[ENV_AUTHENTICATOR].strip()
-    path = os.environ.get(ENV_AUTHENTICATOR_FILE)
-    if path:
-        try:
-            key = Path(path).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read {ENV_AUTHENTICATOR_FILE}={path}: {exc.strerror}"
-            ) from None
-        if key:
-            return key
-        raise ConfigError(f"{ENV_AUTHENTICATOR_FILE}={path} names an empty file")
-    raise ConfigError(
-        "remote submission needs your account key: pass authenticator=, or set "
-        f"{ENV_AUTHENTICATOR}, or {ENV_AUTHENTICATOR_FILE} to a file holding it"
-    )
 
 
 class RemoteBackend(Backend):
@@ -244,7 +217,7 @@ class RemoteBackend(Backend):
         delay = 1.0
         while True:
             try:
-                self._upload(by_jf)
+                upload(self.rpc, by_jf)
                 break
             except RemoteUnavailableError as exc:
                 if time.monotonic() + delay > give_up:
@@ -253,31 +226,6 @@ class RemoteBackend(Backend):
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
         self._state.add_files([(n, jf, len(d)) for n, jf, d in staged])
-
-    def _absent(self, names: Sequence[str]) -> list[str]:
-        absent: list[str] = []
-        for start in range(0, len(names), _QUERY_CHUNK):
-            absent += self.rpc.query_files(list(names[start : start + _QUERY_CHUNK]))
-        return absent
-
-    def _upload(self, files: dict[str, bytes]) -> None:
-        """query_files, then upload_files of the absent ones in chunks within PHP's limits.
-
-        A failed or crashed upload is followed by a fresh ``query_files``: a file
-        the server already has must never be uploaded again (§10.1.7).
-        """
-        for attempt in range(3):
-            absent = self._absent(list(files))
-            if not absent:
-                return
-            try:
-                for chunk in _chunks([(n, files[n]) for n in absent]):
-                    self.rpc.upload_files(chunk)
-                return
-            except (RemotePhpError, RemoteUnavailableError) as exc:
-                if attempt == 2:
-                    raise
-                logger.info("an upload failed (%s); asking the server what it has", exc)
 
     # ------------------------------------------------------------------ submission
 
@@ -436,7 +384,7 @@ class RemoteBackend(Backend):
         known = {j.job for j in jobs if j.program in files and j.data in files}
         inputs = [(files[j.program][0], files[j.data][0]) for j in jobs if j.job in known]
         wanted = sorted({name for pair in inputs for name in pair})
-        gone = set(self._absent(wanted)) if wanted else set()
+        gone = set(absent(self.rpc, wanted)) if wanted else set()
         kept = []
         for job in jobs:
             if job.job in known and not {files[job.program][0], files[job.data][0]} & gone:
@@ -558,21 +506,6 @@ class RemoteBackend(Backend):
                 logger.warning(
                     "retiring batch %d on the server failed: %s", self._state.segments[0], exc
                 )
-
-
-def _chunks(files: list[tuple[str, bytes]]) -> Iterable[list[tuple[str, bytes]]]:
-    """Uploads of at most 20 files and 8 MB (less the multipart overhead) each."""
-    chunk: list[tuple[str, bytes]] = []
-    size = 0
-    budget = MAX_REQUEST_BYTES - _REQUEST_SLACK
-    for name, data in files:
-        if chunk and (len(chunk) == MAX_FILES_PER_UPLOAD or size + len(data) > budget):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, data))
-        size += len(data)
-    if chunk:
-        yield chunk
 
 
 _WARNED: set[str] = set()

@@ -32,7 +32,6 @@ import hashlib
 import http.client
 import logging
 import re
-import secrets
 import socket
 import ssl
 import time
@@ -41,10 +40,24 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
-from ..errors import BoincExecutorError, ConfigError
+from ..errors import ConfigError
+from .remote_wire import (
+    BatchStatus,
+    CompletedJob,
+    JobStatus,
+    RemoteAuthError,
+    RemotePhpError,
+    RemoteRpcError,
+    RemoteSubmitError,
+    RemoteUnavailableError,
+    get_int,
+    is_int,
+    multipart,
+    normalise_server,
+    unescape_stderr,
+)
 
 __all__ = [
     "BatchStatus",
@@ -73,108 +86,6 @@ _PHP_FATAL = re.compile(r"<b>(?:Fatal error|Parse error)</b>:\s*(.*?)(?:<br\s*/>
 _TAGS = re.compile(r"<[^>]+>")
 _AUTH_ERRORS = ("bad authenticator", "no authenticator")
 _ACCESS_ERRORS = ("no submit access", "no file access", "not owner")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class RemoteSubmitError(BoincExecutorError):
-    """Remote submission failed; the message says what to do."""
-
-
-class RemoteUnavailableError(RemoteSubmitError):
-    """The server could not be reached, timed out, or answered with an HTTP error.
-
-    Attributes:
-        maybe_applied: the request may have reached the server (a timeout or a
-            dropped connection after sending), so it may have taken effect.
-    """
-
-    def __init__(self, message: str, *, maybe_applied: bool) -> None:
-        super().__init__(message)
-        self.maybe_applied = maybe_applied
-
-
-class RemoteRpcError(RemoteSubmitError):
-    """The server refused the request with an ``<error>`` reply.
-
-    Attributes:
-        command: the RPC (``submit_batch`` ...).
-        server_message: the server's ``error_msg``, scrubbed.
-    """
-
-    def __init__(self, message: str, *, command: str, server_message: str) -> None:
-        super().__init__(message)
-        self.command = command
-        self.server_message = server_message
-
-
-class RemoteAuthError(RemoteRpcError, ConfigError):
-    """The authenticator is unknown, or its user may not do this (no submit rights)."""
-
-
-class RemotePhpError(RemoteSubmitError):
-    """The reply holds a PHP fatal error, or no parsable XML at all."""
-
-
-# --------------------------------------------------------------------------- replies
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """One job of a ``query_batch`` reply with job details (§10.3.1-2).
-
-    Attributes:
-        id: ``workunit.id``.
-        name: the job (work unit) name.
-        canonical_instance_id: the canonical result's ID (0 if none yet).
-        status: ``queued``, ``in_progress``, ``done`` or ``error``.
-        errors: the ``<error>`` words (``cancelled`` ...), in order.
-        exit_status: the failed instance's exit status, when the server gives one.
-    """
-
-    id: int
-    name: str
-    canonical_instance_id: int
-    status: str
-    errors: tuple[str, ...] = ()
-    exit_status: int | None = None
-
-
-@dataclass(frozen=True)
-class BatchStatus:
-    """A ``query_batch`` reply: the batch's state and its jobs.
-
-    Attributes:
-        id: the batch ID.
-        state: 0 init, 1 in progress, 2 complete, 3 aborted, 4 retired.
-        njobs: jobs announced by submit_batch (set before create_work runs).
-        name: the batch name.
-        jobs: the jobs, with details.
-    """
-
-    id: int
-    state: int
-    name: str
-    njobs: int = 0
-    jobs: list[JobStatus] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class CompletedJob:
-    """A ``query_completed_job`` reply (only works for jobs with a canonical result).
-
-    Attributes:
-        error_mask: the work unit's ``error_mask``.
-        canonical_resultid: the canonical result's ID.
-        exit_status: that result's exit status.
-        stderr_out: its ``stderr_out``, unescaped once (the server escapes it, §10.3.5).
-    """
-
-    error_mask: int
-    canonical_resultid: int
-    exit_status: int | None
-    stderr_out: str
 
 
 # --------------------------------------------------------------------------- the client
@@ -302,7 +213,7 @@ class RpcClient:
         """POST ``<command><authenticator/>inner</command>`` as form field ``request``."""
         xml = f"<{command}>{self._auth_xml()}{inner}</{command}>"
         if files:
-            body, content_type = _multipart(xml, files)
+            body, content_type = multipart(xml, files)
         else:
             body = urllib.parse.urlencode({"request": xml}).encode()
             content_type = "application/x-www-form-urlencoded"
@@ -381,7 +292,7 @@ class RpcClient:
             "<expire_time>0</expire_time>",
             idempotent=False,
         )
-        return _int(root, "batch_id", "create_batch")
+        return get_int(root, "batch_id", "create_batch")
 
     def submit_batch(
         self,
@@ -429,19 +340,19 @@ class RpcClient:
             exit_text = (job.findtext("exit_status") or "").strip()
             jobs.append(
                 JobStatus(
-                    id=_int(job, "id", "query_batch"),
+                    id=get_int(job, "id", "query_batch"),
                     name=(job.findtext("name") or "").strip(),
-                    canonical_instance_id=_int(job, "canonical_instance_id", "query_batch", 0),
+                    canonical_instance_id=get_int(job, "canonical_instance_id", "query_batch", 0),
                     status=(job.findtext("status") or "").strip(),
                     errors=tuple((e.text or "").strip() for e in job.findall("error")),
-                    exit_status=int(exit_text) if _is_int(exit_text) else None,
+                    exit_status=int(exit_text) if is_int(exit_text) else None,
                 )
             )
         return BatchStatus(
-            id=_int(batch, "id", "query_batch", batch_id),
-            state=_int(batch, "state", "query_batch", 0),
+            id=get_int(batch, "id", "query_batch", batch_id),
+            state=get_int(batch, "state", "query_batch", 0),
             name=(batch.findtext("name") or "").strip(),
-            njobs=_int(batch, "njobs", "query_batch", 0),
+            njobs=get_int(batch, "njobs", "query_batch", 0),
             jobs=jobs,
         )
 
@@ -450,8 +361,8 @@ class RpcClient:
         root = self._rpc("query_batches", "")
         return [
             BatchStatus(
-                id=_int(b, "id", "query_batches"),
-                state=_int(b, "state", "query_batches", 0),
+                id=get_int(b, "id", "query_batches"),
+                state=get_int(b, "state", "query_batches", 0),
                 name=(b.findtext("name") or "").strip(),
             )
             for b in root.iter("batch")
@@ -461,7 +372,7 @@ class RpcClient:
         """``(result name, result ID)`` of each instance of a job (§10.2.10)."""
         root = self._rpc("query_job", f"<job_id>{job_id}</job_id>")
         return [
-            ((i.findtext("name") or "").strip(), _int(i, "id", "query_job"))
+            ((i.findtext("name") or "").strip(), get_int(i, "id", "query_job"))
             for i in root.iter("instance")
         ]
 
@@ -472,9 +383,9 @@ class RpcClient:
         node = root if node is None else node
         exit_text = (node.findtext("exit_status") or "").strip()
         return CompletedJob(
-            error_mask=_int(node, "error_mask", "query_completed_job", 0),
-            canonical_resultid=_int(node, "canonical_resultid", "query_completed_job", 0),
-            exit_status=int(exit_text) if _is_int(exit_text) else None,
+            error_mask=get_int(node, "error_mask", "query_completed_job", 0),
+            canonical_resultid=get_int(node, "canonical_resultid", "query_completed_job", 0),
+            exit_status=int(exit_text) if is_int(exit_text) else None,
             stderr_out=unescape_stderr(node.findtext("stderr_out") or ""),
         )
 
@@ -562,70 +473,3 @@ class RpcClient:
                 server_message=message,
             )
         raise RemoteSubmitError(f"get_output of {result_name} answered {message!r}")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def normalise_server(server: str) -> str:
-    """The master URL with one trailing slash; refuses non-http(s) URLs and credentials in it.
-
-    Raises:
-        ConfigError: not an http(s) URL, or it carries a user name or password.
-    """
-    text = (server or "").strip()
-    parsed = urllib.parse.urlsplit(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(
-            f"server must be the project's master URL, like https://host/project/, got {text!r}"
-        )
-    if parsed.username or parsed.password:
-        raise ConfigError(
-            "the server URL must not carry credentials; pass the authenticator separately"
-        )
-    return (
-        urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", "")).rstrip("/")
-        + "/"
-    )
-
-
-def unescape_stderr(text: str) -> str:
-    """Undo the one ``htmlspecialchars`` the server applies to ``stderr_out`` (§10.3.5)."""
-    import html
-
-    return html.unescape(text).strip()
-
-
-def _multipart(request_xml: str, files: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """multipart/form-data: part ``request``, then ``file_<i>`` in ``<phys_name>`` order."""
-    boundary = "bx" + secrets.token_hex(16)
-    out = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="request"\r\n\r\n'.encode(),
-        request_xml.encode(),
-        b"\r\n",
-    ]
-    for i, (name, data) in enumerate(files):
-        out.append(
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file_{i}"; '
-                f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-            ).encode()
-        )
-        out += [data, b"\r\n"]
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), f"multipart/form-data; boundary={boundary}"
-
-
-def _is_int(text: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+", text))
-
-
-def _int(node: ET.Element, tag: str, command: str, default: int | None = None) -> int:
-    text = (node.findtext(tag) or "").strip()
-    if _is_int(text):
-        return int(text)
-    if re.fullmatch(r"-?\d+\.0*", text):
-        return int(float(text))
-    if default is not None:
-        return default
-    raise RemotePhpError(f"the reply to {command} has no <{tag}>")

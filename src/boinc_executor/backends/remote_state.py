@@ -14,7 +14,8 @@ The server holds the jobs; the laptop holds what the server cannot tell it:
   ``submit_batch`` (§10.2.6), so each later hand-over fills a new server batch
   (a *segment*); the first segment is the batch whose ID is the executor's.
 
-None of these holds the authenticator or anything derived from it.
+None of these holds the authenticator or anything derived from it; it comes from
+:func:`resolve_authenticator` and lives only in memory.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from pathlib import Path
 
 from .. import protocol
 from ..config import state_home
-from ..errors import BatchError, BatchNotFoundError
+from ..errors import BatchError, BatchNotFoundError, ConfigError
 
-__all__ = ["RemoteState", "locate", "register", "server_key"]
+__all__ = ["RemoteState", "locate", "register", "resolve_authenticator", "server_key"]
 
+ENV_SERVER = "BOINC_EXECUTOR_SERVER"
+ENV_AUTHENTICATOR = "BOINC_EXECUTOR_AUTHENTICATOR"
+ENV_AUTHENTICATOR_FILE = "BOINC_EXECUTOR_AUTHENTICATOR_FILE"
 STATE_DIR = "remote"
 FILES = "files.tsv"
 SEGMENTS = "segments.json"
@@ -77,6 +81,34 @@ def locate(server: str, batch_id: int) -> Path:
             f"remote batch {batch_id} was in {path}, which no longer holds its checkpoint"
         )
     return path
+
+
+def resolve_authenticator(authenticator: str | None) -> str:
+    """``authenticator``, else ``$BOINC_EXECUTOR_AUTHENTICATOR``, else the file named by
+    ``$BOINC_EXECUTOR_AUTHENTICATOR_FILE``.
+
+    Raises:
+        ConfigError: none of them gives a key, or the file cannot be read.
+    """
+    if authenticator:
+        return authenticator.strip()
+    if os.environ.get(ENV_AUTHENTICATOR):
+        return os.environ[ENV_AUTHENTICATOR].strip()
+    path = os.environ.get(ENV_AUTHENTICATOR_FILE)
+    if path:
+        try:
+            key = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {ENV_AUTHENTICATOR_FILE}={path}: {exc.strerror}"
+            ) from None
+        if key:
+            return key
+        raise ConfigError(f"{ENV_AUTHENTICATOR_FILE}={path} names an empty file")
+    raise ConfigError(
+        "remote submission needs your account key: pass authenticator=, or set "
+        f"{ENV_AUTHENTICATOR}, or {ENV_AUTHENTICATOR_FILE} to a file holding it"
+    )
 
 
 class RemoteState:
