@@ -45,6 +45,7 @@ import os
 import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..batch import BatchDir, Checkpoint, JournalEntry
@@ -91,6 +92,7 @@ OUTPUT_TEMPLATE = "pyboinc_remote_out"
 
 _SUBMIT_CHUNK = 2000  # jobs per submit_batch
 _SETTLE = 10.0  # seconds an INIT segment's counts must stand still before it is given up
+_FETCH_THREADS = 8  # parallel output downloads
 _RETRY_MAX = 60.0  # seconds between hand-over retries at most
 # job_params submit_batch accepts (§10.8.1); quorum and retry limits come from the template.
 _PARAMS = ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound", "delay_bound")
@@ -441,14 +443,18 @@ class RemoteBackend(Backend):
             jobs = [
                 job for name, (_, job) in self._jobs.items() if name not in self._deliver.delivered
             ]
+        done = []
         for job in jobs:
             if job.status == "in_progress" and job.name not in self._started:
                 self._started.add(job.name)
                 self._events.started(job.name)
             elif job.status == "done" and job.canonical_instance_id:
-                delivered |= self._deliver.fetch(job)
+                done.append(job)
             elif job.status == "error":
                 delivered |= self._deliver.fail(job)
+        if done:  # downloads are latency-bound: a few in parallel
+            with ThreadPoolExecutor(min(_FETCH_THREADS, len(done))) as pool:
+                delivered |= any(list(pool.map(self._deliver.fetch, done)))
         if delivered:
             self._events.wake()
 
