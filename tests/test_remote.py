@@ -170,8 +170,8 @@ def test_uploads_keep_to_phps_limits(
             server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b"
         ) as ex,
     ):
-        futures = [ex.submit(jobs.length, blob + bytes([i])) for i in range(24)]
-        assert [f.result(timeout=120) for f in futures] == [600_001] * 24
+        futures = [ex.submit(jobs.length, blob + bytes([i])) for i in range(15)]
+        assert [f.result(timeout=120) for f in futures] == [600_001] * 15
         with pytest.raises(SubmissionError, match="2097152-byte limit"):
             ex.submit(jobs.length, b"x" * 3_000_000).result(timeout=60)
     uploads = [c for c in web_calls(remote_web) if c[0] == "upload_files"]

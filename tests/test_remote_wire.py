@@ -9,6 +9,13 @@ authenticator in them.
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
 import pytest
 
 from boinc_executor.backends.remote import RemoteBackend
@@ -129,7 +136,7 @@ def test_authenticator_sources(
 ) -> None:
     with pytest.raises(ConfigError, match="BOINC_EXECUTOR_AUTHENTICATOR_FILE"):
         resolve_authenticator(None)
-    key_file = tmp_path / "key"  # type: ignore[operator]
+    key_file = tmp_path / "key"
     key_file.write_text(f"{KEY}\n")
     monkeypatch.setenv("BOINC_EXECUTOR_AUTHENTICATOR_FILE", str(key_file))
     assert resolve_authenticator(None) == KEY
@@ -137,3 +144,50 @@ def test_authenticator_sources(
     assert resolve_authenticator(None) == "from-env"
     assert resolve_authenticator("explicit") == "explicit"
     assert RemoteBackend.kind == "remote"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An https server on loopback with a self-signed certificate; yields (URL, cert)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    class Ping(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = f"{HEAD}<ping>\n<success>1</success>\n</ping>\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Ping)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}/p/", cert
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_tls_is_verified_and_a_private_ca_can_be_given(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = tls_server
+    with pytest.raises(ConfigError, match="does not verify"):
+        RpcClient(url, KEY, attempts=1).ping()
+    RpcClient(url, KEY, cafile=str(cert)).ping()
+    monkeypatch.setenv("BOINC_EXECUTOR_CA_FILE", str(cert))
+    RpcClient(url, KEY).ping()
