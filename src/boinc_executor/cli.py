@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import BoincExecutorError
+from .server import doctor
 from .server.appversion import ALL_PLATFORMS
 
 __all__ = ["main"]
@@ -108,6 +109,22 @@ def _parser() -> argparse.ArgumentParser:
         help="delete the outputs kept for remote batches that were retired (run from cron)",
     )
     purge.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
+    doctor.add_arguments(
+        sub.add_parser(
+            "doctor",
+            help="check that a BOINC project really runs boinc-executor jobs",
+            description="Check the daemons, app versions, host, permissions and cron a "
+            "pyboinc project needs; print each problem with its fix. Exit status 1 if any "
+            "check fails.",
+        )
+    )
+    restart = sub.add_parser(
+        "restart-daemons",
+        help="restart a BOINC project's daemons safely (bin/stop, wait, bin/start, check)",
+        description="Run bin/stop, wait until the old daemons have released their locks, "
+        "run bin/start, and check that every daemon holds its lock.",
+    )
+    restart.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
     status = sub.add_parser(
         "status",
         help="show how far a batch on a BOINC project has got",
@@ -124,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _status(batch_id: int, project: str | None) -> int:
     from .backends.db import Database
+    from .backends.stuck import Thresholds, diagnose
     from .config import ProjectConfig, resolve_project_dir
 
     root = resolve_project_dir(project)
@@ -136,12 +154,15 @@ def _status(batch_id: int, project: str | None) -> int:
     with Database(ProjectConfig.load(root)) as db:
         record = db.batch_record(batch_id)
         counts = db.batch_counts(batch_id)
+        stuck = diagnose(db, root, batch_id, Thresholds.for_project(root))
     print(f"batch {batch_id} on {root}")
     print(f"  batch directory: {record.batch_dir}")
     print(
         f"  work units: {counts.total} total, {counts.unsent} unsent, "
         f"{counts.in_progress} in progress, {counts.done} done, {counts.failed} failed"
     )
+    if stuck:
+        print(f"  STUCK: {stuck}")
     try:
         waiting, handled = (
             sum(1 for _ in sub.iterdir()) if sub.is_dir() else 0
@@ -211,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"boinc-executor {args.command}: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "doctor":
+        return doctor.main(args)
+    if args.command == "restart-daemons":
+        from .server.restart import main as restart_main
+
+        return restart_main(args.project_dir)
     try:
         return _status(args.batch_id, args.project)
     except BoincExecutorError as exc:

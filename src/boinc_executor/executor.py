@@ -356,6 +356,26 @@ class BoincExecutor(Executor):
 
         return results()
 
+    def output(self, future: Future[Any]) -> protocol.TaskOutput:
+        """What the call behind ``future`` printed on its volunteer (its captured stdout/stderr).
+
+        Each stream keeps the call's last ``protocol.OUTPUT_CHARS`` (65,536) characters;
+        a ``map`` chunk's single job shares ``protocol.JOB_OUTPUT_CHARS`` per stream
+        among its calls (see ``docs/user-guide.md``). Kept while the future is alive.
+
+        Raises:
+            ValueError: the future is not done, or has no record of this executor
+                (cancelled, failed before it was submitted, or from another executor).
+        """
+        found = self._collector.output(future) if future.done() else None
+        if found is None:
+            raise ValueError(
+                "no captured output for this future: it is not done, was cancelled or never "
+                "submitted, or belongs to another executor; for a map call, use "
+                "boinc_executor.task_output(batch_dir, call_index)"
+            )
+        return found
+
     def progress(self) -> BatchCounts | None:
         """The batch's work units by state, from the BOINC database (None locally).
 
@@ -396,7 +416,7 @@ class BoincExecutor(Executor):
         cached = self._programs.get(id(fn))
         if cached is not None and cached[0] is fn:
             return cached[1], cached[2], cached[3]
-        data = protocol.encode_program(fn)
+        data = protocol.encode_program(fn, self._policy)
         name = protocol.program_file_name(self._checkpoint.prefix, data)
         identity = protocol.program_identity(data)
         if len(self._programs) >= 64:
