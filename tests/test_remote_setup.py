@@ -15,6 +15,8 @@ import pytest
 from boinc_executor import BoincExecutor
 from boinc_executor.cli import main
 from boinc_executor.errors import SubmissionError
+from boinc_executor.server.access import User
+from boinc_executor.server.doctor import run_checks
 from boinc_executor.server.remote import (
     remote_checks,
     remote_input_template,
@@ -75,3 +77,22 @@ def test_cli_setup_remote_and_grant_submit(
     assert "no user with email_addr" in capsys.readouterr().err
     assert main(["purge-remote-outputs", root]) == 0
     assert "deleted 0 outputs" in capsys.readouterr().out
+
+
+def test_doctor_reports_remote_problems_until_setup_remote(pyboinc_project: Project) -> None:
+    root = pyboinc_project.root
+    me = User.current().name
+
+    def remote_problems() -> set[str]:
+        report = run_checks(root, web_user=me)
+        return {f.check for f in report.findings if not f.ok and f.check.startswith("remote")}
+
+    assert {"remote: download hierarchy", "remote: templates"} <= remote_problems()
+    setup_remote(root)
+    assert remote_problems() <= {"remote: PHP upload limits"}
+    conn = pyboinc_project.connect()
+    try:
+        conn.cursor().execute("delete from user_submit")
+    finally:
+        conn.close()
+    assert "remote: submit rights" in remote_problems()
