@@ -20,6 +20,7 @@ _BOINC_MODULE = "pytestmark = pytest.mark.boinc"
 if HAVE_MYSQLDB:
     from tests.boinc_harness.fixtures import *  # noqa: F403
     from tests.pyboinc_fixtures import *  # noqa: F403
+    from tests.remote_fixtures import *  # noqa: F403
 
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:
@@ -45,4 +46,6 @@ def _isolated_state(
     monkeypatch.setenv("BOINC_EXECUTOR_HOME", str(home))
     monkeypatch.delenv("PYBOINC_DIR", raising=False)
     monkeypatch.delenv("BOINC_EXECUTOR_BATCH_DIR", raising=False)
+    for name in ("SERVER", "AUTHENTICATOR", "AUTHENTICATOR_FILE"):
+        monkeypatch.delenv(f"BOINC_EXECUTOR_{name}", raising=False)
     yield home

@@ -90,6 +90,26 @@ def _parser() -> argparse.ArgumentParser:
             "one registers a new app version, e.g. to ship a changed runner"
         ),
     )
+    setup.add_argument(
+        "--remote",
+        action="store_true",
+        help=(
+            "also prepare remote submission over the web RPCs: group-writable download "
+            "directories, the pyboinc_remote_* templates, a PHP limits check "
+            "(docs/remote.md)"
+        ),
+    )
+    grant = sub.add_parser(
+        "grant-submit",
+        help="let a BOINC user submit pyboinc jobs remotely (user_submit, user_submit_app)",
+    )
+    grant.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
+    grant.add_argument("user", metavar="USER", help="the user's ID or e-mail address")
+    purge = sub.add_parser(
+        "purge-remote-outputs",
+        help="delete the outputs kept for remote batches that were retired (run from cron)",
+    )
+    purge.add_argument("project_dir", metavar="PROJECT_DIR", help="the BOINC project root")
     doctor.add_arguments(
         sub.add_parser(
             "doctor",
@@ -155,6 +175,22 @@ def _status(batch_id: int, project: str | None) -> int:
     return 0
 
 
+def _setup_remote(project_dir: str) -> int:
+    from .server.remote import setup_remote
+
+    try:
+        report = setup_remote(project_dir, log=lambda step: _log.info("remote: %s", step))
+    except BoincExecutorError as exc:
+        print(f"boinc-executor setup-project --remote: {exc}", file=sys.stderr)
+        return 1
+    print("Remote submission:")
+    print("\n".join(f"  - {c}" for c in report.changes) or "  - nothing to change")
+    if report.todo:
+        print("Still to do for remote submission:")
+        print("\n".join(f"  - {t}" for t in report.todo))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``boinc-executor`` script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -182,6 +218,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"boinc-executor setup-project: {exc}", file=sys.stderr)
             return 1
         print(report.render())
+        return _setup_remote(args.project_dir) if args.remote else 0
+    if args.command in ("grant-submit", "purge-remote-outputs"):
+        from .server import remote
+
+        try:
+            if args.command == "grant-submit":
+                print(remote.grant_submit(args.project_dir, args.user))
+            else:
+                count = remote.purge_retired_outputs(args.project_dir)
+                print(f"deleted {count} outputs of retired remote batches")
+        except BoincExecutorError as exc:
+            print(f"boinc-executor {args.command}: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "doctor":
         return doctor.main(args)

@@ -80,6 +80,12 @@ class BoincExecutor(Executor):
         retry_failed: when replaying, send a journaled call again (under a new
             job name, with the arguments this run submits) if its record is an
             error or the call raised; every other result is replayed as usual.
+        server: a BOINC project's master URL: submit over its web RPCs from any
+            machine (default ``$BOINC_EXECUTOR_SERVER`` when no project is set;
+            docs/remote.md).
+        authenticator: the account key for ``server`` (default
+            ``$BOINC_EXECUTOR_AUTHENTICATOR``, else the file named by
+            ``$BOINC_EXECUTOR_AUTHENTICATOR_FILE``); never written anywhere.
 
     Raises:
         ConfigError: a bad argument or project configuration.
@@ -99,6 +105,8 @@ class BoincExecutor(Executor):
         trust_results: bool = False,
         max_result_bytes: int = protocol.DEFAULT_MAX_RESULT_BYTES,
         retry_failed: bool = False,
+        server: str | None = None,
+        authenticator: str | None = None,
         _backend: Backend | None = None,
     ) -> None:
         try:
@@ -111,14 +119,18 @@ class BoincExecutor(Executor):
             )
         if job_params is not None and not isinstance(job_params, JobParams):
             raise ConfigError("job_params must be a boinc_executor.JobParams")
-        self._project_dir = resolve_project_dir(project_dir)
-        self._backend = _backend or load_backend(self._project_dir, max_workers=max_workers)
+        # An explicit server= outranks $PYBOINC_DIR (explicit arguments come first).
+        explicit_server = server is not None and project_dir is None
+        self._project_dir = None if explicit_server else resolve_project_dir(project_dir)
+        self._backend = _backend or load_backend(
+            self._project_dir, max_workers=max_workers, server=server, authenticator=authenticator
+        )
         self._params = job_params or JobParams()
         self._policy = TypePolicy(trusted_types, trust_all=trust_results)
         self._max_result_bytes = max_result_bytes
         self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
         self._resumed: list[Future[Any]] = []
-        if self._project_dir is None:
+        if self._backend.kind == "local":
             _announce_local()
         self._kept = False
         self._retry_failed = retry_failed
@@ -188,6 +200,8 @@ class BoincExecutor(Executor):
         project_dir: str | os.PathLike[str] | None = None,
         max_workers: int | None = None,
         retry_failed: bool = False,
+        server: str | None = None,
+        authenticator: str | None = None,
         **kwargs: Any,
     ) -> BoincExecutor:
         """Reattach to an existing batch from any directory.
@@ -203,6 +217,8 @@ class BoincExecutor(Executor):
             retry_failed: submit again, under new job names, every job whose
                 record is an error or holds a call that raised; every other
                 result is kept. A job of a ``map`` chunk is retried whole.
+            server: the master URL of a remotely submitted batch (see ``__init__``).
+            authenticator: its account key (see ``__init__``).
             **kwargs: other :class:`BoincExecutor` options (``trusted_types``, ...).
 
         Raises:
@@ -210,9 +226,18 @@ class BoincExecutor(Executor):
             BatchError: a failed job's staged input is gone (with ``retry_failed``).
         """
         _check_batch_id(batch_id)
-        backend = load_backend(resolve_project_dir(project_dir), max_workers=max_workers)
+        backend = load_backend(
+            None
+            if server is not None and project_dir is None
+            else resolve_project_dir(project_dir),
+            max_workers=max_workers,
+            server=server,
+            authenticator=authenticator,
+        )
         path = backend.locate_batch(batch_id)
-        executor = cls(project_dir=project_dir, batch_dir=path, _backend=backend, **kwargs)
+        executor = cls(
+            project_dir=project_dir, batch_dir=path, server=server, _backend=backend, **kwargs
+        )
         if executor.batch_id != batch_id:
             executor.shutdown(wait=False)
             raise BatchError(f"{path} holds batch {executor.batch_id}, not batch {batch_id}")
@@ -262,7 +287,7 @@ class BoincExecutor(Executor):
 
     @property
     def backend(self) -> str:
-        """``"local"`` or ``"boinc"``."""
+        """``"local"``, ``"boinc"`` or ``"remote"``."""
         return self._backend.kind
 
     @property

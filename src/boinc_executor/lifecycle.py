@@ -94,7 +94,8 @@ def open_batch(
                 fresh,
                 backend.kind,
                 prefix,
-                str(project_dir) if project_dir else None,
+                # remote: the server's URL stands where a project directory would
+                getattr(backend, "server", None) or (str(project_dir) if project_dir else None),
                 time.time(),
                 script=(owner.script if owner else running_script()) or "",
                 name=label,
@@ -107,7 +108,9 @@ def open_batch(
                 f"{batch.path} holds a {checkpoint.backend} batch, but this executor runs on "
                 f"the {backend.kind} backend; "
                 + (
-                    f"set project_dir={checkpoint.project_dir!r}"
+                    f"set server={checkpoint.project_dir!r}"
+                    if checkpoint.backend == "remote"
+                    else f"set project_dir={checkpoint.project_dir!r}"
                     if checkpoint.project_dir
                     else "unset project_dir and PYBOINC_DIR"
                 )

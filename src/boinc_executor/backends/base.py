@@ -183,15 +183,39 @@ class Backend(abc.ABC):
         """
 
 
-def load_backend(project_dir: Path | None, *, max_workers: int | None = None) -> Backend:
-    """The backend for a configuration: local without a project, BOINC with one.
+def load_backend(
+    project_dir: Path | None,
+    *,
+    max_workers: int | None = None,
+    server: str | None = None,
+    authenticator: str | None = None,
+) -> Backend:
+    """The backend for a configuration: remote with a server URL, BOINC with a
+    project, else local.
+
+    ``server`` (else ``$BOINC_EXECUTOR_SERVER`` when no project is configured)
+    selects the remote backend; ``authenticator`` is resolved by
+    :func:`~boinc_executor.backends.remote.resolve_authenticator`.
 
     Raises:
-        ConfigError: the BOINC backend is wanted but ``mysqlclient`` is missing, or
-            ``max_workers`` is not a positive integer.
+        ConfigError: the BOINC backend is wanted but ``mysqlclient`` is missing,
+            ``max_workers`` is not a positive integer, both a project and a server
+            are given, or the remote backend has no authenticator.
     """
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
         raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+    if server is not None and project_dir is not None:
+        raise ConfigError(
+            "give either project_dir (on the BOINC server) or server= (remote submission), not both"
+        )
+    if server is None and project_dir is None:
+        import os
+
+        server = os.environ.get("BOINC_EXECUTOR_SERVER") or None
+    if server is not None:
+        from .remote import RemoteBackend, resolve_authenticator
+
+        return RemoteBackend(server, resolve_authenticator(authenticator))
     if project_dir is None:
         from .local import LocalBackend
 

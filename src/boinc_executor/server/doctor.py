@@ -62,7 +62,10 @@ __all__ = [
 ]
 
 #: Modules whose ``@check`` functions :func:`run_checks` runs (imported on first use).
-CHECK_MODULES: list[str] = ["boinc_executor.server.checks"]
+CHECK_MODULES: list[str] = [
+    "boinc_executor.server.checks",
+    "boinc_executor.server.remote_checks",
+]
 
 #: Users that web servers commonly run as, tried in order when none is given.
 WEB_USERS = ("www-data", "apache", "http", "nginx")
