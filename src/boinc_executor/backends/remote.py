@@ -181,7 +181,7 @@ class RemoteBackend(Backend):
         self._state = RemoteState(batch.path, checkpoint.batch_id)
         self._events = events
         register(self.server, checkpoint.batch_id, batch.path)
-        self._delivery = Delivery(self.rpc, batch.path)
+        self._delivery = Delivery(self.rpc, batch.path, batch.pack.index)
         self._note(self.rpc.query_batch(checkpoint.batch_id), checkpoint.batch_id)
 
     # ------------------------------------------------------------------ staging

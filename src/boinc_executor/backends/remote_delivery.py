@@ -10,6 +10,7 @@ never decoded here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from .. import protocol
@@ -35,20 +36,20 @@ class Delivery:
 
     Args:
         rpc: the client.
-        batch_dir: the batch directory (its ``new/`` and ``old/`` are read once).
+        batch_dir: the batch directory (its ``new/`` is read once).
+        handled: the jobs whose records are in the handled-records pack.
     """
 
-    def __init__(self, rpc: RpcClient, batch_dir: Path) -> None:
+    def __init__(self, rpc: RpcClient, batch_dir: Path, handled: Iterable[str]) -> None:
         self.rpc = rpc
         self.batch_dir = batch_dir
-        self.delivered: set[str] = set()
+        self.delivered: set[str] = set(handled)
         self.cancelled: set[str] = set()
         self._misses: dict[str, int] = {}
-        for sub in (protocol.NEW, protocol.OLD):
-            for entry in (batch_dir / sub).iterdir():
-                parsed = protocol.parse_record_name(entry.name)
-                if parsed is not None:
-                    self.delivered.add(parsed[0])
+        for entry in (batch_dir / protocol.NEW).iterdir():
+            parsed = protocol.parse_record_name(entry.name)
+            if parsed is not None:
+                self.delivered.add(parsed[0])
 
     def fetch(self, job: JobStatus) -> bool:
         """Download a done job's output into ``new/``; True when a record was written.
