@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
-from .backends.base import Backend, BackendEvents, load_backend
+from .backends.base import Backend, BackendEvents, JobState, load_backend
 from .batch import BatchDir, Checkpoint, JournalEntry
+from .batchview import BatchView
 from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
 from .protocol.decoding import TypePolicy
 
 if TYPE_CHECKING:
-    from .backends.rows import BatchCounts
+    from .progress import Progress
 
 __all__ = ["BoincExecutor"]
 
@@ -110,6 +111,7 @@ class BoincExecutor(Executor):
         self._max_result_bytes = max_result_bytes
         self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
         self._resumed: list[Future[Any]] = []
+        self._view: BatchView | None = None
         if self._project_dir is None:
             _announce_local()
         self._open_batch(batch_dir, name or _script_name(), prefix)
@@ -328,14 +330,20 @@ class BoincExecutor(Executor):
 
         return results()
 
-    def progress(self) -> BatchCounts | None:
-        """The batch's work units by state, from the BOINC database (None locally).
+    def progress(self) -> Progress:
+        """The batch's calls by state: total, queued, running, done, failed, cancelled.
 
-        Cheap enough to call now and then (two indexed queries); see
-        ``docs/boinc-backend.md`` for what each count means.
+        The same on every backend: it reads the journal and the records' headers in
+        the batch directory (records are read once; a per-call failure inside a job
+        that ran is found with the allow-list decoder) and asks the collector which
+        jobs run now. ``boinc_executor.progress.show_progress`` draws it as a bar.
         """
-        progress = getattr(self._backend, "progress", None)
-        return progress() if progress is not None else None
+        collector = self._collector
+        with collector.lock:  # the job table is the collector's; read it under its lock
+            running = [n for n, j in collector._jobs.items() if j.state is JobState.RUNNING]
+        if self._view is None:
+            self._view = BatchView(self._batch.path, policy=self._policy)
+        return self._view.progress(running)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every call submitted so far is journaled and handed to the backend.
