@@ -208,17 +208,22 @@ class BatchView:
                     yield self.path / sub / name
 
     def records(self) -> dict[str, JobRecord]:
-        """Job name → its record (the first readable one; a cancel record last)."""
+        """Job name → its record: the first readable one, but a cancellation record wins.
+
+        ``boinc-executor cancel`` resolves the futures of a running script through
+        its cancellation records; a worker that ran the job anyway leaves a late
+        duplicate, which the script never saw.
+        """
         found: dict[str, JobRecord] = {}
         for path in self._record_files():
             parsed = protocol.parse_record_name(path.name)
             if parsed is None:
                 continue
             job, tag = parsed
-            if job in found and not found[job].name.endswith(f".{CANCEL_TAG}.result"):
+            if job in found and tag != CANCEL_TAG:
                 continue
             record = self._header(path)
-            if record is not None and (job not in found or tag != CANCEL_TAG):
+            if record is not None:
                 found[job] = record
         return found
 

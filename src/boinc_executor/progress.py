@@ -6,7 +6,7 @@ running ``map`` (wrap its iterator) and :func:`watch_progress` one for a whole
 batch::
 
     results = list(show_progress(ex.map(f, xs), total=len(xs)))
-    watch_progress(ex)          # blocks until every call handed over is final
+    watch_progress(ex)          # blocks until every call submitted is final
 
 It uses ``tqdm`` when it is installed (``pip install 'boinc-executor[progress]'``)
 and a plain one-line bar on stderr otherwise, so a script never needs it.
@@ -67,6 +67,8 @@ class Progress:
 
 class _HasProgress(Protocol):
     def progress(self) -> Progress: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
 
 
 def render_bar(
@@ -179,7 +181,10 @@ def watch_progress(
     interval: float = 1.0,
     file: IO[str] | None = None,
 ) -> Progress:
-    """Block, showing a live bar of a batch's counts, until every call handed over is final.
+    """Block, showing a live bar of a batch's counts, until every call submitted is final.
+
+    Calls submitted so far are first handed over (``executor.flush()``), so none is
+    missed because it was still buffered.
 
     Args:
         executor: a ``BoincExecutor`` (anything with ``progress()``).
@@ -191,6 +196,7 @@ def watch_progress(
         The last counts.
     """
     stream = file if file is not None else sys.stderr
+    executor.flush()
     counts = executor.progress()
     bar = _bar(counts.total, desc, stream)
     try:
