@@ -64,16 +64,17 @@ def env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
 
 
-def cli(*args: str, block_mysqldb: bool = False, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, block_mysqldb: bool = False, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     head = ["-c", BLOCK_MYSQLDB] if block_mysqldb else ["-m", "boinc_executor"]
     return subprocess.run(
         [sys.executable, *head, *args],
         capture_output=True,
         text=True,
-        env=env(),
+        env=dict(env(), **(extra_env or {})),
         stdin=subprocess.DEVNULL,
         timeout=120,
-        **kwargs,
     )
 
 

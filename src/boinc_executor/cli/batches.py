@@ -160,10 +160,13 @@ def _describe(ref: BatchRef) -> dict[str, Any]:
 
 
 def _gone(ref: BatchRef) -> str:
-    return (
-        f"batch {ref.batch_id} was in {ref.path}, which no longer holds it (removed); "
-        "boinc-executor clean prunes such entries"
+    hint = (
+        "boinc-executor clean prunes such registry entries"
+        if ref.backend == "local"
+        else "an executor removes a batch directory it chose itself once every result "
+        "was delivered; keep results with an explicit batch_dir"
     )
+    return f"batch {ref.batch_id} was in {ref.path}, which no longer holds it (removed); {hint}"
 
 
 # --------------------------------------------------------------------------- list
