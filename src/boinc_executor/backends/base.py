@@ -150,7 +150,7 @@ def load_backend(project_dir: Path | None, *, max_workers: int | None = None) ->
     except ImportError as exc:
         raise ConfigError(
             f"the BOINC backend needs mysqlclient ({exc}); "
-            "install it with: pip install 'boinc-executor[boinc]'"
+            "install it with: pip install mysqlclient (the package's [boinc] extra)"
         ) from exc
     backend: Backend = BoincBackend(project_dir)
     return backend
