@@ -17,13 +17,15 @@ import socket
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import protocol
-from .batch import JournalEntry
 from .errors import BatchError, BatchNotFoundError, BoincExecutorError
 from .progress import Progress
 from .protocol.decoding import TypePolicy
+
+if TYPE_CHECKING:
+    from .batch import JournalEntry
 
 __all__ = ["BatchView", "CallError", "JobRecord", "Owner"]
 
@@ -179,6 +181,11 @@ class BatchView:
 
     def journal(self) -> dict[int, JournalEntry]:
         """Every journaled job by index; a torn last line (a killed master) is ignored."""
+        # Imported here: batch.py needs filelock, and the CLI's setup-project (which
+        # imports this module through the parser) must run where only the server
+        # side's imports are available.
+        from .batch import JournalEntry
+
         entries: dict[int, JournalEntry] = {}
         try:
             raw = (self.path / protocol.JOURNAL).read_bytes()

@@ -24,9 +24,7 @@ import argparse
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-import filelock
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..batchview import CANCEL_TAG, BatchView
@@ -49,6 +47,9 @@ from .locate import (
     local_running_jobs,
     remove_directory,
 )
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["register"]
 
@@ -174,6 +175,8 @@ def _deliver_cancellations(view: BatchView, jobs: list[str]) -> int:
 
 def _holding(path: Path) -> filelock.BaseFileLock:
     """Take the batch lock for the removal, so no executor opens the batch meanwhile."""
+    import filelock  # here, not at import: see boinc_executor.batchview.BatchView.journal
+
     return filelock.FileLock(path / protocol.LOCK, timeout=0, thread_local=False)
 
 
@@ -201,7 +204,7 @@ def _retire(args: argparse.Namespace) -> int:
         try:
             with _holding(ref.path):
                 remove_directory(ref.path)
-        except filelock.Timeout:
+        except TimeoutError:  # filelock.Timeout
             return fail(args.command, f"batch {ref.batch_id} was opened meanwhile; not removed")
     if ref.registry_file is not None:
         ref.registry_file.unlink(missing_ok=True)
@@ -266,7 +269,7 @@ def _clean(args: argparse.Namespace) -> int:
         try:
             with _holding(ref.path):
                 remove_directory(ref.path)
-        except filelock.Timeout:
+        except TimeoutError:  # filelock.Timeout
             continue  # opened meanwhile: it is in use, keep it
         removed.append(ref)
     for ref in prune + removed:
