@@ -19,7 +19,7 @@ import boinc_executor  # noqa: E402 - after the path set-up above
 
 project = "boinc-executor"
 author = "boinc-executor developers"
-copyright = "2026, boinc-executor developers"  # noqa: A001 - Sphinx's name for it
+copyright = "2026, boinc-executor developers"
 release = version = boinc_executor.__version__
 
 extensions = [
