@@ -361,3 +361,20 @@ def test_progress_bar_helpers(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["12", "12"]
         assert "6/6" in done.stderr and "12/12" in done.stderr
+
+
+def test_cancel_a_killed_batch_then_resume_runs_nothing(tmp_path: Path) -> None:
+    proc, batch_id, _, gate = start_held(tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)  # the master and its worker, as a crash would
+    proc.communicate(timeout=60)
+    wait_for(lambda: cli_json("status", str(batch_id))["open_by"] is None)
+    assert cli_json("cancel", str(batch_id), "--yes") == {"batch": batch_id, "cancelled": 5}
+    gate.write_text("go")
+    from boinc_executor import BoincExecutor
+    from boinc_executor.errors import WorkunitError
+
+    with BoincExecutor.resume(batch_id, max_workers=1) as ex:
+        for fut in ex.futures:
+            assert isinstance(fut.exception(timeout=60), WorkunitError)
+    counts = cli_json("status", str(batch_id))["counts"]
+    assert (counts["cancelled"], counts["done"]) == (5, 0)  # nothing ran again
