@@ -52,7 +52,9 @@ def register(sub: Any) -> None:
         help="the batches known here, with their counts",
         description=(
             "List the local registry's batches and, with --project or $PYBOINC_DIR, the "
-            "BOINC project's: id, name, script, backend, created, counts by state, directory."
+            "BOINC project's: id, name, script, backend, created, counts by state, directory. "
+            "A BOINC batch's counts here come from its directory alone (its jobs without "
+            "a record count as queued); status ID asks the database which are running."
         ),
     )
     batch_options(p, batch_id=False)
@@ -185,13 +187,7 @@ def _list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for ref in refs:
         row = _describe(ref)
-        if ref.exists:
-            progress, _ = (
-                counts(ref, ref.view()) if ref.backend == "local" else (ref.view().progress(), "")
-            )
-            row["counts"] = progress.as_dict()
-        else:
-            row["counts"] = None
+        row["counts"] = _list_counts(ref)
         rows.append(row)
     lines = [f"{'ID':>5}  {'BACKEND':7}  {'NAME':16}  {'CREATED':20}  {'COUNTS':32}  DIRECTORY"]
     for row in rows:
@@ -206,6 +202,15 @@ def _list(args: argparse.Namespace) -> int:
         lines = ["no batches here (local registry: empty)"]
     emit(args, rows, "\n".join(lines))
     return status
+
+
+def _list_counts(ref: BatchRef) -> dict[str, int] | None:
+    """A listed batch's counts; BOINC ones from their directories alone (no query per batch)."""
+    if not ref.exists:
+        return None
+    view = ref.view()
+    progress = counts(ref, view)[0] if ref.backend == "local" else view.progress()
+    return progress.as_dict()
 
 
 # --------------------------------------------------------------------------- status / wait
