@@ -13,6 +13,7 @@ from .locate import MissingDependencyError
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_MISSING_DEPENDENCY",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
