@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from boinc_executor.server.daemonconf import daemon_commands, edit_daemons
+import pytest
+
+from boinc_executor import ConfigError
+from boinc_executor.server.daemonconf import daemon_commands, daemon_files, edit_daemons
+from boinc_executor.server.entries import DaemonEntry, collisions, entries_of
 
 CMDS = daemon_commands()
 ASSIM, VALID = CMDS["assimilator"], CMDS["validator"]
@@ -39,8 +43,11 @@ def test_adds_ours_and_keeps_every_other_byte() -> None:
     assert cmds(text) == [("feeder -d 3", ""), ("sample_bitwise_validator -d 3 --app other & more",
                                                  ""), (ASSIM, "box"), (VALID, "box")]
     added = ("    <daemon>\n      <cmd>" + ASSIM + "</cmd>\n      <host>box</host>\n"
+             "      <output>pyboinc_assimilator.log</output>\n"
+             "      <pid_file>pyboinc_assimilator.pid</pid_file>\n"
              "    </daemon>\n    <daemon>\n      <cmd>" + VALID + "</cmd>\n"
-             "      <host>box</host>\n    </daemon>\n")
+             "      <host>box</host>\n      <output>pyboinc_validator.log</output>\n"
+             "      <pid_file>pyboinc_validator.pid</pid_file>\n    </daemon>\n")
     assert text == BASE.replace("  </daemons>", added + "  </daemons>")
     assert edit_daemons(text, CMDS, "box") == (text, []), "idempotent"
 
@@ -78,3 +85,57 @@ def test_float_validator_command() -> None:
     assert daemon_commands(float_validator=True)["validator"] == (
         "script_validator -d 3 --app pyboinc --sleep_interval 1 "
         "--init_script pyboinc_compare --compare_script pyboinc_compare")
+
+
+def entries(text: str) -> list[DaemonEntry]:
+    return entries_of(ET.fromstring(text))
+
+
+def test_our_entries_have_their_own_lock_pid_and_log_files() -> None:
+    text, _ = edit_daemons(BASE, CMDS, "box")
+    ours = [e for e in entries(text) if e.app == "pyboinc"]
+    assert [(e.log_name, e.pid_name, e.lock_name) for e in ours] == [
+        ("pyboinc_assimilator.log", "pyboinc_assimilator.pid", "pyboinc_assimilator.log.lock"),
+        ("pyboinc_validator.log", "pyboinc_validator.pid", "pyboinc_validator.log.lock")]
+    assert collisions(entries(text), "box") == []
+
+
+def test_bin_start_naming_rules() -> None:
+    """facts §9.1: <lock_file>, else <output>.lock, else <basename>.lock; likewise pid, log."""
+    plain = DaemonEntry(cmd="/opt/boinc/bin/sample_bitwise_validator --app x")
+    assert (plain.program, plain.log_name, plain.pid_name, plain.lock_name) == (
+        "sample_bitwise_validator", "sample_bitwise_validator.log",
+        "sample_bitwise_validator.pid", "sample_bitwise_validator.lock")
+    named = DaemonEntry(cmd="feeder", output="f.log", pid_file="f.pid")
+    assert (named.log_name, named.pid_name, named.lock_name) == ("f.log", "f.pid", "f.log.lock")
+    assert DaemonEntry(cmd="feeder", output="f.log", lock_file="x.lock").lock_name == "x.lock"
+
+
+def test_upgrades_an_earlier_releases_entries_and_says_why() -> None:
+    """Releases before 0.1 wrote <cmd> and <host> only: a lock shared with labcheck's validator."""
+    other = "sample_bitwise_validator -d 3 --app labcheck"
+    old = BASE.replace("--app other &amp; more", "--app labcheck").replace("  </daemons>", (
+        f"    <daemon>\n      <cmd>{ASSIM}</cmd>\n      <host>box</host>\n    </daemon>\n"
+        f"    <daemon>\n      <cmd>{VALID}</cmd>\n      <host>box</host>\n    </daemon>\n"
+        "  </daemons>"))
+    assert [(k, n) for k, n, _, _ in collisions(entries(old), "box")] == [
+        ("lock", "sample_bitwise_validator.lock"), ("pid", "sample_bitwise_validator.pid"),
+        ("log", "sample_bitwise_validator.log")]
+    text, changes = edit_daemons(old, CMDS, "box")
+    assert len(changes) == 2
+    assert "an earlier release's entry, upgraded" in changes[1]
+    assert f"the lock of `{other}`, so it could never run" in changes[1]
+    assert collisions(entries(text), "box") == []
+    assert [(e.output, e.pid_file) for e in entries(text) if e.app == "pyboinc"] == [
+        daemon_files("assimilator"), daemon_files("validator")]
+    assert edit_daemons(text, CMDS, "box") == (text, [])
+
+
+def test_refuses_an_entry_that_would_take_our_files() -> None:
+    clash = BASE.replace("<cmd>feeder -d 3 </cmd>", (
+        "<cmd>feeder -d 3 </cmd><output>pyboinc_validator.log</output>"))
+    with pytest.raises(ConfigError, match=r"`feeder -d 3` uses the lock file "
+                       r"pyboinc_validator\.log\.lock.*own <output>, <pid_file>"):
+        edit_daemons(clash, CMDS, "box")
+    elsewhere = clash.replace("<cmd>feeder -d 3 </cmd>", "<cmd>feeder -d 3 </cmd><host>b2</host>")
+    assert edit_daemons(elsewhere, CMDS, "box")[1], "another host has its own pid_<host>/"

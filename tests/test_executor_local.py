@@ -19,20 +19,18 @@ from boinc_executor import (
     BoincExecutor,
     ConfigError,
     JobLostError,
-    RemoteError,
 )
+from boinc_executor.errors import RemoteTraceback
 from tests import jobs
 
 
-def test_non_builtin_exception_becomes_remote_error(tmp_path: Path) -> None:
+def test_function_module_exception_comes_back_as_itself(tmp_path: Path) -> None:
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
-        with pytest.raises(RemoteError) as info:
+        with pytest.raises(jobs.CustomError, match="custom boom") as info:
             ex.submit(jobs.raise_custom, "custom boom").result(timeout=60)
-    err = info.value
-    assert err.type_name == "tests.jobs.CustomError"
-    assert err.message == "custom boom"
-    assert "raise_custom" in err.traceback
-    assert err.host
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "raise_custom" in str(cause) and "### Worker on host" in str(cause)
 
 
 def test_killed_worker_is_retried_once(tmp_path: Path) -> None:
@@ -57,12 +55,12 @@ def test_unpicklable_call_fails_its_future_clearly(tmp_path: Path) -> None:
             ex.submit(jobs.return_lock).result(timeout=60)
 
 
-def test_output_tails_do_not_break_results(
+def test_task_output_reaches_stdout_and_does_not_break_results(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
         assert ex.submit(jobs.print_and_return, 5).result(timeout=60) == 5
-    assert "hello from 5" in capfd.readouterr().err
+    assert "hello from 5" in capfd.readouterr().out
 
 
 def test_second_executor_on_same_batch_dir_is_refused(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from boinc_executor.server.daemonconf import daemon_commands
 from boinc_executor.server.project import input_template, output_template, setup_project
 from tests.boinc_harness.mariadb import DbServer, create_boinc_database, drop_database
 from tests.boinc_harness.project import Project, make_project
+from tests.boinc_harness.start_stop import running_daemons
 from tests.boinc_harness.volunteer import VolunteerHost
 from tests.test_appversion import LIVENESS, assimilated, delivered, submit
 
@@ -135,7 +136,10 @@ def test_setup_configures_the_project_and_a_second_run_changes_nothing(
                                    "--script pyboinc_assimilator")
     config_after = project.config_path.read_text()
     ours = re.findall(r"        <daemon>\n            <cmd>[^<]*pyboinc[^<]*</cmd>\n"
-                      r"            <host>[^<]*</host>\n        </daemon>\n", config_after)
+                      r"            <host>[^<]*</host>\n"
+                      r"            <output>pyboinc_(?:assimilator|validator)\.log</output>\n"
+                      r"            <pid_file>pyboinc_\w+\.pid</pid_file>\n"
+                      r"        </daemon>\n", config_after)
     assert len(ours) == 2
     assert config_after.replace(ours[0], "").replace(ours[1], "") == config_before, \
         "the rest of config.xml is kept byte for byte"
@@ -197,7 +201,8 @@ def test_float_validator_replaces_the_validator_and_validates(
     report = setup_project(project.root, float_validator=True)
     cmd = daemon_commands(float_validator=True)["validator"]
     assert report.changes == [
-        f"replaced the validator daemon in config.xml: {cmd} (host {SHORT_HOST})"]
+        f"replaced the validator daemon in config.xml: {cmd} (host {SHORT_HOST}, "
+        "output pyboinc_validator.log, pid_file pyboinc_validator.pid)"]
     validators = [c for c, _ in daemons(project) if "validator" in c]
     assert validators == ["script_validator -d 3 --app pyboinc --sleep_interval 1 "
                           "--init_script pyboinc_compare --compare_script pyboinc_compare"]
@@ -392,3 +397,47 @@ def test_warns_when_the_projects_host_is_not_this_host(boinc_project: Project) -
     assert any(f"<host> is 'localhost' but this host is {SHORT_HOST!r}" in t for t in report.todo)
     assert "<host>localhost</host>" in boinc_project.config_path.read_text()
     assert daemons(boinc_project)[-1][1] == SHORT_HOST
+
+
+def test_upgrades_daemon_entries_and_launchers_of_an_earlier_release(
+    boinc_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What releases before the layout change wrote: entries without <output>/<pid_file>
+    (sharing the lock of the project's own validator) and launchers of the old module."""
+    project = boinc_project
+    project.add_daemon("sample_bitwise_validator -d 3 --app labcheck --sleep_interval 1")
+    setup_project(project.root)
+    cmds = daemon_commands()
+    text = project.config_path.read_text()
+    for role in ("assimilator", "validator"):
+        text = text.replace(f"<output>pyboinc_{role}.log</output>", "").replace(
+            f"<pid_file>pyboinc_{role}.pid</pid_file>", "")
+    project.config_path.write_text(text)
+    for name in ("pyboinc_assimilator", "pyboinc_compare"):
+        script = project.bin_dir / name
+        script.write_text(script.read_text().replace("boinc_executor.server.daemonconf",
+                                                     "boinc_executor.daemonconf"))
+    assert project.run("start").returncode == 0
+    started = [d.cmd for d in running_daemons(project.config)]
+    assert cmds["validator"] not in started, "the old entry lost its lock"
+
+    report = setup_project(project.root)
+    upgraded = [c for c in report.changes if "an earlier release's entry, upgraded" in c]
+    assert len(upgraded) == 2
+    assert "sample_bitwise_validator.lock, the lock of `sample_bitwise_validator -d 3 --app " \
+           "labcheck --sleep_interval 1`, so it could never run" in upgraded[1]
+    assert sum("upgraded from an earlier release" in c for c in report.changes) == 2
+    assert any("restart-daemons" in t and "boinccmd" in t for t in report.todo)
+    doc = ET.parse(project.config_path).getroot()
+    ours = [d for d in doc.iterfind("daemons/daemon") if "pyboinc" in d.findtext("cmd", "")]
+    assert [(d.findtext("output"), d.findtext("pid_file")) for d in ours] == [
+        ("pyboinc_assimilator.log", "pyboinc_assimilator.pid"),
+        ("pyboinc_validator.log", "pyboinc_validator.pid")]
+    assert setup_project(project.root).changes == [], "idempotent after the upgrade"
+
+    assert project.run("start").returncode == 0
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("BOINC_EXECUTOR_POLL_INTERVAL", "0.1")
+    host = VolunteerHost(project, client_dir=tmp_path / "client")
+    with host.running(), boinc_executor.BoincExecutor(project_dir=project.root) as ex:
+        assert ex.submit(pow, 3, 2).result(timeout=60) == 9

@@ -17,6 +17,8 @@ _EXPORTS = {
     "BoincExecutor": "executor",
     "JobParams": "config",
     "register_trusted_type": "protocol.decoding",
+    "TaskOutput": "protocol",
+    "task_output": "output",
     "pyboinc_call": "pyboinc",
     "pyboinc_master": "pyboinc",
     "pyboinc_get_input": "pyboinc",
@@ -54,6 +56,7 @@ __all__ = [
     "RemoteError",
     "ResultDecodeError",
     "SubmissionError",
+    "TaskOutput",
     "UnsafeResultError",
     "WorkunitError",
     "__version__",
@@ -62,6 +65,7 @@ __all__ = [
     "pyboinc_master",
     "pyboinc_return_output",
     "register_trusted_type",
+    "task_output",
 ]
 
 if TYPE_CHECKING:
@@ -84,6 +88,8 @@ if TYPE_CHECKING:
         WorkunitError,
     )
     from .executor import BoincExecutor
+    from .output import task_output
+    from .protocol import TaskOutput
     from .protocol.decoding import register_trusted_type
     from .pyboinc import pyboinc_call, pyboinc_get_input, pyboinc_master, pyboinc_return_output
 

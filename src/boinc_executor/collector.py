@@ -230,6 +230,10 @@ class Collector:
                 lambda: not (self._buffer or self._resubmit or self._flushing), timeout
             )
 
+    def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
+        """What the call behind ``future`` printed, once its record was read (else None)."""
+        return self._decoder.output(future)
+
     @property
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""

@@ -5,6 +5,9 @@ decoding one (bounded read, framing, the restricted unpickler) can take a
 while. The collector therefore only finds records and hands them here: a slow
 or pathological record never holds up submission, cancellation or polling.
 
+It also keeps each future's captured output (:meth:`RecordDecoder.output`), read
+from the record's header, for as long as the future itself is alive.
+
 One plain daemon thread, fed by a queue. Not a ``ThreadPoolExecutor``: those
 refuse work once the interpreter starts exiting, exactly when an exit-time
 ``shutdown(wait=True)`` still needs records read.
@@ -15,13 +18,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .batch import BatchDir
-from .errors import BoincExecutorError, ResultDecodeError, rebuild_exception
+from .errors import BoincExecutorError, ResultDecodeError, UnsafeResultError, rebuild_exception
 from .protocol.decoding import TypePolicy
 
 __all__ = ["RecordDecoder"]
@@ -34,6 +39,8 @@ class _Owner(Protocol):
 
     name: str
     n: int  # calls the record must carry
+    futures: list[Future[Any]]
+    chunk: bool  # one future for all n calls
 
 
 J = TypeVar("J", bound=_Owner)
@@ -70,6 +77,9 @@ class RecordDecoder(Generic[J]):
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()  # paths queued or being decoded
         self._queue: queue.SimpleQueue[tuple[J, Path, str | None] | None] = queue.SimpleQueue()
+        self._outputs: weakref.WeakKeyDictionary[Future[Any], protocol.TaskOutput] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -91,6 +101,30 @@ class RecordDecoder(Generic[J]):
         """Whether any record is queued or being decoded."""
         with self._lock:
             return bool(self._in_flight)
+
+    def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
+        """What the call behind ``future`` printed, once its record was read (else None)."""
+        with self._lock:
+            return self._outputs.get(future)
+
+    def _keep_outputs(self, job: J, data: bytes) -> None:
+        """Note the record's per-call output for the job's futures (before they resolve)."""
+        try:
+            header, _ = protocol.decode_frame(data, protocol.KIND_RESULT)
+        except BoincExecutorError:
+            return
+        outputs = protocol.read_outputs(header, job.n)
+        if job.chunk:
+            joined = protocol.TaskOutput(
+                "".join(o.stdout for o in outputs),
+                "".join(o.stderr for o in outputs),
+                any(o.stdout_truncated for o in outputs),
+                any(o.stderr_truncated for o in outputs),
+            )
+            outputs = [joined]
+        with self._lock:
+            for fut, out in zip(job.futures, outputs, strict=False):
+                self._outputs[fut] = out
 
     def submit(self, job: J, path: Path, new_name: str | None) -> None:
         """Queue a record; ``new_name`` is set when it sits in ``new/`` (then moved to ``old/``)."""
@@ -124,6 +158,7 @@ class RecordDecoder(Generic[J]):
         """
         outcomes: list[tuple[bool, Any]] | None = None
         error: BaseException | None = None
+        data = b""
         try:
             data = protocol.read_bounded(path, self._max_result_bytes)
             record = protocol.decode_result(
@@ -132,11 +167,15 @@ class RecordDecoder(Generic[J]):
         except FileNotFoundError:
             return
         except (BoincExecutorError, OSError) as exc:
-            error = ResultDecodeError(
+            self._keep_outputs(job, data)
+            # A refused type stays an UnsafeResultError, as documented.
+            kind = UnsafeResultError if isinstance(exc, UnsafeResultError) else ResultDecodeError
+            error = kind(
                 f"the result record {path.name} for job {job.name} was refused: {exc}. "
                 f"It is kept in {self._batch.old_dir}; no code from it was run"
             )
         else:
+            self._keep_outputs(job, data)
             if record.ok:
                 outcomes = record.outcomes
             else:

@@ -207,8 +207,10 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     """Turn an error record's ``error`` mapping into an exception object.
 
     Built-in exception types come back as the same type with the remote
-    traceback attached as ``__cause__``; BOINC failures as :class:`WorkunitError`,
-    lost jobs as :class:`JobLostError`; anything else as :class:`RemoteError`.
+    traceback attached as ``__cause__``; so does an exception of the script's own
+    class, which the result decoder rebuilt (under ``"exception"``) when the
+    batch trusts its class; BOINC failures as :class:`WorkunitError`, lost jobs
+    as :class:`JobLostError`; anything else as :class:`RemoteError`.
 
     Args:
         info: the plain-data error description written by the runner or a daemon.
@@ -222,7 +224,10 @@ def rebuild_exception(info: Mapping[str, Any]) -> BaseException:
     tb = str(info.get("traceback", ""))
     host = str(info.get("host", ""))
     exc: BaseException
-    if module == "boinc_executor" and type_name == "WorkunitError":
+    rebuilt = info.get("exception")
+    if isinstance(rebuilt, BaseException):
+        exc = rebuilt
+    elif module == "boinc_executor" and type_name == "WorkunitError":
         exit_status = info.get("exit_status")
         exc = WorkunitError(
             message,

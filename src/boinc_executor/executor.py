@@ -11,6 +11,7 @@ thread in :mod:`boinc_executor.collector`; the engines behind it are in
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import itertools
 import logging
@@ -330,20 +331,46 @@ class BoincExecutor(Executor):
 
         return results()
 
+    def output(self, future: Future[Any]) -> protocol.TaskOutput:
+        """What the call behind ``future`` printed on its volunteer (its captured stdout/stderr).
+
+        Each stream keeps the call's last ``protocol.OUTPUT_CHARS`` (65,536) characters;
+        a ``map`` chunk's single job shares ``protocol.JOB_OUTPUT_CHARS`` per stream
+        among its calls (see ``docs/user-guide.md``). Kept while the future is alive.
+
+        Raises:
+            ValueError: the future is not done, or has no record of this executor
+                (cancelled, failed before it was submitted, or from another executor).
+        """
+        found = self._collector.output(future) if future.done() else None
+        if found is None:
+            raise ValueError(
+                "no captured output for this future: it is not done, was cancelled or never "
+                "submitted, or belongs to another executor; for a map call, use "
+                "boinc_executor.task_output(batch_dir, call_index)"
+            )
+        return found
+
     def progress(self) -> Progress:
         """The batch's calls by state: total, queued, running, done, failed, cancelled.
 
         The same on every backend: it reads the journal and the records' headers in
         the batch directory (records are read once; a per-call failure inside a job
         that ran is found with the allow-list decoder) and asks the collector which
-        jobs run now. ``boinc_executor.progress.show_progress`` draws it as a bar.
+        jobs run now; on BOINC, ``stuck`` says why the batch does not move, if it does
+        not. ``boinc_executor.progress.show_progress`` draws it as a bar.
         """
         collector = self._collector
         with collector.lock:  # the job table is the collector's; read it under its lock
             running = [n for n, j in collector._jobs.items() if j.state is JobState.RUNNING]
         if self._view is None:
             self._view = BatchView(self._batch.path, policy=self._policy)
-        return self._view.progress(running)
+        counts = self._view.progress(running)
+        backend_progress = getattr(self._backend, "progress", None)
+        if backend_progress is None:
+            return counts
+        # BOINC: the database also says whether a daemon leaves the batch waiting.
+        return dataclasses.replace(counts, stuck=backend_progress().stuck)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every call submitted so far is journaled and handed to the backend.
@@ -376,7 +403,7 @@ class BoincExecutor(Executor):
         cached = self._programs.get(id(fn))
         if cached is not None and cached[0] is fn:
             return cached[1], cached[2], cached[3]
-        data = protocol.encode_program(fn)
+        data = protocol.encode_program(fn, self._policy)
         name = protocol.program_file_name(self._checkpoint.prefix, data)
         identity = protocol.program_identity(data)
         if len(self._programs) >= 64:

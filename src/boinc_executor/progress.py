@@ -41,6 +41,9 @@ class Progress:
         done: finished with a value.
         failed: raised, or their job failed as a whole (crash, lost, BOINC error).
         cancelled: cancelled before they ran.
+        stuck: on BOINC, why the batch does not move (which daemon leaves its work
+            units waiting, and the commands that check it); None when nothing is stuck
+            or on the embedded backend.
     """
 
     total: int
@@ -49,6 +52,7 @@ class Progress:
     done: int
     failed: int
     cancelled: int
+    stuck: str | None = None
 
     @property
     def finished(self) -> int:
@@ -61,8 +65,10 @@ class Progress:
         return self.finished >= self.total
 
     def as_dict(self) -> dict[str, int]:
-        """The counts as a plain dict (what ``--json`` prints)."""
-        return asdict(self)
+        """The six counts as a plain dict (what ``--json`` prints as ``counts``)."""
+        counts = asdict(self)
+        counts.pop("stuck")
+        return counts
 
 
 class _HasProgress(Protocol):

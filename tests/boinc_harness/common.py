@@ -46,10 +46,39 @@ CLIENT_VERSION = "7.20.5"
 
 @dataclass(frozen=True)
 class Daemon:
-    """One ``<daemon>`` of config.xml: its command line and whether it is disabled."""
+    """One ``<daemon>`` of config.xml and the files sched/start gives it (facts §5, §9.1).
+
+    The log is ``<output>`` or ``<program>.log``; the pid file ``<pid_file>`` or
+    ``<program>.pid``; the lock ``<lock_file>``, else ``<output>.lock``, else
+    ``<program>.lock``, where ``<program>`` is the basename of the command. Entries that
+    end up with one lock file cannot both run.
+    """
 
     cmd: str
     disabled: bool
+    host: str = ""
+    output: str = ""
+    pid_file: str = ""
+    lock_file: str = ""
+
+    @property
+    def program(self) -> str:
+        words = self.cmd.split()
+        return os.path.basename(words[0]) if words else ""
+
+    @property
+    def log_name(self) -> str:
+        return self.output or self.program + ".log"
+
+    @property
+    def pid_name(self) -> str:
+        return self.pid_file or self.program + ".pid"
+
+    @property
+    def lock_name(self) -> str:
+        if self.lock_file:
+            return self.lock_file
+        return (self.output or self.program) + ".lock"
 
 
 @dataclass(frozen=True)
@@ -80,6 +109,11 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return self.root / f"log_{self.host}"
+
+    @property
+    def pid_dir(self) -> Path:
+        """Where sched/start keeps the pid and lock files (``pid_<host>``)."""
+        return self.root / f"pid_{self.host}"
 
     def download_path(self, name: str, *, create: bool = False) -> Path:
         """``<download_dir>/<fanout(name)>/<name>`` (dir_hier_path)."""
@@ -121,7 +155,11 @@ def read_config(root: Path) -> Config:
     host, _, port = text("db_host").partition(":")
     daemons = [
         Daemon(cmd=(d.findtext("cmd") or "").strip(),
-               disabled=(d.findtext("disabled") or "0").strip() not in ("", "0"))
+               disabled=(d.findtext("disabled") or "0").strip() not in ("", "0"),
+               host=(d.findtext("host") or "").strip(),
+               output=(d.findtext("output") or "").strip(),
+               pid_file=(d.findtext("pid_file") or "").strip(),
+               lock_file=(d.findtext("lock_file") or "").strip())
         for d in doc.iterfind("daemons/daemon")
     ]
     return Config(

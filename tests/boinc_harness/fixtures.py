@@ -37,9 +37,13 @@ def boinc_project(db_server: DbServer, tmp_path: Path) -> Iterator[Project]:
     """A freshly made project with its own database (dropped after the test)."""
     db_name = f"bh_{uuid.uuid4().hex[:16]}"
     create_boinc_database(db_server, db_name)
+    project = None
     try:
-        yield make_project(tmp_path / "boinctest", db_server, db_name)
+        project = make_project(tmp_path / "boinctest", db_server, db_name)
+        yield project
     finally:
+        if project is not None:
+            project.stop_daemons_now()
         drop_database(db_server, db_name)
 
 

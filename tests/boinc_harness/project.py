@@ -14,7 +14,10 @@ write an extra ``<db_port>`` (ignored by a real BOINC, read by the product).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import socket
 import stat
 import subprocess
@@ -26,6 +29,7 @@ from xml.sax.saxutils import escape
 
 from .common import Config, fanout_dir, read_config
 from .mariadb import DbServer
+from .start_stop import lock_owner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +41,7 @@ TOOLS = {
     "cancel_jobs": "cancel_jobs",
     "start": "start_stop",
     "stop": "start_stop",
+    "status": "start_stop",
 }
 
 PLATFORMS = [
@@ -152,11 +157,28 @@ class Project:
             capture_output=True, text=True, check=False, env=env,
         )
 
-    def add_daemon(self, cmd: str) -> None:
-        """Append ``<daemon><cmd>cmd</cmd></daemon>`` to config.xml's ``<daemons>``."""
+    def add_daemon(self, cmd: str, **children: str) -> None:
+        """Append ``<daemon><cmd>cmd</cmd>...</daemon>`` to config.xml's ``<daemons>``.
+
+        ``children`` become elements of the entry (``output=``, ``pid_file=``, ``host=`` ...).
+        """
         text = self.config_path.read_text()
-        entry = f"        <daemon>\n            <cmd>{escape(cmd)}</cmd>\n        </daemon>\n"
+        inner = "".join(f"            <{k}>{escape(v)}</{k}>\n" for k, v in
+                        {"cmd": cmd, **children}.items())
+        entry = f"        <daemon>\n{inner}        </daemon>\n"
         self.config_path.write_text(text.replace("    </daemons>", entry + "    </daemons>", 1))
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.root / f"pid_{self.host}"
+
+    def stop_daemons_now(self) -> None:
+        """Test cleanup: SIGTERM every daemon process holding a lock in pid_<host>."""
+        for lock in self.pid_dir.glob("*.lock"):
+            owner = lock_owner(lock)
+            if owner is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(owner[0], signal.SIGTERM)
 
     def add_app(self, name: str, user_friendly_name: str | None = None) -> None:
         """Add ``<app>`` to project.xml (then run bin/xadd), as the BOINC docs say."""

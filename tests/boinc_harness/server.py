@@ -49,8 +49,10 @@ from .common import (
     WU_TOO_MANY_ERRORS,
     WU_TOO_MANY_TOTAL,
     Config,
+    Daemon,
     daemon_log,
 )
+from .start_stop import running_daemons
 from .templates import process_result_template
 
 RESULT_COLUMNS = (
@@ -84,6 +86,7 @@ class Server:
     config: Config
     conn: Any
     stopped: set[str] = field(default_factory=set)
+    running: list[Daemon] | None = None
 
     def q(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         cur = self.conn.cursor()
@@ -100,11 +103,16 @@ class Server:
         return f"{daemon}: {message}"
 
     def daemons(self, program: str) -> list[list[str]]:
-        """Argument lists of the enabled ``<daemon>``s running ``program``."""
+        """Argument lists of the ``<daemon>``s running ``program`` that are really running.
+
+        ``running`` is what bin/start's model says runs (``start_stop.running_daemons``):
+        an entry that lost its lock to another one never does its job.
+        """
+        entries = self.running if self.running is not None else running_daemons(self.config)
         found = []
-        for d in self.config.daemons:
+        for d in entries:
             argv = shlex.split(d.cmd)
-            if argv and Path(argv[0]).name == program and not d.disabled:
+            if argv and Path(argv[0]).name == program:
                 found.append(argv)
         return found
 

@@ -4,10 +4,13 @@
 scheduler (sending to this host), the client (download, run, upload) and its report,
 validator, script_assimilator, file_deleter; it returns what they did (empty when
 nothing happened). ``run_until()`` repeats steps until a condition holds. Daemons are
-the ones config.xml's ``<daemons>`` configures, so a project without a validator stalls
-at need_validate=1 exactly like a real one. A script_assimilator whose script fails
-raises ``AssimilatorStopped`` and stays down until ``restart_daemons()`` (the real
-daemon exits and only ``bin/start`` brings it back).
+the ones config.xml's ``<daemons>`` configures and bin/start's model says run
+(``start_stop.running_daemons``): before bin/start was ever run, every entry as if it
+had been started once (of entries sharing a lock only the first); afterwards exactly
+those whose process holds their lock. So a project without a validator, or whose
+validator lost its lock, stalls at need_validate=1 exactly like a real one. A
+script_assimilator whose script fails raises ``AssimilatorStopped`` and stays down until
+``restart_daemons()`` (the real daemon exits and only ``bin/start`` brings it back).
 
 Test injections act on the next tasks the host receives, in the order they were asked
 for: ``fail_next``, ``abort_next``, ``no_reply_next``; ``tamper_output`` rewrites every
@@ -34,6 +37,7 @@ from .server import (
     scheduler_rpc,
     transitioner_pass,
 )
+from .start_stop import ever_started, exit_daemon, running_daemons
 
 __all__ = ["AssimilatorStopped", "DaemonExited", "VolunteerHost"]
 
@@ -90,13 +94,18 @@ class VolunteerHost:
     def restart_daemons(self) -> None:
         """``bin/start``: bring back daemons that exited (the script_assimilator)."""
         self.stopped.clear()
+        if ever_started(read_config(self.project.root)):
+            self.project.run("start")
 
     # -- running -----------------------------------------------------------------------
     def step(self) -> list[str]:
         """One pass of every daemon and one scheduler RPC of the client."""
         config = read_config(self.project.root)
         self.client.config = config
-        srv = Server(config=config, conn=config.connect(), stopped=self.stopped)
+        if ever_started(config):
+            self.stopped.clear()  # the daemons' processes say what runs, not this set
+        srv = Server(config=config, conn=config.connect(), stopped=self.stopped,
+                     running=running_daemons(config))
         try:
             if not self.client.authenticator:
                 self.client.authenticator = srv.q(
@@ -109,7 +118,11 @@ class VolunteerHost:
             if tasks:
                 events += handle_reports(srv, self.client.run(tasks))
             events += validator_pass(srv)
-            events += assimilator_pass(srv)
+            try:
+                events += assimilator_pass(srv)
+            except DaemonExited as exc:
+                exit_daemon(config, exc.daemon)
+                raise
             events += file_deleter_pass(srv)
         finally:
             srv.conn.close()

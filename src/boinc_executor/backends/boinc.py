@@ -41,6 +41,14 @@ Choices the module makes, and why:
   queries: results of the batch sent since the last poll, and work units of the
   batch with ``error_mask`` set. Progress counts are one aggregate query, made
   only when asked for.
+* **Stuck batches.** Every few polls the backend asks the database for work of
+  the batch that a daemon should have handled long ago: a ``transition_time`` long
+  past, results reported but not validated, work units validated but not
+  assimilated, each for longer than five of that daemon's sleep intervals (at least
+  60 s; ``BOINC_EXECUTOR_STUCK_AFTER`` sets the seconds) while nothing of the batch
+  moved. It logs one warning naming the daemon and the commands that check it, and
+  ``progress().stuck`` says the same (:mod:`.stuck`), so a future never waits in
+  silence for a reason the database shows.
 * **Submitting user.** ``user_id`` argument, else ``$BOINC_EXECUTOR_USER_ID``,
   else the project's user 1 (make_project's administrator) if it exists,
   else 0. It goes into ``batch.user_id`` and ``pyboinc_batch.user_id``.
@@ -52,6 +60,7 @@ Choices the module makes, and why:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -68,6 +77,7 @@ from ..errors import BatchNotFoundError, ConfigError, SubmissionError, describe_
 from .base import Backend, BackendEvents
 from .db import BATCH_TABLE, Database
 from .rows import BatchCounts, FailedWorkunit
+from .stuck import StuckWatch
 from .workunits import (
     APP_NAME,
     INPUT_TEMPLATE,
@@ -129,6 +139,7 @@ class BoincBackend(Backend):
         self.root = self.config.root.resolve()
         self.poll_interval = _poll_interval(poll_interval)
         self._check_layout()
+        self._stuck = StuckWatch(self.root, logger, self.poll_interval)
         self._db_lock = threading.Lock()
         self._db = Database(self.config)
         try:
@@ -398,6 +409,9 @@ class BoincBackend(Backend):
             self._deliver_failure(wu)
         if failed:
             self._events.wake()
+        if self._stuck.due():
+            with self._db_lock:
+                self._stuck.check(self._db, self._batch_id)
 
     def _deliver_failure(self, wu: FailedWorkunit) -> None:
         """Put an error record for a failed work unit into ``new/`` unless one is there."""
@@ -432,9 +446,11 @@ class BoincBackend(Backend):
         protocol.deliver_record(self._batch.path, wu.name, "error", record)
 
     def progress(self) -> Progress:
-        """Counts of the batch's work units: unsent, in progress, done, failed."""
+        """Counts of the batch's work units, and why it is stuck if a daemon lets it wait."""
         with self._db_lock:
-            return self._db.batch_counts(self._batch_id)
+            counts = self._db.batch_counts(self._batch_id)
+            stuck = self._stuck.check(self._db, self._batch_id)
+        return dataclasses.replace(counts, stuck=stuck)
 
     # ------------------------------------------------------------------ cancel / close
 

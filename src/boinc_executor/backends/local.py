@@ -46,6 +46,15 @@ __all__ = ["LocalBackend"]
 
 _PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
 _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
+_STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
+
+
+def _dup_stdout() -> int | None:
+    """A copy of this process's fd 1 for a worker, or None when there is none."""
+    try:
+        return os.dup(1)
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- registry
@@ -201,18 +210,28 @@ class LocalBackend(Backend):
         while len(self._workers) < self.max_workers and not self._closing:
             slot = self._free_slot()
             env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "boinc_executor.backends.local",
-                    str(self._batch_dir),
-                    str(slot),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=env,
-            )
+            # The worker's fd 1 is the protocol pipe: hand it this process's stdout
+            # under another number, so what a task prints reaches our stdout.
+            user_out = _dup_stdout()
+            if user_out is not None:
+                env[_STDOUT_FD_ENV] = str(user_out)
+            try:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "boinc_executor.backends.local",
+                        str(self._batch_dir),
+                        str(slot),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                    pass_fds=() if user_out is None else (user_out,),
+                )
+            finally:
+                if user_out is not None:
+                    os.close(user_out)
             worker = _Worker(proc, slot)
             self._workers.append(worker)
             worker.reader = threading.Thread(
@@ -361,10 +380,15 @@ def _worker_main(batch_dir: Path, slot_index: int) -> int:
     extra = os.environ.get("BOINC_EXECUTOR_SYS_PATH")
     if extra:
         sys.path[:] = [p for p in json.loads(extra) if isinstance(p, str)]
-    # The protocol owns the original stdout; user output goes to stderr like a volunteer's.
+    # The protocol owns the original stdout; user output goes to the master's stdout
+    # (handed over under another fd), or to stderr when the master has none.
     report: IO[str] = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    user_out = os.environ.pop(_STDOUT_FD_ENV, "")
+    if user_out.isdigit():
+        os.dup2(int(user_out), 1)
+        os.close(int(user_out))
+    else:
+        os.dup2(2, 1)
     slot = batch_dir / "local" / "slots" / str(slot_index)
     download = batch_dir / "local" / "download"
     for line in sys.stdin:

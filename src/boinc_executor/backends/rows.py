@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BatchCounts", "BatchRecord", "FailedWorkunit"]
+__all__ = ["BatchCounts", "BatchRecord", "FailedWorkunit", "Stall"]
 
 # BOINC enum codes (db/boinc_db_types.h; boinc-facts §2).
 RESULT_UNSENT = 2
@@ -55,6 +55,9 @@ class BatchCounts:
         done: has a valid (canonical) result; its record is on its way.
         failed: BOINC gave up on it (``error_mask`` is set), cancelled ones included.
         credit: the sum of the canonical results' credit.
+        stuck: when BOINC's database shows work of the batch that a daemon should
+            have handled long ago, which daemon and the command that checks it
+            (see :mod:`boinc_executor.backends.stuck`); None when nothing is stuck.
     """
 
     total: int
@@ -63,6 +66,22 @@ class BatchCounts:
     done: int
     failed: int
     credit: float = 0.0
+    stuck: str | None = None
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Work units of a batch that one daemon has left waiting too long.
+
+    Attributes:
+        daemon: ``transitioner``, ``validator`` or ``assimilator``.
+        workunits: how many are waiting for it.
+        waited: seconds the oldest of them has waited.
+    """
+
+    daemon: str
+    workunits: int
+    waited: int
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ Batches, on the embedded backend and on a BOINC project alike: ``list``,
 ``status ID [--watch]``, ``wait ID``, ``results ID``, ``errors ID``,
 ``output ID CALL``, ``cancel ID``, ``retire ID`` (``remove ID``) and ``clean``
 (:mod:`.batches`); a BOINC server's administration: ``setup-project``
-(:mod:`.admin`). docs/cli.md is generated from this parser.
+(:mod:`.admin`), ``doctor`` and ``restart-daemons`` (:mod:`.doctor`). docs/cli.md is
+generated from this parser.
 
 Each command lives in a module with a ``register(subparsers)`` function that adds
 its parser and sets ``run`` (``args -> exit status``); :data:`COMMAND_MODULES`
-lists them, so a new command (``doctor``, say) is one module and one line.
+lists them, so a new command is one module and one line.
 
 This package is, with the volunteer runner, the only place that configures
 logging; nothing imports it.
@@ -33,7 +34,7 @@ from .. import __version__
 __all__ = ["COMMAND_MODULES", "main", "parser"]
 
 #: Modules under :mod:`boinc_executor.cli` that each ``register()`` commands, in help order.
-COMMAND_MODULES = ("batches", "admin")
+COMMAND_MODULES = ("batches", "admin", "doctor")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from .locate import (
     BatchRef,
     MissingDependencyError,
     boinc_batches,
+    boinc_database,
     boinc_job_states,
     find_batch,
     local_batches,
@@ -241,8 +242,12 @@ def _status(args: argparse.Namespace) -> int:
     view = ref.view()
     progress, note = counts(ref, view)
     if not args.watch:
-        data = dict(_describe(ref), counts=progress.as_dict(), open_by=_owner_text(view))
-        emit(args, data, _status_text(ref, view, progress, note))
+        stuck = _stuck(ref) if not note else None
+        data = dict(
+            _describe(ref), counts=progress.as_dict(), open_by=_owner_text(view), stuck=stuck
+        )
+        text = _status_text(ref, view, progress, note)
+        emit(args, data, text + (f"\n  STUCK: {stuck}" if stuck else ""))
         return EXIT_OK
     start = time.monotonic()
     first = progress.finished
@@ -269,6 +274,16 @@ def _status(args: argparse.Namespace) -> int:
     if not args.json:
         print()
     return EXIT_OK
+
+
+def _stuck(ref: BatchRef) -> str | None:
+    """On BOINC: why the batch does not move (which daemon lets it wait), or None."""
+    if ref.backend != "boinc" or ref.project is None:
+        return None
+    from ..backends.stuck import Thresholds, diagnose
+
+    with boinc_database(ref.project) as db:
+        return diagnose(db, ref.project, ref.batch_id, Thresholds.for_project(ref.project))
 
 
 def _owner_text(view: BatchView) -> str | None:

@@ -7,6 +7,8 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 
 * :mod:`.records` -- naming, framing, input envelopes, result and error records;
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
+* :mod:`.classref` -- the script's classes sent by reference and rebuilt without their code;
+* :mod:`.taskoutput` -- per-call captured output and its bounds;
 * :mod:`.fileio` -- atomic writes and bounded reads.
 """
 
@@ -17,6 +19,7 @@ from .records import (
     DEFAULT_MAX_RESULT_BYTES,
     FINISH_FILE,
     FORMAT_VERSION,
+    JOB_OUTPUT_CHARS,
     JOURNAL,
     KIND_DATA,
     KIND_PROGRAM,
@@ -27,10 +30,12 @@ from .records import (
     OPEN_DATA,
     OPEN_PROGRAM,
     OPEN_RESULT,
+    OUTPUT_CHARS,
     QUARANTINE,
     TAIL_CHARS,
     ProtocolError,
     ResultRecord,
+    TaskOutput,
     atomic_write,
     check_prefix,
     data_file_name,
@@ -53,6 +58,7 @@ from .records import (
     program_identity,
     python_tag,
     read_bounded,
+    read_outputs,
     record_file_name,
     tail,
 )
@@ -62,6 +68,7 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
     "FORMAT_VERSION",
+    "JOB_OUTPUT_CHARS",
     "JOURNAL",
     "KIND_DATA",
     "KIND_PROGRAM",
@@ -72,10 +79,12 @@ __all__ = [
     "OPEN_DATA",
     "OPEN_PROGRAM",
     "OPEN_RESULT",
+    "OUTPUT_CHARS",
     "QUARANTINE",
     "TAIL_CHARS",
     "ProtocolError",
     "ResultRecord",
+    "TaskOutput",
     "atomic_write",
     "check_prefix",
     "data_file_name",
@@ -98,6 +107,7 @@ __all__ = [
     "program_identity",
     "python_tag",
     "read_bounded",
+    "read_outputs",
     "record_file_name",
     "tail",
 ]

@@ -13,7 +13,9 @@ report "cloudpickle is missing" rather than die on import.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import pickle
 import platform
@@ -27,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProtocolError, ResultDecodeError
-from .decoding import TypePolicy, safe_loads
+from . import classref
+from .decoding import TypePolicy, decode_exception, safe_loads
 from .fileio import atomic_write, read_bounded
+from .taskoutput import JOB_OUTPUT_CHARS, OUTPUT_CHARS, TaskOutput, read_outputs
 
 __all__ = [
     "CHECKPOINT",
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
     "FORMAT_VERSION",
+    "JOB_OUTPUT_CHARS",
     "JOURNAL",
     "KIND_DATA",
     "KIND_PROGRAM",
@@ -45,10 +50,12 @@ __all__ = [
     "OPEN_DATA",
     "OPEN_PROGRAM",
     "OPEN_RESULT",
+    "OUTPUT_CHARS",
     "QUARANTINE",
     "TAIL_CHARS",
     "ProtocolError",
     "ResultRecord",
+    "TaskOutput",
     "atomic_write",
     "check_prefix",
     "data_file_name",
@@ -71,6 +78,7 @@ __all__ = [
     "program_identity",
     "python_tag",
     "read_bounded",
+    "read_outputs",
     "record_file_name",
     "tail",
 ]
@@ -246,8 +254,41 @@ def _code_fingerprint(fn: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def encode_program(fn: Any) -> bytes:
-    """Serialise a callable with cloudpickle (lambdas, closures and ``__main__`` functions work)."""
+def _function_module(fn: Any) -> str:
+    """The module whose classes a function's results may hold (through partials and methods)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    module = getattr(fn, "__module__", None)
+    return module if isinstance(module, str) else type(fn).__module__
+
+
+def _pickle_program(fn: Any, module: str) -> tuple[bytes, list[type]]:
+    """``cloudpickle.dumps(fn)``, noting the script's classes it carries."""
+    import cloudpickle
+
+    shipped: list[type] = []
+
+    class ShippingPickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, type) and obj.__module__ in ("__main__", module):
+                shipped.append(obj)
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    ShippingPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+    return buffer.getvalue(), shipped
+
+
+def encode_program(fn: Any, policy: TypePolicy | None = None) -> bytes:
+    """Serialise a callable with cloudpickle (lambdas, closures and ``__main__`` functions work).
+
+    Args:
+        fn: the callable.
+        policy: the batch's type policy; it learns which classes results of ``fn``
+            may hold by reference (the function's module, the ``__main__`` classes
+            the program carries).
+    """
     import cloudpickle
 
     qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
@@ -258,9 +299,11 @@ def encode_program(fn: Any) -> bytes:
         "name": name,
         "code": _code_fingerprint(fn),
     }
-    return encode_frame(
-        KIND_PROGRAM, header, cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-    )
+    module = _function_module(fn)
+    payload, shipped = _pickle_program(fn, module)
+    if policy is not None:
+        policy.ship(module, shipped)
+    return encode_frame(KIND_PROGRAM, header, payload)
 
 
 def encode_data(job: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
@@ -345,18 +388,28 @@ def encode_result(
     *,
     stdout: str = "",
     stderr: str = "",
+    outputs: Sequence[TaskOutput] = (),
 ) -> bytes:
     """Serialise a successful run: one ``(True, value)`` or ``(False, error_info)`` per call.
 
-    Values are pickled with the standard pickler; a value only cloudpickle can
-    serialise (an instance of a class defined in ``__main__``) falls back to it,
-    and the master then needs that type trusted to read it.
+    Values are pickled with :class:`~.classref.ResultPickler`: instances of the
+    script's classes go by reference. A value only cloudpickle can serialise (a
+    lambda, a class it must send by value) falls back to it, and the master refuses
+    that unless ``trust_results=True``.
+
+    Args:
+        job: the job name.
+        outcomes: per call, ``(True, value)`` or ``(False, error_info)``.
+        stdout: the job's standard output (its tail is kept).
+        stderr: the job's standard error (its tail is kept).
+        outputs: per call, the captured output (``TaskOutput``); empty ones are
+            written as ``{}``.
 
     Raises:
         pickle.PicklingError, TypeError, AttributeError: a value cannot be pickled at all.
     """
     try:
-        payload = pickle.dumps(list(outcomes), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = classref.dumps(list(outcomes))
     except Exception:
         import cloudpickle
 
@@ -371,6 +424,8 @@ def encode_result(
         "stderr": tail(stderr),
         "error": None,
     }
+    if any(outputs):
+        header["output"] = [o.to_header() for o in outputs]
     return encode_frame(KIND_RESULT, header, payload)
 
 
@@ -404,6 +459,7 @@ class ResultRecord:
         host: where it ran.
         stdout: tail of the captured standard output.
         stderr: tail of the captured standard error.
+        outputs: per call, what it printed (see :func:`read_outputs`).
     """
 
     job: str
@@ -413,6 +469,7 @@ class ResultRecord:
     host: str = ""
     stdout: str = ""
     stderr: str = ""
+    outputs: list[TaskOutput] = field(default_factory=list)
 
 
 def decode_result(
@@ -433,11 +490,14 @@ def decode_result(
     host = str(header.get("host", ""))
     stdout = str(header.get("stdout", ""))
     stderr = str(header.get("stderr", ""))
+    outputs = read_outputs(header, max(expect_calls, 0))
     if header.get("status") == "error":
         error = header.get("error")
         if not isinstance(error, dict):
             raise ProtocolError("error record carries no error description")
-        return ResultRecord(expect_job, False, error=error, host=host, stdout=stdout, stderr=stderr)
+        return ResultRecord(
+            expect_job, False, error=error, host=host, stdout=stdout, stderr=stderr, outputs=outputs
+        )
     if header.get("status") != "ok":
         raise ProtocolError(f"record has unknown status {header.get('status')!r}")
     outcomes = safe_loads(payload, policy)
@@ -451,4 +511,7 @@ def decode_result(
             raise ResultDecodeError("record holds a malformed outcome entry")
         if not entry[0] and not isinstance(entry[1], dict):
             raise ResultDecodeError("record holds a failed call without an error description")
-    return ResultRecord(expect_job, True, outcomes, host=host, stdout=stdout, stderr=stderr)
+    outcomes = [(ok, value if ok else decode_exception(value, policy)) for ok, value in outcomes]
+    return ResultRecord(
+        expect_job, True, outcomes, host=host, stdout=stdout, stderr=stderr, outputs=outputs
+    )

@@ -71,6 +71,8 @@ RUNNER_MODULES = (
     "protocol.records",
     "protocol.fileio",
     "protocol.decoding",
+    "protocol.classref",
+    "protocol.taskoutput",
     "errors",
 )
 

@@ -11,8 +11,13 @@ docs/protocol.md's "On a BOINC project" contract needs (boinc-facts §5, §6, §
 5. an app version per platform (:mod:`boinc_executor.server.appversion`) in
    ``apps/pyboinc/<version>/<platform>/``, registered with ``bin/update_versions``;
 6. ``bin/pyboinc_assimilator`` and ``bin/pyboinc_compare``, the daemon scripts;
-7. the assimilator and validator ``<daemon>`` entries in config.xml, edited as text so
-   the rest of the file stays byte for byte what it was, written atomically.
+7. the assimilator and validator ``<daemon>`` entries in config.xml, each with its own
+   ``<output>`` and ``<pid_file>`` (so bin/start gives it its own lock, facts §9.1),
+   edited as text so the rest of the file stays byte for byte what it was, written
+   atomically. Entries of earlier releases are upgraded (and the change says which
+   lock they shared); another entry using one of our lock, pid or log files is refused
+   with a ConfigError saying which, since it is the operator's to rename;
+8. the same checks as ``boinc-executor doctor`` (:mod:`.doctor`), as the report's end.
 
 Every step first checks whether its work is already done, so a second run changes
 nothing; a newer release adds a new app version next to the old ones (registered
@@ -22,6 +27,7 @@ operator still has to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -49,11 +55,18 @@ from .appversion import (
     version_xml,
 )
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
+from .doctor import DoctorReport, run_checks
+from .restart import restart_advice
 
 if TYPE_CHECKING:
     from ..backends.db import Database
 
-__all__ = ["SetupReport", "input_template", "output_template", "setup_project"]
+__all__ = [
+    "SetupReport",
+    "input_template",
+    "output_template",
+    "setup_project",
+]
 
 _TOOL_TIMEOUT = 600.0
 
@@ -118,12 +131,15 @@ class SetupReport:
         version_num: the BOINC app version number of this release.
         changes: one line per change made (empty when everything was already in place).
         todo: steps left to the operator (restarting daemons, warnings).
+        doctor: what ``boinc-executor doctor`` found once setup was done (daemons that
+            are not running yet show up here until they are restarted).
     """
 
     root: Path
     version_num: int
     changes: list[str] = field(default_factory=list)
     todo: list[str] = field(default_factory=list)
+    doctor: DoctorReport | None = None
 
     def render(self) -> str:
         """Human-readable summary for the command line."""
@@ -136,6 +152,8 @@ class SetupReport:
         if self.todo:
             lines.append("Still to do:")
             lines += [f"  - {t}" for t in self.todo]
+        if self.doctor is not None:
+            lines.append(self.doctor.render())
         return "\n".join(lines)
 
 
@@ -390,7 +408,8 @@ def setup_project(
     """Make the BOINC project at ``project_dir`` run boinc-executor jobs.
 
     Idempotent: a second run with the same release changes nothing. Never starts or
-    stops the project; the report lists what the operator still has to do.
+    stops the project; the report lists what the operator still has to do, and ends
+    with what ``boinc-executor doctor`` finds.
 
     Args:
         project_dir: the project root (holding config.xml, made by make_project).
@@ -431,6 +450,8 @@ def setup_project(
             report=report,
             say=say,
         )
+        say("doctor")
+        report.doctor = run_checks(root)
     except OSError as exc:
         raise ConfigError(
             f"setup-project stopped: {exc}. Fix that and run it again: the steps already "
@@ -471,9 +492,14 @@ def _setup(
         db.close()
     say("daemon scripts")
     for name in DAEMON_SCRIPTS:
-        _ensure_file(
-            root / "bin" / name, daemon_script(name), report, "daemon script", executable=True
-        )
+        what = "daemon script"
+        with contextlib.suppress(OSError):
+            if b"from boinc_executor.daemonconf import" in (root / "bin" / name).read_bytes():
+                what += (
+                    ", upgraded from an earlier release: it ran boinc_executor.daemonconf, "
+                    "now boinc_executor.server.daemonconf"
+                )
+        _ensure_file(root / "bin" / name, daemon_script(name), report, what, executable=True)
         if daemon_source(name) is None:
             report.todo.append(
                 f"the daemon module {name}.py is not installed with boinc_executor; "
@@ -481,9 +507,7 @@ def _setup(
             )
     say("daemons")
     if _ensure_daemons(config, float_validator, report):
-        report.todo.append(
-            f"restart the project's daemons to run the new ones: cd {root} && bin/stop && bin/start"
-        )
+        report.todo.append(restart_advice(root))
     elif registered:
         report.todo.append(
             "no daemon restart needed: update_versions touched reread_db, so the feeder "

@@ -6,9 +6,14 @@ batch file runs, with the slot directory as the working directory. The runner
 1. resolves the open names ``program.pkl``, ``data.pkl`` and ``result.pkl``
    (real files in ``<copy_file/>`` mode, ``<soft_link>`` files otherwise),
 2. checks the job was pickled by the same Python ``major.minor``,
-3. calls the function once per call in the data file, capturing output tails,
+3. calls the function once per call in the data file, capturing each call's
+   output (passed through to the real streams as well),
 4. writes the result record under the output's open name, then
    ``boinc_finish_called``, and exits 0.
+
+Results are pickled so that the script's own classes travel by reference
+(:mod:`boinc_executor.protocol.classref`); an exception of such a class also
+travels as its own small pickle, so the master can raise it as itself.
 
 It *always* leaves a record: when the input is corrupt, cloudpickle is missing
 or the interpreter does not match, it writes an error record instead, so the
@@ -21,6 +26,7 @@ It imports nothing server-side: only the standard library and the protocol.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -32,6 +38,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import protocol
+from ..protocol.classref import exception_blob
+from ..protocol.taskoutput import fit_outputs
 
 _SOFT_LINK_OPEN = b"<soft_link>"
 _SOFT_LINK_CLOSE = b"</soft_link>"
@@ -61,28 +69,52 @@ def resolve(slot: Path, open_name: str) -> Path:
     return path
 
 
-class _TailWriter(io.TextIOBase):
-    """Passes writes through to the real stream and keeps the last characters."""
+class _CallCapture(io.TextIOBase):
+    """Passes writes through to the real stream and keeps the current call's last characters."""
 
     def __init__(self, inner: TextIO) -> None:
         self._inner = inner
         self._parts: list[str] = []
         self._size = 0
+        self._cut = False
+        self._job = ""  # the tail of the whole job's output
 
     def write(self, s: str) -> int:
         self._inner.write(s)
         self._parts.append(s)
         self._size += len(s)
-        if self._size > 4 * protocol.TAIL_CHARS:
-            self._parts = [self.text()]
-            self._size = len(self._parts[0])
+        if self._size > 2 * protocol.OUTPUT_CHARS:
+            kept = "".join(self._parts)[-protocol.OUTPUT_CHARS :]
+            self._parts, self._size, self._cut = [kept], len(kept), True
         return len(s)
 
     def flush(self) -> None:
         self._inner.flush()
 
-    def text(self) -> str:
-        return protocol.tail("".join(self._parts))
+    def take(self) -> tuple[str, bool]:
+        """The finished call's text (its last ``OUTPUT_CHARS``) and whether it was cut."""
+        text = "".join(self._parts)
+        cut = self._cut or len(text) > protocol.OUTPUT_CHARS
+        text = text[-protocol.OUTPUT_CHARS :]
+        self._parts, self._size, self._cut = [], 0, False
+        self._job = protocol.tail(self._job + protocol.tail(text))
+        return text, cut
+
+    def job_tail(self) -> str:
+        """The tail of the whole job's output, for the record's job-level fields."""
+        return self._job
+
+
+def _call_outputs(
+    out: list[tuple[str, bool]], err: list[tuple[str, bool]]
+) -> list[protocol.TaskOutput]:
+    """Per-call outputs, cut to the job's budget per stream."""
+    outs = fit_outputs([text for text, _ in out])
+    errs = fit_outputs([text for text, _ in err])
+    return [
+        protocol.TaskOutput(o, e, cut_o or len(o) < len(t_o), cut_e or len(e) < len(t_e))
+        for o, e, (t_o, cut_o), (t_e, cut_e) in zip(outs, errs, out, err, strict=True)
+    ]
 
 
 def _load_program(data: bytes) -> Callable[..., Any]:
@@ -167,8 +199,8 @@ def execute(program: bytes, data: bytes, job_hint: str = "") -> bytes:
     error record.
     """
     job = _job_of(data, job_hint or _UNKNOWN_JOB)
-    out = _TailWriter(sys.stdout)
-    err = _TailWriter(sys.stderr)
+    out = _CallCapture(sys.stdout)
+    err = _CallCapture(sys.stderr)
     try:
         try:
             import cloudpickle  # noqa: F401 - registers the reducers the program needs
@@ -181,20 +213,44 @@ def execute(program: bytes, data: bytes, job_hint: str = "") -> bytes:
     except Exception as exc:
         return _failure(job, f"job could not start on {protocol.host_name()}: {exc}", exc)
     outcomes: list[tuple[bool, Any]] = []
-    with redirect_stdout(out), redirect_stderr(err):
-        for args, kwargs in calls:
-            try:
-                outcomes.append((True, fn(*args, **kwargs)))
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                outcomes.append((False, protocol.error_info(exc)))
+    out_texts: list[tuple[str, bool]] = []
+    err_texts: list[tuple[str, bool]] = []
     try:
-        return protocol.encode_result(job, outcomes, stdout=out.text(), stderr=err.text())
+        with redirect_stdout(out), redirect_stderr(err):
+            for args, kwargs in calls:
+                try:
+                    outcomes.append((True, fn(*args, **kwargs)))
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    outcomes.append((False, _call_error(exc)))
+                finally:
+                    out_texts.append(out.take())
+                    err_texts.append(err.take())
+    finally:
+        # Output appears as the job ends rather than when the process exits.
+        out.flush()
+        err.flush()
+    encode = functools.partial(
+        protocol.encode_result,
+        job,
+        stdout=out.job_tail(),
+        stderr=err.job_tail(),
+        outputs=_call_outputs(out_texts, err_texts),
+    )
+    try:
+        return encode(outcomes)
     except Exception:
-        return protocol.encode_result(
-            job, [_picklable_outcome(o) for o in outcomes], stdout=out.text(), stderr=err.text()
-        )
+        return encode([_picklable_outcome(o) for o in outcomes])
+
+
+def _call_error(exc: BaseException) -> dict[str, Any]:
+    """A failed call's description; an exception of the script's class also travels whole."""
+    info = protocol.error_info(exc)
+    blob = exception_blob(exc)
+    if blob is not None:
+        info["instance"] = blob
+    return info
 
 
 def _picklable_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
