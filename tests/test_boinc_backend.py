@@ -22,9 +22,10 @@ import pytest
 
 from boinc_executor import BoincExecutor, JobParams, protocol
 from boinc_executor.backends.base import BackendEvents
-from boinc_executor.backends.boinc import BoincBackend, Progress
+from boinc_executor.backends.boinc import BoincBackend
 from boinc_executor.batch import BatchDir, Checkpoint, JournalEntry
 from boinc_executor.errors import ConfigError, DatabaseError, WorkunitError
+from boinc_executor.progress import Progress as CallCounts
 from tests import jobs
 from tests.boinc_harness.common import fanout_dir, read_config
 from tests.boinc_harness.project import Project
@@ -249,8 +250,8 @@ def test_chunked_map_in_one_create_work_with_job_params(
         ex = BoincExecutor(project_dir=root, job_params=params, name="chunky")
         batch_id = ex.batch_id
         assert list(ex.map(jobs.square, range(23), chunksize=5)) == [x * x for x in range(23)]
-        assert ex.progress() == Progress(
-            total=5, unsent=0, in_progress=0, done=5, failed=0
+        assert ex.progress() == CallCounts(
+            total=23, queued=0, running=0, done=23, failed=0, cancelled=0
         )
         ex.shutdown()
     calls = log.read_text().splitlines()
@@ -318,7 +319,9 @@ def test_exhausted_retries_raise_workunit_error_without_an_assimilator(
     assert error.exit_status == 7
     assert "process exited with code 7" in error.stderr_tail
     assert "too many results failed" in str(error)
-    assert progress == Progress(total=1, unsent=0, in_progress=0, done=0, failed=1)
+    assert progress == CallCounts(
+        total=1, queued=0, running=0, done=0, failed=1, cancelled=0
+    )
     wu = pyboinc_project.workunit(f"pyb_{ex.batch_id}_0")
     assert wu is not None and wu["assimilate_state"] == 1  # nobody assimilated it
     (batch,) = pyboinc_project.query("select * from batch where id=%s", ex.batch_id)

@@ -228,6 +228,18 @@ def test_flush_returns_once_every_call_is_journaled(tmp_path: Path) -> None:
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(20)]
 
 
-def test_progress_is_none_on_the_embedded_backend(tmp_path: Path) -> None:
+def test_progress_counts_calls_on_the_embedded_backend(tmp_path: Path) -> None:
+    from boinc_executor.progress import Progress
+
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
-        assert ex.progress() is None
+        futures = [ex.submit(jobs.square, i) for i in range(3)]
+        failing = ex.submit(jobs.raise_value_error, "no")
+        assert ex.flush(timeout=60)
+        assert ex.progress().total == 4
+        for fut in futures:
+            fut.result(timeout=60)
+        with pytest.raises(ValueError):
+            failing.result(timeout=60)
+        assert ex.progress() == Progress(
+            total=4, queued=0, running=0, done=3, failed=1, cancelled=0
+        )

@@ -355,18 +355,24 @@ def test_cli_status(pyboinc_project: Project, tmp_path: Path) -> None:
     batch_dir = tmp_path / "batch"
     job = submit(pyboinc_project, batch_dir, abs, [((-4,), {})])
     batch_id = protocol.parse_job_name(job)[1]
+    # What an executor writes first: the checkpoint, and the job's journal line.
+    from boinc_executor.batch import BatchDir, Checkpoint, JournalEntry
+
+    batch = BatchDir(batch_dir)
+    batch.write_checkpoint(Checkpoint(batch_id, "boinc", "pyb", str(pyboinc_project.root), 1.0))
+    batch.append_journal([JournalEntry(job, 0, 0, 1, "-", "-", protocol.data_file_name(job))])
+    batch.close()
     done = subprocess.run([*cmd, "status", str(batch_id), "--project", str(pyboinc_project.root)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"batch directory: {batch_dir}" in done.stdout
-    assert "work units: 1 total, 1 unsent, 0 in progress, 0 done, 0 failed" in done.stdout
-    assert "records: 0 waiting in new/, 0 handled (in handled.pack)" in done.stdout
+    assert f"batch {batch_id} (boinc) in {batch_dir}" in done.stdout
+    assert "calls: 1 total, 1 queued, 0 running, 0 done, 0 failed, 0 cancelled" in done.stdout
     missing = subprocess.run([*cmd, "status", "999", "--project", str(pyboinc_project.root)],
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and "batch 999 is not a boinc-executor batch" in missing.stderr
+    assert missing.returncode == 3 and "batch 999 is not a boinc-executor batch" in missing.stderr
     nowhere = subprocess.run([*cmd, "status", "1"], capture_output=True, text=True, timeout=60,
                              env={k: v for k, v in os.environ.items() if k != "PYBOINC_DIR"})
-    assert nowhere.returncode == 1 and "give --project PROJECT_DIR" in nowhere.stderr
+    assert nowhere.returncode == 3 and "no local batch 1" in nowhere.stderr  # the local registry
 
 
 def test_rerun_keeps_the_operators_modes_and_repairs_our_files(pyboinc_project: Project) -> None:

@@ -19,6 +19,7 @@ end, and then stop at once, cancel nothing and keep the batch.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import itertools
 import logging
@@ -34,8 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import fingerprint, interrupts, protocol
-from .backends.base import Backend, BackendEvents, load_backend
+from .backends.base import Backend, BackendEvents, JobState, load_backend
 from .batch import JournalEntry
+from .batchview import BatchView
 from .collector import Collector, Job
 from .config import JobParams, resolve_project_dir
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
@@ -45,7 +47,7 @@ from .protocol.decoding import TypePolicy
 from .replay import mismatch_message, record_failed, resume_jobs, retry_name
 
 if TYPE_CHECKING:
-    from .backends.rows import BatchCounts
+    from .progress import Progress
 
 __all__ = ["BoincExecutor"]
 
@@ -130,6 +132,7 @@ class BoincExecutor(Executor):
         self._max_result_bytes = max_result_bytes
         self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
         self._resumed: list[Future[Any]] = []
+        self._view: BatchView | None = None
         if self._backend.kind == "local":
             _announce_local()
         self._kept = False
@@ -363,14 +366,26 @@ class BoincExecutor(Executor):
             )
         return found
 
-    def progress(self) -> BatchCounts | None:
-        """The batch's work units by state, from the BOINC database (None locally).
+    def progress(self) -> Progress:
+        """The batch's calls by state: total, queued, running, done, failed, cancelled.
 
-        Cheap enough to call now and then (two indexed queries); see
-        ``docs/boinc-backend.md`` for what each count means.
+        The same on every backend: it reads the journal and the records' headers in
+        the batch directory (records are read once; a per-call failure inside a job
+        that ran is found with the allow-list decoder) and asks the collector which
+        jobs run now; on BOINC, ``stuck`` says why the batch does not move, if it does
+        not. ``boinc_executor.progress.show_progress`` draws it as a bar.
         """
-        progress = getattr(self._backend, "progress", None)
-        return progress() if progress is not None else None
+        collector = self._collector
+        with collector.lock:  # the job table is the collector's; read it under its lock
+            running = [n for n, j in collector._jobs.items() if j.state is JobState.RUNNING]
+        if self._view is None:
+            self._view = BatchView(self._batch.path, policy=self._policy)
+        counts = self._view.progress(running)
+        backend_progress = getattr(self._backend, "progress", None)
+        if backend_progress is None:
+            return counts
+        # BOINC: the database also says whether a daemon leaves the batch waiting.
+        return dataclasses.replace(counts, stuck=backend_progress().stuck)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every call submitted so far is journaled and handed to the backend.

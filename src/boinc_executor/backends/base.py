@@ -225,7 +225,7 @@ def load_backend(
     except ImportError as exc:
         raise ConfigError(
             f"the BOINC backend needs mysqlclient ({exc}); "
-            "install it with: pip install 'boinc-executor[boinc]'"
+            "install it with: pip install mysqlclient (the package's [boinc] extra)"
         ) from exc
     backend: Backend = BoincBackend(project_dir)
     return backend

@@ -69,15 +69,15 @@ _BASE_ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("fractions", "Fraction"),
         ("uuid", "UUID"),
         ("uuid", "SafeUUID"),
-        ("pathlib", "PurePath"),
-        ("pathlib", "PurePosixPath"),
-        ("pathlib", "PureWindowsPath"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "WindowsPath"),
         ("ipaddress", "IPv4Address"),
         ("ipaddress", "IPv6Address"),
         ("ipaddress", "IPv4Network"),
         ("ipaddress", "IPv6Network"),
+    }
+    | {
+        (module, name)
+        for module in ("pathlib", "pathlib._local")  # Python 3.13 pickles them from _local
+        for name in ("PurePath", "PurePosixPath", "PureWindowsPath", "PosixPath", "WindowsPath")
     }
 )
 
