@@ -207,7 +207,7 @@ class BatchView:
         return entries
 
     def _packed(self) -> dict[str, bytes]:
-        """The handled-records pack's records, read once (a pack is append-only)."""
+        """The handled-records pack's records (read once per :meth:`records` call)."""
         if self._cache.packed is None:
             found: dict[str, bytes] = {}
             try:
@@ -250,6 +250,7 @@ class BatchView:
         duplicate, which the script never saw.
         """
         found: dict[str, JobRecord] = {}
+        self._cache.packed = None  # the pack grows while a batch runs: read it afresh
         for path in self._record_files():
             parsed = protocol.parse_record_name(path.name)
             if parsed is None:

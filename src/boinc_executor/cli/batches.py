@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..batchview import BatchView, JobRecord, call_output
+from ..output import task_output
 from ..progress import Progress, render_bar
 from . import changes
 from .common import (
@@ -427,25 +428,24 @@ def _output(args: argparse.Namespace) -> int:
     ref = _find(args)
     if not ref.exists:
         return fail(args.command, _gone(ref), EXIT_NOT_FOUND)
-    entry, record = call_output(ref.view(), args.call)
+    view = ref.view()
+    entry, record = call_output(view, args.call)
     if record is None:
         return fail(
             args.command,
             f"call {args.call} (job {entry.job}) has not finished: no output yet",
             EXIT_FAILED,
         )
-    data = {
-        "call": args.call,
-        "job": entry.job,
-        "host": record.host,
-        "stdout": record.stdout,
-        "stderr": record.stderr,
-    }
+    # The call's own output where the record carries it per call; else the job's tails.
+    own = task_output(view.path, args.call)
+    stdout, stderr = (own.stdout, own.stderr) if own is not None else (record.stdout, record.stderr)
+    data = {"call": args.call, "job": entry.job, "host": record.host, "stdout": stdout,
+            "stderr": stderr}  # fmt: skip
     text = (
         f"call {args.call} (job {entry.job}) on {record.host or '?'}\n"
-        f"--- stdout ---\n{record.stdout}"
-        + ("" if record.stdout.endswith("\n") or not record.stdout else "\n")
-        + f"--- stderr ---\n{record.stderr}"
+        f"--- stdout ---\n{stdout}"
+        + ("" if stdout.endswith("\n") or not stdout else "\n")
+        + f"--- stderr ---\n{stderr}"
     )
     emit(args, data, text.rstrip("\n"))
     return EXIT_OK
