@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from .appversion import (
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
 from .doctor import DoctorReport, run_checks
 from .restart import restart_advice
+from .tools import run_tool
 
 if TYPE_CHECKING:
     from ..backends.db import Database
@@ -67,8 +67,6 @@ __all__ = [
     "output_template",
     "setup_project",
 ]
-
-_TOOL_TIMEOUT = 600.0
 
 
 def input_template() -> str:
@@ -224,28 +222,10 @@ def _ensure_file(
     report.changes.append(f"{verb} {path.relative_to(report.root)} ({what})")
 
 
-def _run_tool(root: Path, tool: str, *args: str) -> str:
-    """Run ``bin/<tool>`` in the project root; its combined output (raises if it cannot run)."""
-    try:
-        done = subprocess.run(
-            [str(root / "bin" / tool), *args],
-            cwd=root,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=_TOOL_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"cannot run {root / 'bin' / tool}: {exc}") from exc
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode:
-        raise ConfigError(
-            f"bin/{tool} failed with exit code {done.returncode}:\n{output}\n"
-            "(if it could not even start: BOINC's Python tools such as xadd need `python` "
-            "to be a Python 3 with MySQLdb, and update_versions needs php-cli with mysqli)"
-        )
-    return output
+_TOOLS_HINT = (
+    "(if it could not even start: BOINC's Python tools such as xadd need `python` "
+    "to be a Python 3 with MySQLdb, and update_versions needs php-cli with mysqli)"
+)
 
 
 # --------------------------------------------------------------------------- steps
@@ -268,7 +248,7 @@ def _ensure_app(db: Database, root: Path, report: SetupReport) -> int:
         head, _, tail = text.rpartition("</boinc>")
         _write(project_xml, (head + entry + "</boinc>" + tail).encode())
         report.changes.append(f"added the app {APP_NAME} to project.xml")
-    output = _run_tool(root, "xadd")
+    output = run_tool(root, "xadd", hint=_TOOLS_HINT)
     app_id = db.app_id(APP_NAME)
     if app_id is None:
         raise ConfigError(f"bin/xadd did not create the app {APP_NAME}:\n{output}")
@@ -353,7 +333,7 @@ def _ensure_app_versions(
         return False
     for platform in pending:
         _stage_version_dir(vdir / platform, wanted[platform])
-    output = _run_tool(config.root, "update_versions", "--noconfirm")
+    output = run_tool(config.root, "update_versions", "--noconfirm", hint=_TOOLS_HINT)
     now = _registered(db, app_id, num)
     missing = [p for p in pending if p not in now]
     if missing:

@@ -11,7 +11,6 @@ so it runs with none: a caller's pipe would otherwise stay open for the daemons'
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .entries import DaemonEntry, is_locked, read_entries, short_hostname
+from .tools import run_tool
 
 __all__ = ["main", "restart_advice", "restart_daemons"]
 
@@ -38,27 +38,6 @@ def restart_advice(root: Path) -> str:
         "URL update` on test clients: one that contacted the project while it was stopped "
         "was told to come back in an hour"
     )
-
-
-def _run(root: Path, tool: str, *args: str) -> str:
-    try:
-        done = subprocess.run(
-            [str(root / "bin" / tool), *args],
-            cwd=root,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            close_fds=True,
-            check=False,
-            timeout=_TOOL_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"cannot run {root / 'bin' / tool}: {exc}") from exc
-    if done.returncode:
-        raise ConfigError(
-            f"bin/{tool} failed with exit code {done.returncode}:\n{done.stdout}{done.stderr}"
-        )
-    return done.stdout
 
 
 def _locked(pid_dir: Path, entries: list[DaemonEntry]) -> list[DaemonEntry]:
@@ -94,7 +73,7 @@ def restart_daemons(
     here = [e for e in entries if not e.disabled and e.program and e.runs_on(project_host) == host]
     pid_dir = root / f"pid_{host}"
     say("bin/stop")
-    _run(root, "stop")
+    run_tool(root, "stop", timeout=_TOOL_TIMEOUT)
     deadline = time.monotonic() + stop_timeout
     while left := _locked(pid_dir, here):
         if time.monotonic() > deadline:
@@ -105,7 +84,7 @@ def restart_daemons(
             )
         time.sleep(_POLL)
     say("bin/start")
-    _run(root, "start")
+    run_tool(root, "start", timeout=_TOOL_TIMEOUT)
     time.sleep(settle)
     return [e.describe() for e in here if not is_locked(pid_dir / e.lock_name)]
 
