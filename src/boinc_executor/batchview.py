@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchView", "CallError", "JobRecord", "Owner"]
 
 _WU_CANCELLED = 16  # workunit.error_mask bit (boinc-facts §2)
-CANCEL_TAG = "cancelled"  # tag of the records ``boinc-executor cancel`` delivers
 
 
 @dataclass(frozen=True)
@@ -256,7 +255,7 @@ class BatchView:
             if parsed is None:
                 continue
             job, tag = parsed
-            if job in found and tag != CANCEL_TAG:
+            if job in found and tag != protocol.CANCEL_TAG:
                 continue
             record = self._header(path)
             if record is not None:

@@ -53,6 +53,10 @@ logger = logging.getLogger("boinc_executor")
 _BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
 
 
+#: how the name of a `boinc-executor cancel` record ends
+_CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
+
+
 class Job:
     """One job: its name, its calls' futures, and where it is.
 
@@ -486,6 +490,10 @@ class Collector(RecordIntake):
                     del jobs[job.name]
                     job.state = JobState.DONE
                     live.append((job, values, error, self._claim_futures(job)))
+                    # `boinc-executor cancel` spoke for a job the backend may still
+                    # hold: it must not run (its late record would only be set aside).
+                    if job.record is not None and job.record.endswith(_CANCEL_SUFFIX):
+                        self._to_cancel.append(job.name)
         for job, values, error, running in live:
             self._set_outcome(job, running, values, error)
 

@@ -7,8 +7,10 @@ Each asks for confirmation on a terminal, or takes ``--yes``.
   cancelled work unit. On the embedded backend it delivers a cancellation record
   (a ``WorkunitError`` with BOINC's cancelled bit, tag ``cancelled``) for every job
   no worker has started, so the futures fail at once and a re-run or ``resume``
-  does not run them. Jobs already queued to a running script's local workers may
-  still run; their late records are set aside as duplicates.
+  does not run them. When a script holds the batch open, the command returns once
+  that script has taken the cancellations, so none of those jobs starts after it;
+  one a local worker had already queued may still run, and its late record is set
+  aside as a duplicate.
 * ``retire`` on BOINC does what BOINC's ``retire_batch`` does (boinc-facts §4,
   §10.5): unsent work units are cancelled and marked for file deletion, the batch
   row gets state 4 (retired); then the batch directory is removed. Locally it
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
-from ..batchview import CANCEL_TAG, BatchView
+from ..batchview import BatchView
 from .common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -147,14 +149,42 @@ def _cancel(args: argparse.Namespace) -> int:
     if ref.backend == "boinc" and ref.project is not None:
         with boinc_database(ref.project) as db:
             done = db.cancel_workunits(targets)
+        note = ""
     else:
         done = _deliver_cancellations(view, targets)
+        note = _await_pickup(view, targets)
     emit(
         args,
         {"batch": ref.batch_id, "cancelled": done},
-        f"batch {ref.batch_id}: cancelled {done} jobs",
+        f"batch {ref.batch_id}: cancelled {done} jobs{note}",
     )
     return EXIT_OK
+
+
+def _await_pickup(view: BatchView, jobs: list[str], timeout: float = 30.0) -> str:
+    """Wait until the script holding the batch open has taken the cancellations.
+
+    Its collector claims them at its next scan of ``new/`` (every half second
+    when idle) and drops the jobs from its workers' queue; until then a worker
+    could start one. Waiting makes "cancelled" true when this command returns.
+    Returns a note for the user when the owner is slow, else "".
+    """
+    owner = view.owner()
+    if owner is None:
+        return ""  # the next run or resume() reads them before it runs anything
+    new = view.path / protocol.NEW
+    names = [protocol.record_file_name(job, protocol.CANCEL_TAG) for job in jobs]
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [name for name in names if (new / name).exists()]
+        if not waiting or view.owner() is None:
+            return ""
+        if time.monotonic() >= deadline:
+            return (
+                f"; {owner.text} has not taken {len(waiting)} of them yet, "
+                "so its workers may still start those"
+            )
+        time.sleep(0.1)
 
 
 def _deliver_cancellations(view: BatchView, jobs: list[str]) -> int:
@@ -166,7 +196,7 @@ def _deliver_cancellations(view: BatchView, jobs: list[str]) -> int:
         )
         info["host"] = ""
         record = protocol.encode_error_record(job, info, source="cli")
-        protocol.deliver_record(view.path, job, CANCEL_TAG, record)
+        protocol.deliver_record(view.path, job, protocol.CANCEL_TAG, record)
     return len(jobs)
 
 

@@ -16,6 +16,7 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 from __future__ import annotations
 
 from .records import (
+    CANCEL_TAG,
     CHECKPOINT,
     DEFAULT_MAX_RESULT_BYTES,
     FINISH_FILE,
@@ -34,6 +35,7 @@ from .records import (
     OPEN_RESULT,
     OUTPUT_CHARS,
     QUARANTINE,
+    RECORD_SUFFIX,
     TAIL_CHARS,
     ProtocolError,
     ResultRecord,
@@ -68,6 +70,7 @@ from .records import (
 )
 
 __all__ = [
+    "CANCEL_TAG",
     "CHECKPOINT",
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
@@ -86,6 +89,7 @@ __all__ = [
     "OPEN_RESULT",
     "OUTPUT_CHARS",
     "QUARANTINE",
+    "RECORD_SUFFIX",
     "TAIL_CHARS",
     "ProtocolError",
     "ResultRecord",

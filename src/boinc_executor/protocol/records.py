@@ -35,6 +35,7 @@ from .fileio import atomic_write, read_bounded
 from .taskoutput import JOB_OUTPUT_CHARS, OUTPUT_CHARS, TaskOutput, read_outputs
 
 __all__ = [
+    "CANCEL_TAG",
     "CHECKPOINT",
     "DEFAULT_MAX_RESULT_BYTES",
     "FINISH_FILE",
@@ -104,6 +105,8 @@ OPEN_RESULT = "result.pkl"
 FINISH_FILE = "boinc_finish_called"
 
 RECORD_SUFFIX = ".result"
+#: tag of the records ``boinc-executor cancel`` delivers for jobs that never started
+CANCEL_TAG = "cancelled"
 DEFAULT_MAX_RESULT_BYTES = 100_000_000  # the output template's <max_nbytes>
 TAIL_CHARS = 4096
 
