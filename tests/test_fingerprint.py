@@ -9,6 +9,7 @@ one input changed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from boinc_executor import fingerprint
 from boinc_executor.fingerprint import call_digest, function_digest, split_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,11 +81,74 @@ def test_partial_and_bound_method_are_covered() -> None:
 
 def test_arguments_are_covered_and_order_of_dicts_and_sets_is_not() -> None:
     fn = function_digest(_define(GLOBAL, SCALE=2))
-    one = call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [1]})])
-    assert call_digest(fn, [((1, {"b": {3, 2}, "a": 1}), {"k": [1]})]) == one
-    assert call_digest(fn, [((2, {"a": 1, "b": {2, 3}}), {"k": [1]})]) != one
-    assert call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [2]})]) != one
+    one, plain = call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [1]})])
+    assert plain
+    assert call_digest(fn, [((1, {"b": {3, 2}, "a": 1}), {"k": [1]})])[0] == one
+    assert call_digest(fn, [((2, {"a": 1, "b": {2, 3}}), {"k": [1]})])[0] != one
+    assert call_digest(fn, [((1, {"a": 1, "b": {2, 3}}), {"k": [2]})])[0] != one
     assert split_digest(one)[0] == fn
+
+
+PLAIN = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.complex_numbers(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner)
+    | st.tuples(inner, inner)
+    | st.dictionaries(st.integers() | st.text(), inner)
+    | st.frozensets(st.integers() | st.text())
+    | st.builds(bytearray, st.binary()),
+    max_leaves=30,
+)
+
+
+@given(PLAIN)
+@settings(max_examples=300, deadline=None)
+def test_the_plain_data_fast_path_digests_as_the_general_traversal(value: Any) -> None:
+    """Batches journaled by either path replay under the other: the bytes are the same."""
+    calls = [((value,), {"k": value})]
+    fast = fingerprint._plain(calls, 0)
+    assert fast is not None
+    assert fast == fingerprint._Digest().digest(calls)
+
+
+def test_flat_arguments_digest_by_value_and_exact_type_only() -> None:
+    """What map is mostly given takes the marshal path: identity, interning and
+    construction do not count; every distinct value or type does."""
+
+    def digest(*args: Any) -> str:
+        return call_digest("f", [(args, {})])[0]
+
+    built = "".join(["sp", "am"])  # not interned, unlike the literal
+    assert fingerprint._flat([((built, [built, 1.5]), {})]) is not None
+    assert digest(built, [built, 1.5]) == digest("spam", ["spam", 1.5])
+    values = [1, 1.0, True, "1", b"1", (1,), [1], 0.0, -0.0, None, 10**30, 1j, [], ()]
+    assert len({digest(v) for v in values}) == len(values)
+    assert digest(1, 2) != digest((1, 2)) != digest([1, 2])
+    many = [((i,), {}) for i in range(3)]
+    assert call_digest("f", many) != call_digest("f", [*many[:2], ((3,), {})])
+
+
+def test_keywords_and_nested_containers_take_the_plain_path() -> None:
+    for calls in ([((1,), {"k": 2})], [(([[1]],), {})], [(({"a": 1},), {})]):
+        assert fingerprint._flat(calls) is None
+        expected = hashlib.sha256(fingerprint._Digest().digest(calls)).hexdigest()
+        assert call_digest("f", calls) == (f"f:{expected}", True)
+
+
+def test_anything_but_plain_data_takes_the_general_traversal() -> None:
+    assert not call_digest("f", [((Scaler(2),), {})])[1]
+    deep: list[Any] = [1]
+    for _ in range(100):
+        deep = [deep]
+    assert call_digest("f", [((deep,), {})]) == (
+        f"f:{hashlib.sha256(fingerprint._Digest().digest([((deep,), {})])).hexdigest()}",
+        False,
+    )
 
 
 def test_unpicklable_module_state_does_not_stop_a_by_reference_function() -> None:
@@ -99,6 +166,7 @@ def test_cycles_and_shared_objects_are_deterministic() -> None:
     again: list[Any] = [[1, 2], [1, 2]]
     again.append(again)
     assert call_digest("f", [((cyclic,), {})]) == call_digest("f", [((again,), {})])
+    assert not call_digest("f", [((cyclic,), {})])[1]  # a cycle is not plain data
 
 
 SCRIPT = """

@@ -140,12 +140,16 @@ class RecordDecoder(Generic[J]):
             return self._outputs.get(future)
 
     def _keep_outputs(self, job: J, data: bytes) -> None:
-        """Note the record's per-call output for the job's futures (before they resolve)."""
+        """Note the per-call output of a record that did not decode (its header may)."""
         try:
             header, _ = protocol.decode_frame(data, protocol.KIND_RESULT)
             outputs = protocol.read_outputs(header, job.n)
         except Exception:  # a volunteer's header: its output never stops the record's handling
             return
+        self._store_outputs(job, outputs)
+
+    def _store_outputs(self, job: J, outputs: list[protocol.TaskOutput]) -> None:
+        """Keep a record's per-call output for the job's futures (before they resolve)."""
         if job.chunk:
             joined = protocol.TaskOutput(
                 "".join(o.stdout for o in outputs),
@@ -286,18 +290,16 @@ class RecordDecoder(Generic[J]):
     def _decode(self, job: J, data: bytes, name: str) -> Outcome[J]:
         """Decode one record's bytes into its job's outcome (never raises)."""
         try:
-            self._keep_outputs(job, data)
-        except Exception:  # the output is extra; a record that breaks it still resolves
-            logger.exception("reading the output of record %s failed", name)
-        try:
             record = protocol.decode_result(
                 data, self._policy, expect_job=job.name, expect_calls=job.n
             )
+            self._store_outputs(job, record.outputs)
             if record.ok:
                 return job, record.outcomes, None
             assert record.error is not None
             return job, None, rebuild_exception(record.error)
         except Exception as exc:  # anything a hostile record provokes fails its job, no more
+            self._keep_outputs(job, data)  # what the call printed may say why
             # A refused type stays an UnsafeResultError, as documented.
             kind = UnsafeResultError if isinstance(exc, UnsafeResultError) else ResultDecodeError
             return (

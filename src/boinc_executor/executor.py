@@ -475,8 +475,8 @@ class BoincExecutor(Executor):
         futures: list[Future[Any]] = [Future() for _ in range(1 if chunk else len(calls))]
         try:
             program_name, fn_digest, program = self._program(fn)
-            data = protocol.encode_data(name, calls)
-            digest = fingerprint.call_digest(fn_digest, calls)
+            digest, plain = fingerprint.call_digest(fn_digest, calls)
+            data = protocol.encode_data(name, calls, plain=plain)
         except Exception as exc:
             error = TypeError(
                 f"cannot send {getattr(fn, '__qualname__', fn)!r} or its arguments to a volunteer: "
@@ -512,7 +512,7 @@ class BoincExecutor(Executor):
             entry = replace(
                 entry, job=name, data=protocol.data_file_name(name), program=program_name
             )
-            data = protocol.encode_data(name, calls)
+            data = protocol.encode_data(name, calls, plain=plain)
             with collector.lock:
                 collector.journal[index] = entry
             logger.info("retrying job %s as %s", journaled.job, name)

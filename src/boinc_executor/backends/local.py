@@ -170,7 +170,6 @@ class LocalBackend(Backend):
         self.max_workers = max_workers or os.cpu_count() or 1
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, _Dispatch] = OrderedDict()
-        self._known: set[str] = set()  # jobs queued or running, so a replayed submit is a no-op
         self._workers: list[_Worker] = []
         self._closing = False
         self._root = ""
@@ -262,10 +261,13 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Queue jobs for the workers; ``params`` only matter on BOINC."""
         with self._lock:
+            # A job already queued or running (a replayed submit) is not queued twice;
+            # asking the few workers beats keeping a set of every job's name.
+            workers = [w.assigned for w in self._workers]
             for job in jobs:
-                if job.job not in self._known:
-                    self._known.add(job.job)
-                    self._pending[job.job] = _Dispatch(
+                name = job.job
+                if name not in self._pending and not any(name in a for a in workers):
+                    self._pending[name] = _Dispatch(
                         sys.intern(job.program), job.data, job.data_offset, job.data_size, 0
                     )
             self._start_workers()
@@ -280,8 +282,7 @@ class LocalBackend(Backend):
         """Drop jobs no worker has picked up yet."""
         with self._lock:
             for job in jobs:
-                if self._pending.pop(job, None) is not None:
-                    self._known.discard(job)
+                self._pending.pop(job, None)
 
     def close(self, *, complete: bool, interrupted: bool = False) -> None:
         """Stop the workers: ask nicely, then kill the ones still busy.
@@ -445,8 +446,6 @@ class LocalBackend(Backend):
                 with self._lock:
                     dispatch = worker.assigned.pop(job, None)
                     worker.started.pop(job, None)
-                    if dispatch is not None:
-                        self._known.discard(job)
                     self._feed_all()
                     self._rebalance()
                 if kind == "D":
@@ -475,7 +474,6 @@ class LocalBackend(Backend):
                     queued._replace(attempt=queued.attempt + 1) if job in worker.started else queued
                 )
                 if dispatch.attempt >= _MAX_ATTEMPTS:
-                    self._known.discard(job)
                     lost.append((job, dispatch))
                     continue
                 self._pending[job] = dispatch

@@ -120,6 +120,7 @@ _PYTHON_VERSION = platform.python_version()  # recorded in every record: compute
 KIND_PROGRAM = "program"
 KIND_DATA = "data"
 KIND_RESULT = "result"
+_DATA_MAGIC = _MAGIC_PREFIX + KIND_DATA.encode() + b"/"
 
 
 # --------------------------------------------------------------------------- names
@@ -344,13 +345,33 @@ def encode_program(fn: Any, policy: TypePolicy | None = None) -> bytes:
     return encode_frame(KIND_PROGRAM, header, payload)
 
 
-def encode_data(job: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
-    """Serialise a job's calls: a list of ``(args, kwargs)``."""
-    import cloudpickle
+def encode_data(
+    job: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], *, plain: bool = False
+) -> bytes:
+    """Serialise a job's calls: a list of ``(args, kwargs)``.
 
-    payload = cloudpickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
-    return encode_frame(
-        KIND_DATA, {"python": python_tag(), "job": job, "calls": len(calls)}, payload
+    ``plain`` says the caller knows the calls hold only plain data (numbers,
+    strings, bytes and containers of them, see :mod:`boinc_executor.fingerprint`):
+    the standard pickle then writes what cloudpickle would, without building a
+    cloudpickle pickler per job. The header is the one :func:`encode_frame` writes,
+    formatted directly: a job name needs no JSON escaping.
+    """
+    if plain:
+        payload = pickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        import cloudpickle
+
+        payload = cloudpickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
+    if parse_job_name(job) is None:
+        raise ValueError(f"{job!r} is not a job name")
+    return b'%s%d\n{"python":"%s","job":"%s","calls":%d,"format":%d}\n%s' % (
+        _DATA_MAGIC,
+        FORMAT_VERSION,
+        python_tag().encode(),
+        job.encode(),
+        len(calls),
+        FORMAT_VERSION,
+        payload,
     )
 
 
