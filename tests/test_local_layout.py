@@ -57,6 +57,50 @@ def test_no_file_per_job_but_the_record(tmp_path: Path) -> None:
     assert len(handled_records(batch)) == 50
 
 
+def result_inode(batch_dir: str, pause: float) -> int:
+    """Job function: the inode of the output file the runner is about to rewrite (or 0)."""
+    import time
+
+    time.sleep(pause)  # let the master hand a few records back as spares
+    (slot,) = Path(batch_dir, "local", "slots").iterdir()
+    try:
+        return os.stat(slot / protocol.OPEN_RESULT).st_ino
+    except FileNotFoundError:
+        return 0
+
+
+def test_handled_records_come_back_as_output_files(tmp_path: Path) -> None:
+    """Steady state: the runner rewrites a handled record's file instead of creating one;
+    a planted hard link is never rewritten; no spare outlives the run."""
+    batch = tmp_path / "b"
+    with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
+        first = list(ex.map(result_inode, [str(batch)] * 6, [0.3] * 6))
+        new = batch / protocol.NEW
+        outside = tmp_path / "outside"
+        outside.write_bytes(b"not a record")
+        os.link(outside, new / "linked")  # the decoder refuses it: not a record name
+        rest = list(ex.map(result_inode, [str(batch)] * 20, [0.05] * 20))
+    assert first[0] == 0  # nothing to reuse yet: the runner creates its output
+    # Spares appear once a sync made records durable, and a worker that found none
+    # looks again only after a few jobs: so only some of the 26 outputs are reused.
+    assert sum(1 for ino in first + rest if ino) >= 5, "no record file came back for reuse"
+    assert outside.read_bytes() == b"not a record"
+    assert not (batch / "local" / "spare").exists()
+    assert len(handled_records(batch)) == 26
+
+
+def test_a_hard_linked_record_is_never_recycled(tmp_path: Path) -> None:
+    from boinc_executor.decoder import _single_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.write_bytes(b"x")
+    assert _single_file(str(one))
+    os.link(one, two)
+    assert not _single_file(str(one))
+    os.symlink(one, tmp_path / "link")
+    assert not _single_file(str(tmp_path / "link"))
+
+
 def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:
     """Invariant: a batch directory written before input packs (one data file per job in
     local/download/, journal lines without offsets) re-runs: jobs with records replay,

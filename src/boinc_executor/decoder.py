@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 import weakref
@@ -53,6 +54,7 @@ logger = logging.getLogger("boinc_executor")
 _BATCH = 256  # records decoded, packed and resolved together
 _SYNC_SECONDS = 0.2  # a packed record's file leaves new/ at most this long after it was packed
 _SYNC_RECORDS = 4096  # ... or once this many wait
+_MAX_SPARES = 256  # handled record files kept for reuse, at most
 
 
 class _Owner(Protocol):
@@ -82,6 +84,8 @@ class RecordDecoder(Generic[J]):
         removed: called with names of records that have left ``new/`` (or were found gone).
         on_idle: called when the last queued record is done.
         name: the thread's name.
+        spares: a directory (ending in a separator) where handled record files are
+            moved for reuse instead of being deleted (see ``Backend.record_spares``).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class RecordDecoder(Generic[J]):
         removed: Callable[[list[str]], None],
         on_idle: Callable[[], None],
         name: str,
+        spares: str | None = None,
     ) -> None:
         self._batch = batch
         self._pack = batch.pack
@@ -105,6 +110,7 @@ class RecordDecoder(Generic[J]):
         self._released = released
         self._removed = removed
         self._on_idle = on_idle
+        self._spares = spares
         self._lock = threading.Lock()
         self._pending = 0  # records queued or being decoded
         self._unsynced: list[str] = []  # packed, their files still in new/
@@ -344,12 +350,29 @@ class RecordDecoder(Generic[J]):
             self._sync_due = time.monotonic() + 1.0
             return
         names, self._unsynced = self._unsynced, []
-        prefix = self._new
+        prefix, spares = self._new, self._spares
+        room = 0
+        if spares is not None:
+            try:
+                room = _MAX_SPARES - len(os.listdir(spares))
+            except OSError:
+                spares = None
         for name in names:
             try:
-                os.unlink(prefix + name)
+                # Only a file no other name points to: a worker will overwrite it.
+                if room > 0 and _single_file(prefix + name):
+                    os.rename(prefix + name, f"{spares}{name}")
+                    room -= 1
+                else:
+                    os.unlink(prefix + name)
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 logger.warning("cannot remove the handled record %s%s: %s", prefix, name, exc)
         self._removed(names)
+
+
+def _single_file(path: str) -> bool:
+    """Whether ``path`` is a regular file with no other hard link."""
+    st = os.stat(path, follow_symlinks=False)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1

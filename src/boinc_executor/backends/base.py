@@ -104,6 +104,15 @@ class Backend(abc.ABC):
         With ``batch_dir`` None the backend chooses the directory from the ID.
         """
 
+    def record_spares(self, batch_dir: Path) -> str | None:
+        """A directory where handled record files go for the backend's workers to reuse.
+
+        None (the default, and right wherever records come from elsewhere, as
+        from BOINC's assimilator): the decoder deletes them. The embedded
+        backend's workers rewrite a spare in place instead of creating a file per job.
+        """
+        return None
+
     @property
     @abc.abstractmethod
     def batch_root(self) -> Path:

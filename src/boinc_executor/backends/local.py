@@ -53,7 +53,7 @@ from ..config import JobParams, state_home
 from ..errors import BatchError, BatchNotFoundError, JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
 from .base import Backend, BackendEvents
-from .local_worker import STDOUT_FD_ENV, record_tag
+from .local_worker import SPARE_DIR, STDOUT_FD_ENV, record_tag
 
 __all__ = ["LocalBackend"]
 
@@ -211,6 +211,12 @@ class LocalBackend(Backend):
             )
         return path
 
+    def record_spares(self, batch_dir: Path) -> str | None:
+        """``local/spare/``: handled records the workers take back as their next output file."""
+        path = os.path.join(batch_dir, "local", SPARE_DIR)
+        os.makedirs(path, exist_ok=True)
+        return path + os.sep
+
     def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
         """Prepare the download area and slots; drop slots a killed master left behind."""
         self._batch_dir = batch.path
@@ -317,6 +323,8 @@ class LocalBackend(Backend):
             self._pack.close()
         for w in workers:
             shutil.rmtree(os.path.join(self._root, "slots", w.slot), ignore_errors=True)
+        # Spares are only worth keeping for jobs still to run.
+        shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)
 
     # -- dispatching (called with self._lock held)
 
