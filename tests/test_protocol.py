@@ -54,25 +54,6 @@ def test_frames_reject_other_kinds_and_versions() -> None:
         protocol.decode_frame(b"BOINC-EXECUTOR/data/1\n{", "data")
 
 
-def test_input_digest_is_stable_and_sensitive() -> None:
-    def f(x: int) -> int:
-        return x + 1
-
-    def g(x: int) -> int:
-        return x + 2
-
-    ident_f = protocol.program_identity(protocol.encode_program(f))
-    ident_g = protocol.program_identity(protocol.encode_program(g))
-    data = protocol.encode_data("pyb_1_0", [((1,), {})])
-    assert protocol.input_digest(ident_f, data) == protocol.input_digest(
-        ident_f, protocol.encode_data("pyb_1_0", [((1,), {})])
-    )
-    assert protocol.input_digest(ident_f, data) != protocol.input_digest(ident_g, data)
-    assert protocol.input_digest(ident_f, data) != protocol.input_digest(
-        ident_f, protocol.encode_data("pyb_1_0", [((2,), {})])
-    )
-
-
 def test_read_bounded(tmp_path: Path) -> None:
     regular = tmp_path / "r"
     regular.write_bytes(b"12345")

@@ -72,13 +72,11 @@ __all__ = [
     "error_info",
     "failure_info",
     "host_name",
-    "input_digest",
     "is_stale_temp",
     "job_name",
     "parse_job_name",
     "parse_record_name",
     "program_file_name",
-    "program_identity",
     "python_tag",
     "quarantine_name",
     "read_bounded",
@@ -373,23 +371,6 @@ def encode_data(
         FORMAT_VERSION,
         payload,
     )
-
-
-def input_digest(identity: str, data: bytes) -> str:
-    """Digest identifying a job's input, used to match replayed calls to the journal.
-
-    The function enters by its name and code fingerprint rather than its pickle,
-    whose bytes are not stable across interpreter runs; the arguments enter by
-    their pickle.
-    """
-    _, payload = decode_frame(data, KIND_DATA)
-    return hashlib.sha256(identity.encode() + b"\0" + payload).hexdigest()
-
-
-def program_identity(program: bytes) -> str:
-    """The function's name and code fingerprint, as recorded in a program file's header."""
-    header, _ = decode_frame(program, KIND_PROGRAM)
-    return f"{header.get('name', '?')}:{header.get('code', '')}"
 
 
 # --------------------------------------------------------------------------- results
