@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import MySQLdb
 
 PRIVATE_ENV = "BOINC_HARNESS_PRIVATE_MARIADB"
@@ -129,8 +130,11 @@ def _install_mariadb() -> str:
             "or start a server that root can reach without a password."
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "mariadb-server"], check=True, env=env)
+    # pytest-xdist workers may all get here: one installs, the others wait and find it.
+    with filelock.FileLock(os.path.join(tempfile.gettempdir(), "boinc-harness-apt.lock")):
+        if _find_mariadbd() is None:
+            subprocess.run(["apt-get", "update"], check=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "mariadb-server"], check=True, env=env)
     found = _find_mariadbd()
     if found is None:
         raise MariaDbUnavailable("apt-get installed mariadb-server but mariadbd is not found")
