@@ -8,8 +8,11 @@ something are kept in tests/corpus/ and replayed here as ordinary tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import pickletools
 import resource
 import threading
 import time
@@ -21,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from boinc_executor import BoincExecutor, protocol
+from boinc_executor.protocol import bounded
 from tests import fuzzing, jobs
 
 SEEDS = fuzzing.seed_records()
@@ -43,6 +47,55 @@ def test_mutated_records_decode_or_are_refused(seed: bytes, edits: Any, calls: i
     start = time.perf_counter()
     fuzzing.check_decoder_contract(data, calls)
     assert time.perf_counter() - start < 2
+
+
+# Opcodes the C unpickler may never see, in any payload; and those it may see only
+# in a payload of at most FAST_PATH_BYTES (hashing into a dict or set, decimal text).
+_NEVER_ON_C = {"PUT", "LONG_BINPUT", "BINBYTES8", "BINUNICODE8", "BYTEARRAY8"}
+_SMALL_ON_C = {"DICT", "SETITEM", "SETITEMS", "ADDITEMS", "FROZENSET"} | {
+    "INT", "LONG", "FLOAT", "STRING", "UNICODE", "GET", "GLOBAL", "INST"
+}  # fmt: skip
+
+
+def _opcodes(data: bytes) -> set[str]:
+    """The opcodes pickletools reads up to STOP (those before a malformed spot)."""
+    names = set()
+    with contextlib.suppress(ValueError):
+        for op, _, _ in pickletools.genops(data):
+            names.add(op.name)
+    return names
+
+
+@settings(BOUNDED, max_examples=400)
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(EDIT, max_size=6), pad=st.booleans())
+def test_the_c_unpickler_sees_only_what_it_can_be_trusted_with(
+    seed: bytes, edits: Any, pad: bool
+) -> None:
+    """Whatever the bytes, a payload that bounded.fast_path_ok passes to the C unpickler
+    holds none of the opcodes that size its memo or allocate before reading, and, when
+    large, none that hashes keys (a hash flood) or parses decimal text."""
+    payload = fuzzing.mutate(seed.split(b"\n", 2)[2], edits)
+    if pad:  # the same opcodes in a payload too large for the unscanned shortcut
+        filler = (pickle.NONE + pickle.POP) * bounded.FAST_PATH_BYTES
+        payload = payload[:2] + filler + payload[2:]
+    if not bounded.fast_path_ok(payload):
+        return
+    seen = _opcodes(payload)
+    assert not seen & _NEVER_ON_C
+    if len(payload) > bounded.FAST_PATH_BYTES:
+        assert not seen & _SMALL_ON_C
+
+
+@pytest.mark.parametrize(
+    "value",
+    [list(range(0x70, 0x7000, 7)), [(True, -i) for i in range(1000)], "pr" * 5000, [1.5] * 900],
+    ids=["ints holding p and r bytes", "a chunk of outcomes", "a long str", "floats"],
+)
+def test_honest_payloads_take_the_c_unpickler(value: Any) -> None:
+    """Data bytes that merely equal an unsafe opcode no longer force the slow reader."""
+    data = pickle.dumps(value, protocol=5)
+    assert bounded._C_UNSAFE_BYTES.search(data) is not None or len(data) > bounded.FAST_PATH_BYTES
+    assert bounded.fast_path_ok(data)
 
 
 DECODER_CORPUS = sorted((fuzzing.CORPUS / "decoder").glob("*.bin"))
@@ -84,8 +137,9 @@ def _entry(batch_id: int) -> st.SearchStrategy[tuple[str, str]]:
         st.integers(0, 5),
         st.sampled_from(["x", "local-0", "error"]),
     )
-    own = st.builds(lambda i: protocol.record_file_name(f"pyb_{batch_id}_{i}", "planted"),
-                    st.integers(0, 5))
+    own = st.builds(
+        lambda i: protocol.record_file_name(f"pyb_{batch_id}_{i}", "planted"), st.integers(0, 5)
+    )
     return st.one_of(
         st.tuples(st.sampled_from(KINDS), random_name),
         st.tuples(st.sampled_from(KINDS), record_name),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import threading
 import time
@@ -52,6 +53,8 @@ logger = logging.getLogger("boinc_executor")
 
 _BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
 
+
+_first = operator.itemgetter(0)
 
 #: how the name of a `boinc-executor cancel` record ends
 _CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
@@ -536,6 +539,9 @@ class Collector(RecordIntake):
                 self.failed_calls += 1
                 fut.set_exception(error)
             elif job.chunk:
+                if all(map(_first, outcomes)):  # no call failed: the list is the result
+                    fut.set_result(outcomes)
+                    continue
                 self.failed_calls += sum(1 for ok, _ in outcomes if not ok)
                 fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
             else:

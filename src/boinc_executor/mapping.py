@@ -10,6 +10,7 @@ cancels nothing: those jobs belong to a batch the next run replays.
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 import weakref
 from collections import deque
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["batched", "map_results"]
 
 T = TypeVar("T")
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 def batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -65,11 +68,15 @@ def map_results(
                     pending.append(ex._submit_chunk(fn, args))
             del ex
             timeout = None if end_time is None else end_time - time.monotonic()
-            for ok, value in _result_or_cancel(chunk, timeout):
+            outcomes = _result_or_cancel(chunk, timeout)
+            del chunk
+            if all(map(_first, outcomes)):  # no call failed: hand the values straight on
+                yield from map(_second, outcomes)
+                continue
+            for ok, value in outcomes:
                 if not ok:
                     raise value
                 yield value
-            del chunk
     except BaseException as exc:
         stopped = interrupts.is_interrupt(exc)
         raise

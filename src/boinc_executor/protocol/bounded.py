@@ -19,10 +19,11 @@ allocate or hash replaced by checked versions:
 - no dict or set may receive more than ``MAX_EQUAL_HASHES`` keys of one hash,
   so building any container is linear in its size.
 
-It is about ten times slower than the C unpickler, so :func:`needs_bounds` and
-:data:`FAST_PATH_BYTES` let the caller use the C unpickler where none of this can
-happen: a small payload that names no guarded callable and holds no ``PUT``
-opcode that could size the memo.
+It is about ten times slower than the C unpickler, so :func:`fast_path_ok` and
+:func:`needs_bounds` let the caller use the C unpickler where none of this can
+happen: a payload whose opcodes it may read (no ``PUT`` that could size the
+memo, no hashing into a dict or set beyond ``FAST_PATH_BYTES``), that names no
+guarded callable.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
     "needs_bounds",
 ]
 
-FAST_PATH_BYTES = 4096  # worst hash flood the C unpickler can meet here: ~2 ms
+FAST_PATH_BYTES = 4096  # worst hash flood the C unpickler can meet in this size: ~2 ms
 ALLOC_FACTOR = 16  # bytes a payload byte may cost (8-byte pointers for 2-byte memo refs)
 ALLOC_SLACK = 1 << 20
 MAX_EQUAL_HASHES = 64  # keys of one hash in one container; random 64-bit hashes never get near
@@ -73,32 +74,97 @@ _GUARDED: frozenset[tuple[str, str]] = frozenset(
 # Keys whose hashes a volunteer cannot make collide: str and bytes hashes are
 # randomised per process; ints below the modulus hash to themselves.
 _UNCOLLIDABLE: frozenset[type] = frozenset({str, bytes, float, bool, type(None)})
-# Opcodes the C unpickler trusts too far: a PUT index sizes its memo table, and an
-# 8-byte length is allocated before the data is read (a truncated BYTEARRAY8 also
-# makes it free a bytearray that still has a view: "SystemError: deallocated
-# bytearray object has exported buffers").
-_C_UNSAFE_OPCODES = re.compile(
+# The opcodes the C unpickler may read, by how their argument is laid out. Left
+# out, so that the bounded reader takes the payload: what the C unpickler trusts
+# too far (a PUT or LONG_BINPUT index sizes its memo table; an 8-byte length is
+# allocated before the data is read, and a truncated BYTEARRAY8 makes it free a
+# bytearray that still has a view), and what no result needs (EXT codes,
+# persistent IDs, out-of-band buffers).
+_NO_ARGUMENT = b"(012NRbaelot})]\x81\x85\x86\x87\x88\x89\x8f\x92\x93\x94"
+_KEYED_OPCODES = b"dsu\x90\x91"  # they hash keys into a dict or set
+# Possessive repeats (Python 3.11+) keep the regex engine from stacking a
+# backtracking point per opcode: twice as fast, same matches.
+_POSSESSIVE = b"+" if sys.version_info >= (3, 11) else b""
+_FIXED_RUN = re.compile(
+    b"(?:[" + re.escape(_NO_ARGUMENT) + b"]+" + _POSSESSIVE
+    + b"|[Jj]....|[Khq\x80].|M..|[G\x95].{8})*" + _POSSESSIVE,
+    re.DOTALL,
+)  # fmt: skip
+# The opcodes the C unpickler trusts too far, as bytes: a small payload with none
+# of these bytes anywhere, even in its data, needs no scan.
+_C_UNSAFE_BYTES = re.compile(
     b"["
     + re.escape(
         pickle.PUT + pickle.LONG_BINPUT + pickle.BINBYTES8 + pickle.BINUNICODE8 + pickle.BYTEARRAY8
     )
     + b"]"
 )
-
-
-def needs_bounds(module: str, name: str) -> bool:
-    """Whether a payload naming ``module.name`` must be read by :class:`BoundedUnpickler`."""
-    return (module, name) in _GUARDED
+_COUNTED = {  # opcode -> width of the little-endian length that precedes its data
+    pickle.SHORT_BINUNICODE[0]: 1,
+    pickle.SHORT_BINBYTES[0]: 1,
+    pickle.SHORT_BINSTRING[0]: 1,
+    pickle.LONG1[0]: 1,
+    pickle.BINUNICODE[0]: 4,
+    pickle.BINBYTES[0]: 4,
+    pickle.BINSTRING[0]: 4,
+    pickle.LONG4[0]: 4,
+}
+_TEXT_LINES = {op[0]: 1 for op in (b"I", b"L", b"F", b"S", b"V", b"g")} | {
+    pickle.GLOBAL[0]: 2,
+    pickle.INST[0]: 2,
+}
+_STOP = pickle.STOP[0]
 
 
 def fast_path_ok(data: bytes) -> bool:
     """Whether the C unpickler may read ``data`` (it must still refuse guarded names).
 
-    A byte test, not a parse: a payload that merely *contains* one of those
-    opcodes' bytes (any text with a ``p`` or ``r``) takes the bounded path too.
-    That costs speed, never safety.
+    A small payload in which no byte is one of the opcodes the C unpickler
+    trusts too far passes at once. Others are scanned, opcode by opcode up to
+    STOP, mostly in the regex engine: runs of fixed-width opcodes in one match,
+    a step of Python only per counted string or text opcode. What the C
+    unpickler cannot be trusted with sends the payload to the bounded reader:
+    an opcode left out above, a length that runs past the payload, and, in
+    payloads over ``FAST_PATH_BYTES``, any opcode that fills a dict or set (a
+    hash flood) or parses a decimal text (quadratic on Pythons without a digit
+    limit). Data bytes that only look like an unsafe opcode (a chunk of ints
+    holds some) no longer send a payload to the reader ten times slower.
     """
-    return len(data) <= FAST_PATH_BYTES and _C_UNSAFE_OPCODES.search(data) is None
+    small = len(data) <= FAST_PATH_BYTES
+    if small and _C_UNSAFE_BYTES.search(data) is None:
+        return True
+    run = _FIXED_RUN.match
+    end = len(data)
+    pos = 0
+    while True:
+        pos = run(data, pos).end()  # type: ignore[union-attr]  # the pattern matches empty
+        if pos >= end:
+            return False  # no STOP: malformed, and the bounded reader says how
+        op = data[pos]
+        if op == _STOP:
+            return True
+        width = _COUNTED.get(op)
+        if width is not None:
+            start = pos + 1 + width
+            size = int.from_bytes(data[pos + 1 : start], "little", signed=width == 4)
+            pos = start + size
+            if size < 0 or pos > end:
+                return False
+        elif op in _KEYED_OPCODES and small:
+            pos += 1
+        elif op in _TEXT_LINES and small:
+            for _ in range(_TEXT_LINES[op]):
+                pos = data.find(b"\n", pos + 1)
+                if pos < 0:
+                    return False
+            pos += 1
+        else:
+            return False
+
+
+def needs_bounds(module: str, name: str) -> bool:
+    """Whether a payload naming ``module.name`` must be read by :class:`BoundedUnpickler`."""
+    return (module, name) in _GUARDED
 
 
 def _length(value: Any) -> int:

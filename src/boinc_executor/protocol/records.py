@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import json
+import operator
 import pickle
 import platform
 import re
@@ -528,6 +529,34 @@ class ResultRecord:
     outputs: list[TaskOutput] = field(default_factory=list)
 
 
+_first = operator.itemgetter(0)
+
+
+def _count_failed(outcomes: list[Any]) -> int:
+    """Check a payload's outcome entries; returns how many are failed calls.
+
+    The common case, every entry a ``(True, value)`` tuple, is checked by
+    builtins over the whole list, with no Python step per entry: a chunk of a
+    thousand calls costs the decoder microseconds.
+    """
+    if (
+        set(map(type, outcomes)) <= {tuple}
+        and set(map(len, outcomes)) <= {2}
+        and set(map(type, oks := list(map(_first, outcomes)))) <= {bool}
+        and all(oks)
+    ):
+        return 0
+    failed = 0
+    for entry in outcomes:
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], bool)):
+            raise ResultDecodeError("record holds a malformed outcome entry")
+        if not entry[0]:
+            if not isinstance(entry[1], dict):
+                raise ResultDecodeError("record holds a failed call without an error description")
+            failed += 1
+    return failed
+
+
 def decode_result(
     data: bytes, policy: TypePolicy, *, expect_job: str, expect_calls: int
 ) -> ResultRecord:
@@ -562,12 +591,8 @@ def decode_result(
             f"record holds {len(outcomes) if isinstance(outcomes, list) else 'no list of'} "
             f"outcomes, expected {expect_calls}"
         )
-    for entry in outcomes:
-        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], bool)):
-            raise ResultDecodeError("record holds a malformed outcome entry")
-        if not entry[0] and not isinstance(entry[1], dict):
-            raise ResultDecodeError("record holds a failed call without an error description")
-    outcomes = [(ok, value if ok else decode_exception(value, policy)) for ok, value in outcomes]
+    if _count_failed(outcomes):
+        outcomes = [(ok, v if ok else decode_exception(v, policy)) for ok, v in outcomes]
     return ResultRecord(
         expect_job, True, outcomes, host=host, stdout=stdout, stderr=stderr, outputs=outputs
     )

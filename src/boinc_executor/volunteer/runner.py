@@ -56,6 +56,9 @@ _program_cache: dict[str, Callable[..., Any]] = {}
 _PROGRAM_CACHE_SIZE = 16
 
 
+_SILENT = ("", False)  # what a call that printed nothing leaves in a stream
+
+
 class _CallCapture(io.TextIOBase):
     """Passes writes through to the real stream and keeps the current call's last characters."""
 
@@ -80,6 +83,8 @@ class _CallCapture(io.TextIOBase):
 
     def take(self) -> tuple[str, bool]:
         """The finished call's text (its last ``OUTPUT_CHARS``) and whether it was cut."""
+        if not self._parts:
+            return _SILENT  # most calls print nothing: this runs once per call
         text = "".join(self._parts)
         cut = self._cut or len(text) > protocol.OUTPUT_CHARS
         text = text[-protocol.OUTPUT_CHARS :]
@@ -95,7 +100,9 @@ class _CallCapture(io.TextIOBase):
 def _call_outputs(
     out: list[tuple[str, bool]], err: list[tuple[str, bool]]
 ) -> list[protocol.TaskOutput]:
-    """Per-call outputs, cut to the job's budget per stream."""
+    """Per-call outputs, cut to the job's budget per stream (none when no call printed)."""
+    if out.count(_SILENT) == len(out) and err.count(_SILENT) == len(err):
+        return []
     outs = fit_outputs([text for text, _ in out])
     errs = fit_outputs([text for text, _ in err])
     return [
