@@ -13,7 +13,8 @@ Per batch of queued records (up to :data:`_BATCH`), in this order:
 3. resolve the batch's futures (one call into the collector, one lock);
 4. at most :data:`_SYNC_SECONDS` later, or after :data:`_SYNC_RECORDS` records,
    ``fdatasync`` the pack once and only then unlink the records' files from
-   ``new/``, so a power loss finds every record either in the pack or in ``new/``.
+   ``new/`` (or recycle them, see :meth:`Backend.record_spares`), so a power
+   loss finds every record either in the pack or in ``new/``.
 
 It also keeps each future's captured output (:meth:`RecordDecoder.output`), read
 from the record's header, for as long as the future itself is alive.
@@ -52,7 +53,10 @@ __all__ = ["Outcome", "RecordDecoder"]
 logger = logging.getLogger("boinc_executor")
 
 _BATCH = 256  # records decoded, packed and resolved together
-_SYNC_SECONDS = 0.2  # a packed record's file leaves new/ at most this long after it was packed
+# A packed record's file leaves new/ at most this long after it was packed. Short,
+# because on the embedded backend that file is the next job's output file: a
+# fdatasync costs ~0.5 ms, a worker that finds no spare creates a file (up to 0.6 ms).
+_SYNC_SECONDS = 0.05
 _SYNC_RECORDS = 4096  # ... or once this many wait
 _MAX_SPARES = 256  # handled record files kept for reuse, at most
 
