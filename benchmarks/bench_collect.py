@@ -81,13 +81,19 @@ def _null_backend() -> Any:
         def stage(self, name: str, data: bytes, *, shared: bool) -> None:
             pass
 
+        def stage_input(self, entry: Any, data: bytes) -> Any:
+            return entry  # (LocalBackend's would append to an input pack it never attached)
+
+        def wait_staged(self) -> None:
+            pass
+
         def submit(self, jobs: Any, params: Any) -> None:
             pass
 
         def cancel(self, jobs: Any) -> None:
             pass
 
-        def close(self, *, complete: bool) -> None:
+        def close(self, *, complete: bool, interrupted: bool = False) -> None:
             pass
 
     return NullBackend(max_workers=1)
