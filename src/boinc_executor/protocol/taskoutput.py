@@ -65,6 +65,9 @@ class TaskOutput:
         )
 
 
+_SILENT = TaskOutput()  # what most jobs print: shared, it is immutable
+
+
 def read_outputs(header: dict[str, Any], calls: int) -> list[TaskOutput]:
     """Per-call output from a result record's header (``calls`` entries).
 
@@ -74,7 +77,8 @@ def read_outputs(header: dict[str, Any], calls: int) -> list[TaskOutput]:
     entries = header.get("output")
     if isinstance(entries, list) and len(entries) == calls:
         return [TaskOutput.from_header(e) for e in entries]
-    whole = TaskOutput(str(header.get("stdout", "")), str(header.get("stderr", "")))
+    stdout, stderr = str(header.get("stdout", "")), str(header.get("stderr", ""))
+    whole = TaskOutput(stdout, stderr) if stdout or stderr else _SILENT
     return [whole] * calls
 
 
