@@ -103,6 +103,7 @@ class _Slot:
         os.makedirs(self.path, exist_ok=True)
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
+        self._has_output = False  # whether result.pkl is a spare waiting for the next job
         self._sizes: dict[int, int] = {}  # fd -> the size this worker last gave the file
         self._data = self._open(protocol.OPEN_DATA)
         self._init = self._open("init_data.xml")
@@ -134,14 +135,18 @@ class _Slot:
             os.ftruncate(fd, len(data))
         self._sizes[fd] = len(data)
 
-    def _take_spare(self) -> None:
-        """Put a handled record file where the runner writes its output.
+    def take_spare(self) -> None:
+        """Put a handled record file where the runner writes its output, if none is there.
 
         The runner then rewrites an existing file in place (and truncates what
         is left of the old record) instead of creating one per job: on ext4 a
         creation costs up to 30x a rewrite. Several workers take from one
-        directory; a spare another took first is simply skipped.
+        directory; a spare another took first is simply skipped. The worker
+        calls this as soon as a job's output has left the slot, so that the
+        rename is done while it waits for the next job, not on that job's way.
         """
+        if self._has_output:
+            return
         while True:
             if not self._spare_names:
                 if self._spare_wait > 0:
@@ -157,6 +162,7 @@ class _Slot:
             name = self._spare_names.pop()
             try:
                 os.rename(os.path.join(self.spares, name), self.result)
+                self._has_output = True
                 return
             except FileNotFoundError:
                 continue
@@ -165,7 +171,8 @@ class _Slot:
 
     def lay_out(self, job: str, program: str, data: bytes, attempt: int) -> None:
         """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
-        self._take_spare()
+        self.take_spare()
+        self._has_output = False  # the runner's from here on
         if program != self._program:
             target = os.path.join(self.path, protocol.OPEN_PROGRAM)
             with contextlib.suppress(FileNotFoundError):
@@ -262,6 +269,7 @@ class _Worker:
                 except OSError as exc:
                     reason = f"the runner could not write the result of job {job}: {_explain(exc)}"
             self._deliver(job, attempt, 1 if reason else 0, reason)
+            self._slot.take_spare()
 
     def _input(self, pack: str, offset: int, size: int) -> bytes:
         if offset >= 0:
