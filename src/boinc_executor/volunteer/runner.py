@@ -141,10 +141,12 @@ class _EnvironmentMismatch(Exception):
     """The host cannot run the job (interpreter or dependency mismatch)."""
 
 
-def _load_calls(data: bytes, job: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+def _load_calls(
+    frame: tuple[dict[str, Any], bytes], job: str
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     import pickle
 
-    header, payload = protocol.decode_frame(data, protocol.KIND_DATA)
+    header, payload = frame
     _check_python(header)
     if header.get("job") != job:
         raise protocol.ProtocolError(f"data file is for job {header.get('job')!r}, not {job!r}")
@@ -154,14 +156,10 @@ def _load_calls(data: bytes, job: str) -> list[tuple[tuple[Any, ...], dict[str, 
     return calls
 
 
-def _job_of(data: bytes, fallback: str) -> str:
+def _job_of(header: dict[str, Any] | None, fallback: Callable[[], str]) -> str:
     """The job name from a data file's header, for labelling even a failed run."""
-    try:
-        header, _ = protocol.decode_frame(data, protocol.KIND_DATA)
-    except protocol.ProtocolError:
-        return fallback
-    job = str(header.get("job", ""))
-    return job if protocol.parse_job_name(job) else fallback
+    job = str(header.get("job", "")) if header is not None else ""
+    return job if protocol.parse_job_name(job) else fallback()
 
 
 def slot_job_name(slot: Path) -> str:
@@ -186,13 +184,21 @@ def _failure(job: str, message: str, exc: BaseException | None = None) -> bytes:
     return protocol.encode_error_record(job, info)
 
 
-def execute(program: bytes, data: bytes, job_hint: str = "") -> bytes:
+def execute(
+    program: bytes, data: bytes, job_hint: Callable[[], str] = lambda: _UNKNOWN_JOB
+) -> bytes:
     """Run a job given its two input files' bytes; returns the record to write.
 
+    ``job_hint`` names the job when the data file cannot (it is asked only then).
     Never raises for anything the job or its input can cause: failures become an
     error record.
     """
-    job = _job_of(data, job_hint or _UNKNOWN_JOB)
+    frame: tuple[dict[str, Any], bytes] | protocol.ProtocolError
+    try:
+        frame = protocol.decode_frame(data, protocol.KIND_DATA)  # read once, used twice
+    except protocol.ProtocolError as exc:
+        frame = exc  # reported once the job's name is known
+    job = _job_of(frame[0] if isinstance(frame, tuple) else None, job_hint)
     out = _CallCapture(sys.stdout)
     err = _CallCapture(sys.stderr)
     try:
@@ -203,7 +209,9 @@ def execute(program: bytes, data: bytes, job_hint: str = "") -> bytes:
                 "cloudpickle is not importable on this host; the app version must ship it"
             ) from exc
         fn = _load_program(program)
-        calls = _load_calls(data, job)
+        if isinstance(frame, protocol.ProtocolError):
+            raise frame
+        calls = _load_calls(frame, job)
     except Exception as exc:
         return _failure(job, f"job could not start on {protocol.host_name()}: {exc}", exc)
     outcomes: list[tuple[bool, Any]] = []
@@ -276,8 +284,7 @@ def job_record(slot: str) -> bytes:
     except (OSError, protocol.ProtocolError) as exc:
         return _failure(slot_job_name(Path(slot)), f"job input missing or unreadable: {exc}")
     # init_data.xml only names the job when the data file cannot.
-    hint = _job_of(data, "") or slot_job_name(Path(slot))
-    return execute(program, data, hint)
+    return execute(program, data, lambda: slot_job_name(Path(slot)))
 
 
 # --------------------------------------------------------------------------- slot I/O
