@@ -97,6 +97,18 @@ def test_corrupt_input_leaves_an_error_record(tmp_path: Path) -> None:
     assert record.error["type"] == "JobFailedError"
 
 
+def test_corrupt_data_file_is_labelled_from_init_data(tmp_path: Path) -> None:
+    """A data file whose frame cannot be read names no job: init_data.xml does."""
+    slot = _slot(tmp_path, jobs.square, [((1,), {})])
+    (slot / protocol.OPEN_DATA).write_bytes(b"not a data file")
+    (slot / "init_data.xml").write_text("<app_init_data><wu_name>pyb_3_7</wu_name></app_init_data>")
+    assert _run(slot).returncode == 0
+    record = _decode(slot, "pyb_3_7", 1)
+    assert not record.ok and record.error is not None
+    assert record.error["type"] == "JobFailedError"
+    assert "could not start" in record.error["message"]
+
+
 def test_missing_input_is_labelled_from_init_data(tmp_path: Path) -> None:
     slot = tmp_path / "slot"
     slot.mkdir()
