@@ -536,12 +536,14 @@ class ResultRecord:
 _first = operator.itemgetter(0)
 
 
-def _count_failed(outcomes: list[Any]) -> int:
-    """Check a payload's outcome entries; returns how many are failed calls.
+def _needs_rebuild(outcomes: list[Any]) -> bool:
+    """Check a payload's outcome entries; False when the list can be used as it is.
 
-    The common case, every entry a ``(True, value)`` tuple, is checked by
-    builtins over the whole list, with no Python step per entry: a chunk of a
-    thousand calls costs the decoder microseconds.
+    It can when every entry is a plain ``(True, value)`` tuple, the common case,
+    which builtins check over the whole list with no Python step per entry: a
+    chunk of a thousand calls costs the decoder microseconds. Otherwise each
+    entry is checked, and the list is rebuilt (failed calls get their
+    exceptions decoded).
     """
     if (
         set(map(type, outcomes)) <= {tuple}
@@ -549,16 +551,13 @@ def _count_failed(outcomes: list[Any]) -> int:
         and set(map(type, oks := list(map(_first, outcomes)))) <= {bool}
         and all(oks)
     ):
-        return 0
-    failed = 0
+        return False
     for entry in outcomes:
         if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], bool)):
             raise ResultDecodeError("record holds a malformed outcome entry")
-        if not entry[0]:
-            if not isinstance(entry[1], dict):
-                raise ResultDecodeError("record holds a failed call without an error description")
-            failed += 1
-    return failed
+        if not entry[0] and not isinstance(entry[1], dict):
+            raise ResultDecodeError("record holds a failed call without an error description")
+    return True
 
 
 def decode_result(
@@ -595,7 +594,7 @@ def decode_result(
             f"record holds {len(outcomes) if isinstance(outcomes, list) else 'no list of'} "
             f"outcomes, expected {expect_calls}"
         )
-    if _count_failed(outcomes):
+    if _needs_rebuild(outcomes):
         outcomes = [(ok, v if ok else decode_exception(v, policy)) for ok, v in outcomes]
     return ResultRecord(
         expect_job, True, outcomes, host=host, stdout=stdout, stderr=stderr, outputs=outputs
