@@ -56,7 +56,7 @@ _program_cache: dict[str, Callable[..., Any]] = {}
 _PROGRAM_CACHE_SIZE = 16
 
 
-_SILENT = ("", False)  # what a call that printed nothing leaves in a stream
+_NOTHING_PRINTED = ("", False)  # what a call that printed nothing leaves in a stream
 
 
 class _CallCapture(io.TextIOBase):
@@ -84,7 +84,7 @@ class _CallCapture(io.TextIOBase):
     def take(self) -> tuple[str, bool]:
         """The finished call's text (its last ``OUTPUT_CHARS``) and whether it was cut."""
         if not self._parts:
-            return _SILENT  # most calls print nothing: this runs once per call
+            return _NOTHING_PRINTED  # most calls print nothing: this runs once per call
         text = "".join(self._parts)
         cut = self._cut or len(text) > protocol.OUTPUT_CHARS
         text = text[-protocol.OUTPUT_CHARS :]
@@ -101,7 +101,7 @@ def _call_outputs(
     out: list[tuple[str, bool]], err: list[tuple[str, bool]]
 ) -> list[protocol.TaskOutput]:
     """Per-call outputs, cut to the job's budget per stream (none when no call printed)."""
-    if out.count(_SILENT) == len(out) and err.count(_SILENT) == len(err):
+    if out.count(_NOTHING_PRINTED) == len(out) and err.count(_NOTHING_PRINTED) == len(err):
         return []
     outs = fit_outputs([text for text, _ in out])
     errs = fit_outputs([text for text, _ in err])
