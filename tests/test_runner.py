@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from boinc_executor import protocol
 from boinc_executor.protocol.decoding import TypePolicy
 from tests import jobs
@@ -87,20 +89,19 @@ def test_failing_call_is_recorded_per_call(tmp_path: Path) -> None:
     assert "raise_value_error" in info["traceback"]
 
 
-def test_corrupt_input_leaves_an_error_record(tmp_path: Path) -> None:
-    slot = _slot(tmp_path, jobs.square, [((1,), {})])
-    (slot / protocol.OPEN_PROGRAM).write_bytes(b"BOINC-EXECUTOR/program/1\n{}\n\x80garbage")
-    (slot / "init_data.xml").write_text("<app_init_data><wu_name>pyb_1_0</wu_name></app_init_data>")
-    assert _run(slot).returncode == 0
-    record = _decode(slot, "pyb_1_0", 1)
-    assert not record.ok and record.error is not None
-    assert record.error["type"] == "JobFailedError"
-
-
-def test_corrupt_data_file_is_labelled_from_init_data(tmp_path: Path) -> None:
-    """A data file whose frame cannot be read names no job: init_data.xml does."""
-    slot = _slot(tmp_path, jobs.square, [((1,), {})])
-    (slot / protocol.OPEN_DATA).write_bytes(b"not a data file")
+@pytest.mark.parametrize(
+    "open_name, content",
+    [
+        (protocol.OPEN_PROGRAM, b"BOINC-EXECUTOR/program/1\n{}\n\x80garbage"),
+        (protocol.OPEN_DATA, b"not a data file"),  # names no job: init_data.xml does
+    ],
+    ids=["program", "data"],
+)
+def test_corrupt_input_leaves_an_error_record(
+    tmp_path: Path, open_name: str, content: bytes
+) -> None:
+    slot = _slot(tmp_path, jobs.square, [((1,), {})], job="pyb_3_7")
+    (slot / open_name).write_bytes(content)
     (slot / "init_data.xml").write_text("<app_init_data><wu_name>pyb_3_7</wu_name></app_init_data>")
     assert _run(slot).returncode == 0
     record = _decode(slot, "pyb_3_7", 1)
