@@ -10,13 +10,17 @@ to a real project unchanged::
             client does, run the real runner in it, rename its result.pkl into new/
     worker ──"S job" / "D job record" / "F job why"──▶ reader thread
             ──▶ events.started / events.record_delivered / error record or events.failed
+    dispatcher ──"X job"──▶ worker ──"W job"──▶ reader thread ──▶ dealt to another worker
 
 In the steady state no file is created or deleted per job except the record the
 protocol needs in ``new/`` (see :mod:`.local_worker`). Each worker is started
 by the thread that reads it, and the thread lives as long as its worker, so
 ``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
 the least busy worker, at most ``_PREFETCH`` deep, never behind a job that has
-run for a while, and an idle worker takes a queued job back from a busy one.
+run for a while, and an idle worker takes a queued job back from a busy one:
+the busy worker is asked for it (``X``) and the job is dealt again only once
+that worker has given it back (``W``), never on the dispatcher's view of what
+has started, which lags behind the worker's (that would run a job twice).
 
 Workers are plain ``python -m`` subprocesses rather than ``multiprocessing``
 children: nothing re-imports the user's ``__main__``, and like a volunteer they
@@ -146,6 +150,7 @@ class _Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.assigned: OrderedDict[str, _Dispatch] = OrderedDict()
         self.started: dict[str, float] = {}  # job -> when it started (monotonic)
+        self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
 
     def busy_for(self, now: float) -> float:
@@ -386,7 +391,12 @@ class LocalBackend(Backend):
             self._send(worker, "".join(batch))
 
     def _rebalance(self) -> None:
-        """Move a queued, unstarted job from a worker busy with a long job to an idle one."""
+        """Ask a worker busy with a long job for a queued job, on behalf of an idle one.
+
+        The job moves only when the busy worker gives it back (``W``, see
+        :meth:`_given_back`): by the time the request arrives, the worker may
+        have started it, and then it runs there.
+        """
         if self._pending:
             return
         now = time.monotonic()
@@ -394,17 +404,24 @@ class LocalBackend(Backend):
             if idle.proc is None or idle.assigned:
                 continue
             for busy in self._workers:
-                if busy.busy_for(now) < _LONG_JOB:
+                if busy.withdrawing or busy.busy_for(now) < _LONG_JOB:
                     continue
                 queued = [j for j in busy.assigned if j not in busy.started]
                 if not queued:
                     continue
-                job = queued[-1]
-                dispatch = busy.assigned.pop(job)
-                self._send(busy, f"X\t{job}\n")
-                idle.assigned[job] = dispatch
-                self._send(idle, dispatch.line(job))
-                break
+                busy.withdrawing.add(queued[-1])
+                self._send(busy, f"X\t{queued[-1]}\n")
+                return  # one request at a time: its answer deals the job
+
+    def _given_back(self, worker: _Worker, job: str) -> None:
+        """A worker gave a queued job back: deal it first to the least busy worker."""
+        worker.withdrawing.discard(job)
+        dispatch = worker.assigned.pop(job, None)
+        if dispatch is None or self._closing:
+            return
+        self._pending[job] = dispatch
+        self._pending.move_to_end(job, last=False)
+        self._feed_all()
 
     @staticmethod
     def _send(worker: _Worker, text: str) -> None:
@@ -449,7 +466,12 @@ class LocalBackend(Backend):
                 with self._lock:
                     if job in worker.assigned:
                         worker.started[job] = time.monotonic()
+                    worker.withdrawing.discard(job)  # asked back too late: it runs here
                 events.started(job)
+            elif kind == "W":
+                with self._lock:
+                    self._given_back(worker, job)
+                    self._rebalance()
             elif kind in ("D", "F"):
                 with self._lock:
                     dispatch = worker.assigned.pop(job, None)
@@ -488,6 +510,7 @@ class LocalBackend(Backend):
                 self._pending.move_to_end(job, last=False)
             worker.assigned.clear()
             worker.started.clear()
+            worker.withdrawing.clear()
             self._feed_all()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         for job, dispatch in lost:

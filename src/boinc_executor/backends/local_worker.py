@@ -5,8 +5,9 @@ by :class:`~boinc_executor.backends.local.LocalBackend`. It reads job lines on
 stdin and reports on the stdout it was given::
 
     master ──"J job program pack offset size attempt"──▶ worker   run this job
-           ──"X job"──────────────────────────────────▶ worker   withdrawn: another worker runs it
+           ──"X job"──────────────────────────────────▶ worker   give it back if not started
     worker ──"S job"───────────────────────────────────▶ master   started
+           ──"W job"───────────────────────────────────▶ master   given back: deal it elsewhere
            ──"D job record-name"───────────────────────▶ master   record delivered into new/
            ──"F job message"───────────────────────────▶ master   no record could be written
 
@@ -40,7 +41,6 @@ import contextlib
 import errno
 import json
 import os
-import select
 import shutil
 import signal
 import sys
@@ -213,7 +213,12 @@ class _Slot:
 
 
 class _Worker:
-    """Reads job lines, runs them in the slot, reports."""
+    """Runs job lines in the slot and reports; a thread of its own reads the lines.
+
+    The reader answers a withdrawal at once, even while a job runs, and the
+    main thread takes its next job under the same lock: so a job is either
+    given back (``W``) or started (``S``), never both.
+    """
 
     def __init__(self, batch_dir: str, slot: str, master_pid: int, report: IO[str]) -> None:
         self._slot = _Slot(batch_dir, slot)
@@ -221,44 +226,75 @@ class _Worker:
         self._packs = PackReader(os.path.join(batch_dir, "local"))
         self._master_pid = master_pid
         self._report = report
+        self._report_lock = threading.Lock()  # two threads report
+        self._ready = threading.Condition()  # guards the queue and end of input
         self._queue: deque[list[str]] = deque()
-        self._buffer = b""
         self._eof = False
 
-    def _read(self, block: bool) -> None:
-        """Read what the master sent; without ``block`` only what is already there."""
-        if not block and (os.name == "nt" or not select.select([0], [], [], 0)[0]):
-            return  # (no select() on Windows pipes: a withdrawal then arrives too late)
-        chunk = os.read(0, 1 << 16)
-        if not chunk:
-            self._eof = True
-            return
-        lines = (self._buffer + chunk).split(b"\n")
-        self._buffer = lines.pop()
-        for raw in lines:
-            fields = raw.decode().split("\t")
-            if fields[0] == "J":
-                self._queue.append(fields)
-            elif fields[0] == "X":
-                self._queue = deque(f for f in self._queue if f[1] != fields[1])
+    def _read_lines(self) -> None:
+        """The reader thread: queue job lines, answer withdrawals, until stdin ends."""
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(0, 1 << 16)
+            except OSError:
+                chunk = b""
+            lines = (buffer + chunk).split(b"\n")
+            buffer = lines.pop()
+            with self._ready:
+                for raw in lines:
+                    fields = raw.decode().split("\t")
+                    if fields[0] == "J":
+                        self._queue.append(fields)
+                    elif fields[0] == "X":
+                        self._withdraw(fields[1])
+                if not chunk:
+                    self._eof = True
+                self._ready.notify()
+            if not chunk:
+                return
+
+    def _withdraw(self, job: str) -> None:
+        """Give a queued job back (``W``), so the master can deal it to another worker.
+
+        A job this worker has already started, or finished, is not given back:
+        its ``S`` (and ``D``) report reaches the master instead, which then lets
+        it run here. Only this answer makes a withdrawal safe; the master's view
+        of what has started always lags behind, and dealing on it alone would
+        run a job on two workers.
+        """
+        kept = deque(f for f in self._queue if f[1] != job)
+        if len(kept) < len(self._queue):
+            self._queue = kept
+            self._say(f"W {job}\n")
+
+    def _next_job(self) -> list[str] | None:
+        """Take the next job and report it started; None at the end of input or on ^C."""
+        with self._ready:
+            while not self._queue:
+                if self._eof or _INTERRUPTED.is_set():
+                    return None
+                # A timeout, because a signal handler cannot notify a condition.
+                self._ready.wait(0.2)
+            if _INTERRUPTED.is_set():
+                return None
+            fields = self._queue.popleft()
+            self._say(f"S {fields[1]}\n")
+            return fields
 
     def _say(self, line: str) -> None:
-        self._report.write(line)
-        self._report.flush()
+        with self._report_lock:
+            self._report.write(line)
+            self._report.flush()
 
     def run(self) -> None:
-        """Run jobs until the master closes stdin."""
+        """Run jobs until the master closes stdin (or ^C: then finish the current one only)."""
         from ..volunteer.runner import job_record, write_result
 
-        while not _INTERRUPTED.is_set():
-            self._read(block=not self._queue)  # a withdrawal of the next job may be waiting
-            if not self._queue:
-                if self._eof:
-                    return
-                continue
-            _, job, program, pack, offset, size, attempt_text = self._queue.popleft()
+        threading.Thread(target=self._read_lines, name="job-lines", daemon=True).start()
+        while (fields := self._next_job()) is not None:
+            _, job, program, pack, offset, size, attempt_text = fields
             attempt = int(attempt_text)
-            self._say(f"S {job}\n")
             reason = ""
             try:
                 data = self._input(pack, int(offset), int(size))

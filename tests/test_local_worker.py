@@ -1,0 +1,130 @@
+"""The embedded backend's worker, driven over its pipe protocol as the dispatcher drives it.
+
+The dispatcher's view of which job a worker has started always lags behind the
+worker's own. These tests put a withdrawal (``X``) on both sides of a job's
+start and check the worker's answer, which is what makes taking a job back
+safe: a job is given back (``W``) only if it never started, and a started job
+runs to its record. CI once ran a job twice because the dispatcher dealt a
+withdrawn job again without waiting for that answer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boinc_executor import protocol
+from boinc_executor.protocol.inputpack import PackWriter
+from tests import jobs
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class WorkerPipe:
+    """One real worker process on a hand-built batch directory, and its report lines."""
+
+    def __init__(self, batch_dir: Path) -> None:
+        self.batch_dir = batch_dir
+        self.local = batch_dir / "local"
+        (self.local / "download").mkdir(parents=True)
+        (batch_dir / protocol.NEW).mkdir()
+        self._programs: dict[object, str] = {}
+        self._pack = PackWriter(str(self.local))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "boinc_executor.backends.local_worker",
+             str(batch_dir), "s0", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )  # fmt: skip
+
+    def send_job(self, job: str, fn: object, *args: object) -> None:
+        program = self._programs.get(fn)
+        if program is None:
+            program = self._programs[fn] = f"prog{len(self._programs)}.pkl"
+            (self.local / "download" / program).write_bytes(protocol.encode_program(fn))
+        data = protocol.encode_data(job, [(args, {})])
+        offset = self._pack.append(data)
+        self._pack.flush()
+        self.send(f"J\t{job}\t{program}\tinputs.pack\t{offset}\t{len(data)}\t0")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def report(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "the worker exited"
+        return line.rstrip("\n")
+
+    def close(self) -> None:
+        self._pack.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[WorkerPipe]:
+    pipe = WorkerPipe(tmp_path / "batch")
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+
+
+LONG, QUEUED, AFTER = (protocol.job_name("wt", 1, i) for i in range(3))
+
+
+def _records(batch_dir: Path, job: str) -> list[str]:
+    return [n for n in os.listdir(batch_dir / protocol.NEW) if n.startswith(job + ".")]
+
+
+def test_a_queued_job_asked_back_is_given_back_at_once_and_never_runs(
+    worker: WorkerPipe, tmp_path: Path
+) -> None:
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    worker.send_job(LONG, jobs.wait_for_file, str(gate), "long")
+    assert worker.report() == f"S {LONG}"
+    worker.send_job(QUEUED, jobs.log_and_square, str(log), 3)
+    worker.send(f"X\t{QUEUED}")
+    assert worker.report() == f"W {QUEUED}"  # at once: the long job still runs
+    gate.touch()
+    assert worker.report().startswith(f"D {LONG} ")
+    worker.send_job(AFTER, jobs.square, 4)
+    assert worker.report() == f"S {AFTER}"
+    assert worker.report().startswith(f"D {AFTER} ")
+    assert not log.exists(), "a job given back ran anyway"
+    assert _records(worker.batch_dir, QUEUED) == []
+
+
+def test_a_job_asked_back_after_it_started_runs_to_its_record(
+    worker: WorkerPipe, tmp_path: Path
+) -> None:
+    """The request comes too late (as when the dispatcher has not read ``S`` yet)."""
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    worker.send_job(LONG, jobs.wait_for_file, str(gate), "ran")
+    assert worker.report() == f"S {LONG}"
+    worker.send(f"X\t{LONG}")
+    gate.touch()
+    done = worker.report()
+    assert done.startswith(f"D {LONG} "), done
+    # No "W": the next report is the next job's.
+    worker.send_job(QUEUED, jobs.log_and_square, str(log), 5)
+    assert worker.report() == f"S {QUEUED}"
+    assert worker.report().startswith(f"D {QUEUED} ")
+    assert log.read_text() == "5\n"
+    assert len(_records(worker.batch_dir, LONG)) == 1
