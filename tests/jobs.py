@@ -44,6 +44,13 @@ def wait_for_file(path: str, value: Any = None, timeout: float = 60.0) -> Any:
     return value
 
 
+def touch_then_wait(started: str, gate: str, value: Any = None) -> Any:
+    """Create ``started``, then wait for ``gate``: the test knows the call is running."""
+    with open(started, "w"):
+        pass
+    return wait_for_file(gate, value)
+
+
 def raise_value_error(message: str) -> None:
     raise ValueError(message)
 

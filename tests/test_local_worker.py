@@ -1,16 +1,17 @@
 """The embedded backend's worker, driven over its pipe protocol as the dispatcher drives it.
 
 The dispatcher's view of which job a worker has started always lags behind the
-worker's own. These tests put a withdrawal (``X``) on both sides of a job's
-start and check the worker's answer, which is what makes taking a job back
-safe: a job is given back (``W``) only if it never started, and a started job
-runs to its record. CI once ran a job twice because the dispatcher dealt a
+worker's own. These tests put a withdrawal (``X`` and the signal that follows
+it) on both sides of a job's start and check the worker's answer, which is what
+makes taking a job back safe: a job is given back (``W``) only if it never
+started, and a started job runs to its record. CI once ran a job twice because the dispatcher dealt a
 withdrawn job again without waiting for that answer.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 from boinc_executor import protocol
 from boinc_executor.protocol.inputpack import PackWriter
 from tests import jobs
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGURG"), reason="POSIX signals")
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -56,6 +59,11 @@ class WorkerPipe:
         assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def withdraw(self, job: str) -> None:
+        """Ask for a job back as the dispatcher does: the line, then the signal."""
+        self.send(f"X\t{job}")
+        self.proc.send_signal(signal.SIGURG)
 
     def report(self) -> str:
         assert self.proc.stdout is not None
@@ -93,19 +101,22 @@ def _records(batch_dir: Path, job: str) -> list[str]:
     return [n for n in os.listdir(batch_dir / protocol.NEW) if n.startswith(job + ".")]
 
 
+def _wait_for(path: Path) -> None:
+    jobs.wait_for_file(str(path), timeout=30)
+
+
 def test_a_queued_job_asked_back_is_given_back_at_once_and_never_runs(
     worker: WorkerPipe, tmp_path: Path
 ) -> None:
-    gate, log = tmp_path / "gate", tmp_path / "log"
-    worker.send_job(LONG, jobs.wait_for_file, str(gate), "long")
-    assert worker.report() == f"S {LONG}"
+    started, gate, log = tmp_path / "started", tmp_path / "gate", tmp_path / "log"
+    worker.send_job(LONG, jobs.touch_then_wait, str(started), str(gate), "long")
+    _wait_for(started)
     worker.send_job(QUEUED, jobs.log_and_square, str(log), 3)
-    worker.send(f"X\t{QUEUED}")
+    worker.withdraw(QUEUED)
     assert worker.report() == f"W {QUEUED}"  # at once: the long job still runs
     gate.touch()
     assert worker.report().startswith(f"D {LONG} ")
     worker.send_job(AFTER, jobs.square, 4)
-    assert worker.report() == f"S {AFTER}"
     assert worker.report().startswith(f"D {AFTER} ")
     assert not log.exists(), "a job given back ran anyway"
     assert _records(worker.batch_dir, QUEUED) == []
@@ -114,17 +125,16 @@ def test_a_queued_job_asked_back_is_given_back_at_once_and_never_runs(
 def test_a_job_asked_back_after_it_started_runs_to_its_record(
     worker: WorkerPipe, tmp_path: Path
 ) -> None:
-    """The request comes too late (as when the dispatcher has not read ``S`` yet)."""
-    gate, log = tmp_path / "gate", tmp_path / "log"
-    worker.send_job(LONG, jobs.wait_for_file, str(gate), "ran")
-    assert worker.report() == f"S {LONG}"
-    worker.send(f"X\t{LONG}")
+    """The request comes too late: the dispatcher cannot know the job has started."""
+    started, gate, log = tmp_path / "started", tmp_path / "gate", tmp_path / "log"
+    worker.send_job(LONG, jobs.touch_then_wait, str(started), str(gate), "ran")
+    _wait_for(started)
+    worker.withdraw(LONG)
     gate.touch()
     done = worker.report()
     assert done.startswith(f"D {LONG} "), done
     # No "W": the next report is the next job's.
     worker.send_job(QUEUED, jobs.log_and_square, str(log), 5)
-    assert worker.report() == f"S {QUEUED}"
     assert worker.report().startswith(f"D {QUEUED} ")
     assert log.read_text() == "5\n"
     assert len(_records(worker.batch_dir, LONG)) == 1

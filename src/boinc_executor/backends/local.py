@@ -8,8 +8,8 @@ to a real project unchanged::
              ──submit───────▶ dispatcher ──"J job program pack offset size attempt"──▶ worker
     worker (local_worker.py): lay out BATCH_DIR/local/slots/<run>-<k>/ as the BOINC
             client does, run the real runner in it, rename its result.pkl into new/
-    worker ──"S job" / "D job record" / "F job why"──▶ reader thread
-            ──▶ events.started / events.record_delivered / error record or events.failed
+    worker ──"D job record" / "F job why"──▶ reader thread
+            ──▶ events.record_delivered / error record or events.failed
     dispatcher ──"X job"──▶ worker ──"W job"──▶ reader thread ──▶ dealt to another worker
 
 In the steady state no file is created or deleted per job except the record the
@@ -18,9 +18,16 @@ by the thread that reads it, and the thread lives as long as its worker, so
 ``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
 the least busy worker, at most ``_PREFETCH`` deep, never behind a job that has
 run for a while, and an idle worker takes a queued job back from a busy one:
-the busy worker is asked for it (``X``) and the job is dealt again only once
+the busy worker is asked for it (``X``, then a signal so that it reads the
+request while its long job runs) and the job is dealt again only once
 that worker has given it back (``W``), never on the dispatcher's view of what
 has started, which lags behind the worker's (that would run a job twice).
+
+A dealt job counts as started (its futures run and can no longer be
+cancelled), as ``ProcessPoolExecutor`` counts a call moved to its call queue:
+a worker runs its jobs in the order dealt, so the first one it holds is the
+one it runs, and it says nothing when it starts one. That spares each job a
+report and the master a wake-up.
 
 Workers are plain ``python -m`` subprocesses rather than ``multiprocessing``
 children: nothing re-imports the user's ``__main__``, and like a volunteer they
@@ -57,7 +64,7 @@ from ..config import JobParams, state_home
 from ..errors import BatchError, BatchNotFoundError, JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
 from .base import Backend, BackendEvents
-from .local_worker import SPARE_DIR, STDOUT_FD_ENV, record_tag
+from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag
 
 __all__ = ["LocalBackend"]
 
@@ -148,14 +155,25 @@ class _Worker:
     def __init__(self, slot: str) -> None:
         self.slot = slot
         self.proc: subprocess.Popen[bytes] | None = None
+        # Dealt and not yet reported, in order: the first one runs, the rest wait.
         self.assigned: OrderedDict[str, _Dispatch] = OrderedDict()
-        self.started: dict[str, float] = {}  # job -> when it started (monotonic)
+        self.running_since = 0.0  # when the first assigned job began (monotonic)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
 
     def busy_for(self, now: float) -> float:
-        """Seconds the oldest running job has run (0 when none runs)."""
-        return max((now - t for t in self.started.values()), default=0.0)
+        """Seconds the running job has run (0 when none runs)."""
+        return now - self.running_since if self.assigned else 0.0
+
+    def queued(self) -> list[str]:
+        """The jobs dealt behind the running one that may still be asked back."""
+        return [j for j in list(self.assigned)[1:] if j not in self.withdrawing]
+
+    def done(self, job: str, now: float) -> _Dispatch | None:
+        """The worker reported ``job``: the next job dealt to it runs from now."""
+        dispatch = self.assigned.pop(job, None)
+        self.running_since = now
+        return dispatch
 
 
 class LocalBackend(Backend):
@@ -181,6 +199,7 @@ class LocalBackend(Backend):
         self._batch_dir: Path | None = None
         self._events: BackendEvents | None = None
         self._pack: PackWriter | None = None
+        self._dealt: list[str] = []  # dealt since the last _announce()
         # Slots are named after this run, so an orphan of a killed master never shares one.
         self._run = f"{time.time_ns() // 1_000_000 % 10**10:x}{os.getpid():x}"
 
@@ -283,6 +302,7 @@ class LocalBackend(Backend):
                     )
             self._start_workers()
             self._feed_all()
+        self._announce()
 
     def poll(self) -> None:
         """Give queued jobs of busy workers to idle ones (a job may have grown long)."""
@@ -385,10 +405,22 @@ class LocalBackend(Backend):
                 break
             worker = min(ready, key=lambda w: len(w.assigned))
             job, dispatch = self._pending.popitem(last=False)
+            if not worker.assigned:
+                worker.running_since = now
             worker.assigned[job] = dispatch
+            self._dealt.append(job)
             lines.setdefault(worker, []).append(dispatch.line(job))
         for worker, batch in lines.items():
             self._send(worker, "".join(batch))
+
+    def _announce(self) -> None:
+        """Report the jobs dealt so far as started (called without the lock held)."""
+        assert self._events is not None
+        with self._lock:
+            dealt, self._dealt = self._dealt, []
+        started = self._events.started
+        for job in dealt:
+            started(job)
 
     def _rebalance(self) -> None:
         """Ask a worker busy with a long job for a queued job, on behalf of an idle one.
@@ -406,11 +438,14 @@ class LocalBackend(Backend):
             for busy in self._workers:
                 if busy.withdrawing or busy.busy_for(now) < _LONG_JOB:
                     continue
-                queued = [j for j in busy.assigned if j not in busy.started]
+                queued = busy.queued()
                 if not queued:
                     continue
                 busy.withdrawing.add(queued[-1])
                 self._send(busy, f"X\t{queued[-1]}\n")
+                if WITHDRAW_SIGNAL is not None and busy.proc is not None:
+                    with contextlib.suppress(OSError):  # it died: its thread re-queues the jobs
+                        busy.proc.send_signal(WITHDRAW_SIGNAL)  # read it now, not after the job
                 return  # one request at a time: its answer deals the job
 
     def _given_back(self, worker: _Worker, job: str) -> None:
@@ -448,6 +483,7 @@ class LocalBackend(Backend):
                     return
                 self._feed_all()
                 self._rebalance()
+            self._announce()
             try:
                 self._read_reports(worker)
             except Exception:  # never lose a worker's jobs to a bug in handling one line
@@ -462,22 +498,19 @@ class LocalBackend(Backend):
         for raw in worker.proc.stdout:
             kind, _, rest = raw.decode().rstrip("\n").partition(" ")
             job, _, detail = rest.partition(" ")
-            if kind == "S":
-                with self._lock:
-                    if job in worker.assigned:
-                        worker.started[job] = time.monotonic()
-                    worker.withdrawing.discard(job)  # asked back too late: it runs here
-                events.started(job)
-            elif kind == "W":
+            if kind == "W":
                 with self._lock:
                     self._given_back(worker, job)
                     self._rebalance()
+                self._announce()
             elif kind in ("D", "F"):
                 with self._lock:
-                    dispatch = worker.assigned.pop(job, None)
-                    worker.started.pop(job, None)
+                    dispatch = worker.done(job, time.monotonic())
+                    worker.withdrawing.discard(job)  # asked back too late: it ran here
                     self._feed_all()
                     self._rebalance()
+                if self._dealt:
+                    self._announce()
                 if kind == "D":
                     events.record_delivered(detail)
                 elif dispatch is not None:
@@ -499,19 +532,18 @@ class LocalBackend(Backend):
                 self._workers.remove(worker)
                 return False
             # Jobs it had not started go back unchanged; the one it died in costs an attempt.
+            running = next(iter(worker.assigned), None)
             for job, queued in reversed(worker.assigned.items()):
-                dispatch = (
-                    queued._replace(attempt=queued.attempt + 1) if job in worker.started else queued
-                )
+                dispatch = queued._replace(attempt=queued.attempt + 1) if job == running else queued
                 if dispatch.attempt >= _MAX_ATTEMPTS:
                     lost.append((job, dispatch))
                     continue
                 self._pending[job] = dispatch
                 self._pending.move_to_end(job, last=False)
             worker.assigned.clear()
-            worker.started.clear()
             worker.withdrawing.clear()
             self._feed_all()
+        self._announce()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         for job, dispatch in lost:
             message = (

@@ -6,10 +6,12 @@ stdin and reports on the stdout it was given::
 
     master ──"J job program pack offset size attempt"──▶ worker   run this job
            ──"X job"──────────────────────────────────▶ worker   give it back if not started
-    worker ──"S job"───────────────────────────────────▶ master   started
-           ──"W job"───────────────────────────────────▶ master   given back: deal it elsewhere
+    worker ──"W job"───────────────────────────────────▶ master   given back: deal it elsewhere
            ──"D job record-name"───────────────────────▶ master   record delivered into new/
            ──"F job message"───────────────────────────▶ master   no record could be written
+
+Jobs run in the order they were dealt, and starting one is not reported: the
+master knows the first job it dealt and has no report for is the one running.
 
 Steady state, per job, nothing is created or deleted but the record itself:
 
@@ -41,12 +43,14 @@ import contextlib
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import sys
 import threading
 from collections import deque
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from .. import protocol
@@ -213,11 +217,13 @@ class _Slot:
 
 
 class _Worker:
-    """Runs job lines in the slot and reports; a thread of its own reads the lines.
+    """Reads job lines, runs them in the slot, reports.
 
-    The reader answers a withdrawal at once, even while a job runs, and the
-    main thread takes its next job under the same lock: so a job is either
-    given back (``W``) or started (``S``), never both.
+    One thread does it all, so taking the next job and giving a queued one
+    back (``W``) never race: a job is either given back or run, never both.
+    A withdrawal is read between jobs, and also during a long one: the master
+    follows its ``X`` line with :data:`WITHDRAW_SIGNAL`, whose handler reads
+    the pipe while the job's own code runs.
     """
 
     def __init__(self, batch_dir: str, slot: str, master_pid: int, report: IO[str]) -> None:
@@ -226,74 +232,68 @@ class _Worker:
         self._packs = PackReader(os.path.join(batch_dir, "local"))
         self._master_pid = master_pid
         self._report = report
-        self._report_lock = threading.Lock()  # two threads report
-        self._ready = threading.Condition()  # guards the queue and end of input
         self._queue: deque[list[str]] = deque()
+        self._buffer = b""
         self._eof = False
+        # True only while the job's code runs: the one time the handler may read
+        # (elsewhere this thread is in the middle of reading or reporting itself).
+        self._in_job = False
 
-    def _read_lines(self) -> None:
-        """The reader thread: queue job lines, answer withdrawals, until stdin ends."""
-        buffer = b""
-        while True:
+    def _read(self, block: bool) -> None:
+        """Read what the master sent; without ``block`` only what is already there."""
+        if not block and (os.name == "nt" or not select.select([0], [], [], 0)[0]):
+            return  # (no select() on Windows pipes: withdrawals wait for the next read)
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            self._eof = True
+            return
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        for raw in lines:
+            fields = raw.decode().split("\t")
+            if fields[0] == "J":
+                self._queue.append(fields)
+            elif fields[0] == "X":
+                self._withdraw(fields[1])
+
+    def on_withdraw_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        """:data:`WITHDRAW_SIGNAL`: answer a withdrawal now if a job's code runs."""
+        if self._in_job:
+            self._in_job = False  # not re-entered by a second signal
             try:
-                chunk = os.read(0, 1 << 16)
-            except OSError:
-                chunk = b""
-            lines = (buffer + chunk).split(b"\n")
-            buffer = lines.pop()
-            with self._ready:
-                for raw in lines:
-                    fields = raw.decode().split("\t")
-                    if fields[0] == "J":
-                        self._queue.append(fields)
-                    elif fields[0] == "X":
-                        self._withdraw(fields[1])
-                if not chunk:
-                    self._eof = True
-                self._ready.notify()
-            if not chunk:
-                return
+                self._read(block=False)
+            finally:
+                self._in_job = True
 
     def _withdraw(self, job: str) -> None:
         """Give a queued job back (``W``), so the master can deal it to another worker.
 
         A job this worker has already started, or finished, is not given back:
-        its ``S`` (and ``D``) report reaches the master instead, which then lets
-        it run here. Only this answer makes a withdrawal safe; the master's view
-        of what has started always lags behind, and dealing on it alone would
-        run a job on two workers.
+        its ``D`` report reaches the master instead, which then lets it run
+        here. Only this answer makes a withdrawal safe; the master's view of
+        what has started always lags behind, and dealing on it alone would run
+        a job on two workers.
         """
         kept = deque(f for f in self._queue if f[1] != job)
         if len(kept) < len(self._queue):
             self._queue = kept
             self._say(f"W {job}\n")
 
-    def _next_job(self) -> list[str] | None:
-        """Take the next job and report it started; None at the end of input or on ^C."""
-        with self._ready:
-            while not self._queue:
-                if self._eof or _INTERRUPTED.is_set():
-                    return None
-                # A timeout, because a signal handler cannot notify a condition.
-                self._ready.wait(0.2)
-            if _INTERRUPTED.is_set():
-                return None
-            fields = self._queue.popleft()
-            self._say(f"S {fields[1]}\n")
-            return fields
-
     def _say(self, line: str) -> None:
-        with self._report_lock:
-            self._report.write(line)
-            self._report.flush()
+        self._report.write(line)
+        self._report.flush()
 
     def run(self) -> None:
         """Run jobs until the master closes stdin (or ^C: then finish the current one only)."""
         from ..volunteer.runner import job_record, write_result
 
-        threading.Thread(target=self._read_lines, name="job-lines", daemon=True).start()
-        while (fields := self._next_job()) is not None:
-            _, job, program, pack, offset, size, attempt_text = fields
+        while not _INTERRUPTED.is_set():
+            self._read(block=not self._queue)  # a withdrawal of the next job may be waiting
+            if not self._queue:
+                if self._eof:
+                    return
+                continue
+            _, job, program, pack, offset, size, attempt_text = self._queue.popleft()
             attempt = int(attempt_text)
             reason = ""
             try:
@@ -302,8 +302,13 @@ class _Worker:
             except (OSError, protocol.ProtocolError) as exc:
                 reason = f"the local worker could not lay out job {job}: {_explain(exc)}"
             else:
+                self._in_job = True
                 try:
-                    write_result(self._slot.path, job_record(self._slot.path))
+                    record = job_record(self._slot.path)
+                finally:
+                    self._in_job = False
+                try:
+                    write_result(self._slot.path, record)
                 except OSError as exc:
                     reason = f"the runner could not write the result of job {job}: {_explain(exc)}"
             self._deliver(job, attempt, 1 if reason else 0, reason)
@@ -350,6 +355,13 @@ def _explain(exc: BaseException) -> str:
 
 _INTERRUPTED = threading.Event()  # set by SIGINT: run no further queued job
 
+#: Sent by the master after an ``X`` line, so a worker busy with a long job
+#: answers it at once. SIGURG, because its default action is to do nothing: one
+#: that reaches a worker before its handler is installed is simply lost (the
+#: line is read at the next job), and a job's code is not likely to use it.
+#: None where there is no such signal (Windows).
+WITHDRAW_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
+
 
 def main(argv: list[str]) -> int:
     """Entry point: ``BATCH_DIR SLOT MASTER_PID``."""
@@ -371,7 +383,13 @@ def main(argv: list[str]) -> int:
         os.close(int(user_out))
     else:
         os.dup2(2, 1)
-    _Worker(batch_dir, slot, master_pid, report).run()
+    worker = _Worker(batch_dir, slot, master_pid, report)
+    if WITHDRAW_SIGNAL is not None:
+        signal.signal(WITHDRAW_SIGNAL, worker.on_withdraw_signal)
+        # The job's own system calls restart rather than fail with EINTR; the
+        # handler then runs once the job's code is back in Python.
+        signal.siginterrupt(WITHDRAW_SIGNAL, False)
+    worker.run()
     return 0
 
 
