@@ -4,8 +4,8 @@ The dispatcher's view of which job a worker has started always lags behind the
 worker's own. These tests put a withdrawal (``X`` and the signal that follows
 it) on both sides of a job's start and check the worker's answer, which is what
 makes taking a job back safe: a job is given back (``W``) only if it never
-started, and a started job runs to its record. CI once ran a job twice because the dispatcher dealt a
-withdrawn job again without waiting for that answer.
+started, and a started job runs to its record. CI once ran a job twice because
+the dispatcher dealt a withdrawn job again without waiting for that answer.
 """
 
 from __future__ import annotations
