@@ -169,7 +169,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
-        """Hand journaled jobs over; jobs the backend already has are skipped."""
+        """Hand journaled jobs over.
+
+        The collector hands a job over at most once per run; a job the backend
+        holds from an earlier run (a work unit that BOINC already has) is skipped.
+        """
 
     def poll(self) -> None:  # noqa: B027 - optional hook, most backends need none
         """Periodic check, from the collector thread, for outcomes that leave no file.

@@ -54,7 +54,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import filelock
 
@@ -64,6 +63,7 @@ from ..config import JobParams, state_home
 from ..errors import BatchError, BatchNotFoundError, JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
 from .base import Backend, BackendEvents
+from .dealing import Dispatch, PendingJobs
 from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag
 
 __all__ = ["LocalBackend"]
@@ -134,21 +134,6 @@ def _register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
 # --------------------------------------------------------------------------- master side
 
 
-class _Dispatch(NamedTuple):
-    """Where a job's inputs are, and how often it was tried."""
-
-    program: str
-    pack: str  # the input pack, or the data file's name in download/ (offset -1)
-    offset: int
-    size: int
-    attempt: int
-
-    def line(self, job: str) -> str:
-        return (
-            f"J\t{job}\t{self.program}\t{self.pack}\t{self.offset}\t{self.size}\t{self.attempt}\n"
-        )
-
-
 class _Worker:
     """One worker slot: its current process and the jobs dealt to it."""
 
@@ -156,7 +141,7 @@ class _Worker:
         self.slot = slot
         self.proc: subprocess.Popen[bytes] | None = None
         # Dealt and not yet reported, in order: the first one runs, the rest wait.
-        self.assigned: OrderedDict[str, _Dispatch] = OrderedDict()
+        self.assigned: OrderedDict[str, Dispatch] = OrderedDict()
         self.running_since = 0.0  # when the first assigned job began (monotonic)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
@@ -169,7 +154,7 @@ class _Worker:
         """The jobs dealt behind the running one that may still be asked back."""
         return [j for j in list(self.assigned)[1:] if j not in self.withdrawing]
 
-    def done(self, job: str, now: float) -> _Dispatch | None:
+    def done(self, job: str, now: float) -> Dispatch | None:
         """The worker reported ``job``: the next job dealt to it runs from now."""
         dispatch = self.assigned.pop(job, None)
         self.running_since = now
@@ -192,7 +177,7 @@ class LocalBackend(Backend):
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
         self._lock = threading.Lock()
-        self._pending: OrderedDict[str, _Dispatch] = OrderedDict()
+        self._pending = PendingJobs()
         self._workers: list[_Worker] = []
         self._closing = False
         self._root = ""
@@ -291,15 +276,7 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[JournalEntry], params: JobParams) -> None:
         """Queue jobs for the workers; ``params`` only matter on BOINC."""
         with self._lock:
-            # A job already queued or running (a replayed submit) is not queued twice;
-            # asking the few workers beats keeping a set of every job's name.
-            workers = [w.assigned for w in self._workers]
-            for job in jobs:
-                name = job.job
-                if name not in self._pending and not any(name in a for a in workers):
-                    self._pending[name] = _Dispatch(
-                        sys.intern(job.program), job.data, job.data_offset, job.data_size, 0
-                    )
+            self._pending.extend(jobs)
             self._start_workers()
             self._feed_all()
         self._announce()
@@ -312,8 +289,7 @@ class LocalBackend(Backend):
     def cancel(self, jobs: Collection[str]) -> None:
         """Drop jobs no worker has picked up yet."""
         with self._lock:
-            for job in jobs:
-                self._pending.pop(job, None)
+            self._pending.drop(jobs)
 
     def close(self, *, complete: bool, interrupted: bool = False) -> None:
         """Stop the workers: ask nicely, then kill the ones still busy.
@@ -393,7 +369,7 @@ class LocalBackend(Backend):
             return
         now = time.monotonic()
         lines: dict[_Worker, list[str]] = {}
-        while self._pending:
+        while True:
             ready = [
                 w
                 for w in self._workers
@@ -403,8 +379,11 @@ class LocalBackend(Backend):
             ]
             if not ready:
                 break
+            taken = self._pending.pop()
+            if taken is None:
+                break
+            job, dispatch = taken
             worker = min(ready, key=lambda w: len(w.assigned))
-            job, dispatch = self._pending.popitem(last=False)
             if not worker.assigned:
                 worker.running_since = now
             worker.assigned[job] = dispatch
@@ -454,8 +433,7 @@ class LocalBackend(Backend):
         dispatch = worker.assigned.pop(job, None)
         if dispatch is None or self._closing:
             return
-        self._pending[job] = dispatch
-        self._pending.move_to_end(job, last=False)
+        self._pending.put_back(job, dispatch)
         self._feed_all()
 
     @staticmethod
@@ -522,7 +500,7 @@ class LocalBackend(Backend):
         if worker.proc.stdout is not None:
             worker.proc.stdout.close()
         code = worker.proc.wait()
-        lost: list[tuple[str, _Dispatch]] = []
+        lost: list[tuple[str, Dispatch]] = []
         with self._lock:
             if worker.proc.stdin is not None:
                 with contextlib.suppress(OSError):  # broken pipe: the worker is gone anyway
@@ -538,8 +516,7 @@ class LocalBackend(Backend):
                 if dispatch.attempt >= _MAX_ATTEMPTS:
                     lost.append((job, dispatch))
                     continue
-                self._pending[job] = dispatch
-                self._pending.move_to_end(job, last=False)
+                self._pending.put_back(job, dispatch)
             worker.assigned.clear()
             worker.withdrawing.clear()
             self._feed_all()

@@ -1,0 +1,118 @@
+"""The embedded backend's queue of jobs waiting for a worker.
+
+With a slow function and a long ``map``, most of a batch waits here: 10⁵ jobs
+or more behind a few busy workers. So a waiting job is no object of its own.
+It is a slot in the columns of the hand-over it came in with: its name (the
+collector's own string), its program's and pack's names (shared strings), and
+its pack offset and size in two ``array`` columns. That is 40 bytes a job,
+where an ordered dict entry and a tuple per job cost about 200, and it keeps
+the master's memory per pending job below ``ProcessPoolExecutor``'s.
+
+The few jobs that come back (from a worker that died, or one that gave a job
+back) go ahead of the rest, with their attempt count, in a small ordered dict.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from ..batch import JournalEntry
+
+__all__ = ["Dispatch", "PendingJobs"]
+
+
+class Dispatch(NamedTuple):
+    """Where a job's inputs are, and how often it was tried: what a worker is told."""
+
+    program: str
+    pack: str  # the input pack, or the data file's name in download/ (offset -1)
+    offset: int
+    size: int
+    attempt: int
+
+    def line(self, job: str) -> str:
+        """The ``J`` line that hands the job to a worker."""
+        return (
+            f"J\t{job}\t{self.program}\t{self.pack}\t{self.offset}\t{self.size}\t{self.attempt}\n"
+        )
+
+
+class _Run:
+    """One hand-over's jobs, in columns, dealt from ``next`` on."""
+
+    __slots__ = ("names", "next", "offsets", "packs", "programs", "sizes")
+
+    def __init__(self, entries: Sequence[JournalEntry]) -> None:
+        self.names = [e.job for e in entries]
+        self.programs = [sys.intern(e.program) for e in entries]
+        self.packs = [e.data for e in entries]
+        self.offsets = array("q", [e.data_offset for e in entries])
+        self.sizes = array("q", [e.data_size for e in entries])
+        self.next = 0
+
+    def take(self) -> tuple[str, Dispatch]:
+        i = self.next
+        self.next = i + 1
+        return self.names[i], Dispatch(
+            self.programs[i], self.packs[i], self.offsets[i], self.sizes[i], 0
+        )
+
+
+class PendingJobs:
+    """Jobs no worker holds yet, in the order they are to be dealt."""
+
+    def __init__(self) -> None:
+        self._front: OrderedDict[str, Dispatch] = OrderedDict()  # given back: dealt first
+        self._runs: deque[_Run] = deque()
+        self._dropped: set[str] = set()  # cancelled while still in a run
+
+    def extend(self, entries: Sequence[JournalEntry]) -> None:
+        """Queue journaled jobs, first attempt, behind every job already queued."""
+        if entries:
+            self._runs.append(_Run(entries))
+
+    def put_back(self, job: str, dispatch: Dispatch) -> None:
+        """Queue a job ahead of all others (its worker died, or gave it back)."""
+        self._front[job] = dispatch
+        self._front.move_to_end(job, last=False)
+
+    def drop(self, jobs: Iterable[str]) -> None:
+        """Dequeue jobs (cancelled); names this queue does not hold are ignored."""
+        for job in jobs:
+            if self._front.pop(job, None) is None and self._runs:
+                self._dropped.add(job)
+
+    def clear(self) -> None:
+        self._front.clear()
+        self._runs.clear()
+        self._dropped.clear()
+
+    def _head(self) -> _Run | None:
+        """The run holding the next job to deal, past every dropped one; None if none."""
+        runs, dropped = self._runs, self._dropped
+        while runs:
+            run = runs[0]
+            if run.next == len(run.names):
+                runs.popleft()
+                continue
+            if dropped and run.names[run.next] in dropped:
+                dropped.discard(run.names[run.next])
+                run.next += 1
+                continue
+            return run
+        dropped.clear()  # names of jobs that had left the queue already
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self._front) or self._head() is not None
+
+    def pop(self) -> tuple[str, Dispatch] | None:
+        """The next job to deal, or None when the queue is empty."""
+        if self._front:
+            return self._front.popitem(last=False)
+        run = self._head()
+        return None if run is None else run.take()

@@ -1,0 +1,66 @@
+"""The embedded backend's queue of waiting jobs: order, give-backs, cancellation."""
+
+from __future__ import annotations
+
+from boinc_executor.backends.dealing import Dispatch, PendingJobs
+from boinc_executor.batch import JournalEntry
+
+
+def _entries(names: str, offset: int = 0) -> list[JournalEntry]:
+    return [
+        JournalEntry(n, i, i, 1, "d", "prog", "inputs.pack", offset + 10 * i, 10)
+        for i, n in enumerate(names.split())
+    ]
+
+
+def _drain(queue: PendingJobs) -> list[str]:
+    names = []
+    while (taken := queue.pop()) is not None:
+        names.append(taken[0])
+    return names
+
+
+def test_jobs_are_dealt_in_hand_over_order_with_their_inputs() -> None:
+    queue = PendingJobs()
+    assert not queue and queue.pop() is None
+    queue.extend(_entries("a b"))
+    queue.extend([])
+    queue.extend(_entries("c", offset=100))
+    assert queue
+    assert queue.pop() == ("a", Dispatch("prog", "inputs.pack", 0, 10, 0))
+    assert queue.pop() == ("b", Dispatch("prog", "inputs.pack", 10, 10, 0))
+    assert queue.pop() == ("c", Dispatch("prog", "inputs.pack", 100, 10, 0))
+    assert not queue and queue.pop() is None
+
+
+def test_a_job_put_back_goes_first_and_keeps_its_attempt() -> None:
+    queue = PendingJobs()
+    queue.extend(_entries("a b c"))
+    assert queue.pop() is not None and queue.pop() is not None  # a and b dealt
+    queue.put_back("b", Dispatch("prog", "inputs.pack", 10, 10, 1))
+    queue.put_back("a", Dispatch("prog", "inputs.pack", 0, 10, 1))  # last back, first out
+    assert queue.pop() == ("a", Dispatch("prog", "inputs.pack", 0, 10, 1))
+    assert _drain(queue) == ["b", "c"]
+
+
+def test_dropped_jobs_are_skipped_and_the_queue_says_when_it_is_empty() -> None:
+    queue = PendingJobs()
+    queue.extend(_entries("a b c d"))
+    queue.put_back("x", Dispatch("prog", "inputs.pack", 0, 10, 1))
+    queue.drop(["b", "d", "x", "unknown"])
+    assert _drain(queue) == ["a", "c"]
+    queue.drop(["a"])  # only dropped names of an empty queue: it is empty
+    queue.extend(_entries("e"))
+    queue.drop(["e"])
+    assert not queue
+
+
+def test_a_name_dropped_after_it_was_dealt_does_not_cancel_its_return() -> None:
+    """A job a worker held when its cancellation came runs on: if that worker dies,
+    the job comes back and is dealt again."""
+    queue = PendingJobs()
+    queue.extend(_entries("a b"))
+    assert queue.pop() is not None  # a is with a worker
+    queue.drop(["a"])
+    queue.put_back("a", Dispatch("prog", "inputs.pack", 0, 10, 1))
+    assert _drain(queue) == ["a", "b"]
