@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,24 @@ def test_progress_counts_calls_on_the_embedded_backend(tmp_path: Path) -> None:
         assert ex.progress() == Progress(
             total=4, queued=0, running=0, done=3, failed=1, cancelled=0
         )
+
+
+def test_a_full_submission_buffer_makes_submit_wait_but_never_a_callback(
+    tmp_path: Path,
+) -> None:
+    """A submit loop waits for the hand-over once the buffer is full (so memory stays
+    bounded); a done-callback that submits runs on the collector's own threads and must
+    not wait for them. Every future still resolves, in order."""
+    gate = tmp_path / "gate"
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        ex._collector._buffer_jobs = 4  # the bound, small enough that the loop waits
+        blocker = ex.submit(jobs.wait_for_file, str(gate), "first")
+        chained: list[Future[int]] = []
+        blocker.add_done_callback(
+            lambda _f: chained.extend(ex.submit(jobs.square, i) for i in range(20))
+        )
+        waiting = [ex.submit(jobs.square, i) for i in range(50)]
+        gate.touch()
+        assert [f.result(timeout=60) for f in waiting] == [i * i for i in range(50)]
+        assert blocker.result(timeout=60) == "first"
+    assert [f.result(timeout=0) for f in chained] == [i * i for i in range(20)]

@@ -52,6 +52,10 @@ __all__ = ["Collector", "Job"]
 logger = logging.getLogger("boinc_executor")
 
 _BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
+# Submitted jobs not yet handed over, at most (or twice the backend's hand-over size):
+# a submitting loop waits past that, as a producer waits on a bounded queue.
+_BUFFER_JOBS = 1024
+_BUFFER_BYTES = 64 << 20  # ... or this much of their pickled inputs
 
 
 _first = operator.itemgetter(0)
@@ -70,11 +74,12 @@ class Job:
 
     It is also the done-callback of its futures, so cancelling a future reaches
     the collector without a closure per future. A pending job costs less than
-    ``ProcessPoolExecutor``'s work item: slots only, its futures in a tuple, and
-    nothing that its name already says (index, first call) or the journal keeps.
+    ``ProcessPoolExecutor``'s work item: slots only, a lone future held as is
+    (not in a tuple of one), and nothing that its name already says (index,
+    first call) or the journal keeps.
     """
 
-    __slots__ = ("chunk", "collector", "futures", "n", "name", "record", "state")
+    __slots__ = ("_futures", "chunk", "collector", "n", "name", "record", "state")
 
     def __init__(
         self,
@@ -86,13 +91,21 @@ class Job:
     ) -> None:
         self.collector = collector
         self.name = name
-        self.futures = tuple(futures)
+        self._futures: Future[Any] | tuple[Future[Any], ...] = (
+            futures[0] if len(futures) == 1 else tuple(futures)
+        )
         self.n = len(futures) if n is None else n  # calls the job carries
         self.chunk = n is not None  # one future for all n calls
         self.state = JobState.PENDING
         # The record claimed for it (its name in new/, or "" for its packed one):
         # later records of the job wait in new/ until it is resolved, then are dropped.
         self.record: str | None = None
+
+    @property
+    def futures(self) -> tuple[Future[Any], ...]:
+        """The job's futures: one per call, or the chunk's one."""
+        futures = self._futures
+        return (futures,) if isinstance(futures, Future) else futures
 
     def __call__(self, future: Future[Any]) -> None:
         if future.cancelled():
@@ -164,6 +177,8 @@ class Collector(RecordIntake):
         self._jobs: dict[str, Job] = {}
         self._buffer: deque[tuple[Job, JournalEntry, bytes | None, bytes]] = deque()
         self._buffered_since = 0.0
+        self._buffered_bytes = 0
+        self._buffer_jobs = max(_BUFFER_JOBS, 2 * backend.handover_size)
         self._resubmit: list[JournalEntry] = []
         self._to_cancel: list[str] = []
         self._staged_programs: set[str] = set()
@@ -202,7 +217,14 @@ class Collector(RecordIntake):
         return index, call
 
     def add(self, job: Job, entry: JournalEntry, program: bytes, data: bytes) -> None:
-        """Buffer a new job; it is journaled and handed over in bulk by the thread."""
+        """Buffer a new job; it is journaled and handed over in bulk by the thread.
+
+        The buffer is bounded: a caller that fills it waits until the thread has
+        handed jobs over, so a loop of ``submit`` holds a few thousand jobs' inputs
+        in memory at most, not all of them (and costs less memory per pending job
+        than ``ProcessPoolExecutor``). A future's done-callback, which runs on
+        this collector's own threads, never waits.
+        """
         for fut in job.futures:
             fut.add_done_callback(job)
         with self.lock:
@@ -212,7 +234,16 @@ class Collector(RecordIntake):
             new_program = entry.program not in self._staged_programs
             self._staged_programs.add(entry.program)
             self._buffer.append((job, entry, program if new_program else None, data))
+            self._buffered_bytes += len(data)
+            full = self._buffer_full()
         self.wake.set()
+        if full and not self.on_own_thread():
+            with self._handed_over:
+                while self._buffer_full() and self._thread.is_alive() and not self._abandoned:
+                    self._handed_over.wait(0.5)
+
+    def _buffer_full(self) -> bool:
+        return len(self._buffer) >= self._buffer_jobs or self._buffered_bytes >= _BUFFER_BYTES
 
     def register(self, job: Job, entry: JournalEntry) -> None:
         """Track a journaled job again: resolve it from its record, or ask the backend for it."""
@@ -404,12 +435,17 @@ class Collector(RecordIntake):
         """Stage, journal and hand over buffered jobs, in bulk."""
         backend = self.backend
         with self.lock:
-            due = force or time.monotonic() - self._buffered_since >= backend.submit_delay
+            due = (
+                force
+                or time.monotonic() - self._buffered_since >= backend.submit_delay
+                or self._buffer_full()
+            )
             if not (self._buffer and due) and not self._resubmit:
                 return
             # A slice at a time, so the first jobs run while later ones are still staged.
             take = min(len(self._buffer), backend.handover_size) if due else 0
             buffer = [self._buffer.popleft() for _ in range(take)]
+            self._buffered_bytes -= sum(len(item[3]) for item in buffer)
             resubmit, self._resubmit = self._resubmit, []
             self._flushing += 1
         try:

@@ -66,8 +66,10 @@ class _Owner(Protocol):
 
     name: str
     n: int  # calls the record must carry
-    futures: tuple[Future[Any], ...]
     chunk: bool  # one future for all n calls
+
+    @property
+    def futures(self) -> tuple[Future[Any], ...]: ...
 
 
 J = TypeVar("J", bound=_Owner)
