@@ -299,6 +299,7 @@ def job_record(slot: str) -> bytes:
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+_RDWR_FLAGS = os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_BINARY", 0)
 # The program file last read, by (device, inode, size, mtime): at most one entry.
 _program_file: dict[tuple[int, int, int, int], bytes] = {}
 
@@ -320,8 +321,7 @@ def _open_input(slot: str, open_name: str) -> tuple[int, os.stat_result, bytes |
     ``read_bounded`` does), and its bytes are read by the caller.
     """
     path = os.path.join(slot, open_name)
-    fd = _open_regular(path)
-    st = os.fstat(fd)
+    fd, st = _open_regular(path)
     if st.st_size > _MAX_LINK_FILE:
         return fd, st, None
     try:
@@ -333,11 +333,12 @@ def _open_input(slot: str, open_name: str) -> tuple[int, os.stat_result, bytes |
     if target is None:
         return fd, st, head
     os.close(fd)
-    fd = _open_regular(target)
-    return fd, os.fstat(fd), None
+    fd, st = _open_regular(target)
+    return fd, st, None
 
 
-def _open_regular(path: str) -> int:
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading, never through a symlink: (fd, its stat)."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
@@ -346,10 +347,11 @@ def _open_regular(path: str) -> int:
                 f"{os.path.basename(path)} is a symbolic link; refused"
             ) from exc
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise protocol.ProtocolError(f"{os.path.basename(path)} is not a regular file; refused")
-    return fd
+    return fd, st
 
 
 def _read_rest(fd: int, st: os.stat_result, head: bytes | None, name: str) -> bytes:
@@ -383,12 +385,16 @@ def read_input(slot: str, open_name: str) -> bytes:
 
 def _read_program(slot: str) -> bytes:
     """The program file's bytes; not read again while the same file stays linked."""
+    fd, st = _open_regular(os.path.join(slot, protocol.OPEN_PROGRAM))
+    # The identity of the slot's file is enough even for a soft-link file: it
+    # names a physical file, and physical file names are never reused for new bytes.
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _program_file.get(identity)
+    os.close(fd)
+    if cached is not None:
+        return cached
     fd, st, head = _open_input(slot, protocol.OPEN_PROGRAM)
     try:
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = _program_file.get(identity)
-        if cached is not None:
-            return cached
         data = _read_rest(fd, st, head, protocol.OPEN_PROGRAM)
     finally:
         os.close(fd)
@@ -397,32 +403,45 @@ def _read_program(slot: str) -> bytes:
     return data
 
 
-def _output_path(slot: str) -> str:
-    """Where ``result.pkl`` goes: the file itself, or the target of its soft-link file."""
-    path = os.path.join(slot, protocol.OPEN_RESULT)
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
-        return path  # absent (copy_file mode) or unusable: writing it reports the real error
-    try:
-        head = os.read(fd, _MAX_LINK_FILE + 1)
-    finally:
-        os.close(fd)
-    return _soft_link_target(slot, head) or path
+def _write_fd(fd: int, data: bytes, size: int) -> None:
+    """Make ``data`` the whole content of the open file ``fd``, now ``size`` bytes long."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, view[written:], written)
+    if size > len(data):  # a same-size truncate still costs a journal entry
+        os.ftruncate(fd, len(data))
 
 
 def write_in_place(path: str, data: bytes) -> None:
     """Write ``data`` as the whole content of ``path``, reusing the file if it exists."""
     fd = os.open(path, _WRITE_FLAGS, 0o666)
     try:
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.write(fd, view[written:])
-        if os.fstat(fd).st_size > len(data):  # a same-size truncate still costs a journal entry
-            os.ftruncate(fd, len(data))
+        _write_fd(fd, data, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def _write_output(slot: str, record: bytes) -> None:
+    """Write ``result.pkl``: the file itself, or the target of its soft-link file.
+
+    One open serves both: a small existing file is read to see whether it is a
+    soft-link file (in ``<copy_file/>`` mode the file is absent or, on the
+    embedded backend, an old record to be rewritten in place).
+    """
+    path = os.path.join(slot, protocol.OPEN_RESULT)
+    fd = os.open(path, _RDWR_FLAGS, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        target = None
+        if 0 < size <= _MAX_LINK_FILE:
+            target = _soft_link_target(slot, os.read(fd, _MAX_LINK_FILE + 1))
+        if target is None:
+            _write_fd(fd, record, size)
+            return
+    finally:
+        os.close(fd)
+    write_in_place(target, record)
 
 
 def write_result(slot: str, record: bytes) -> None:
@@ -431,7 +450,7 @@ def write_result(slot: str, record: bytes) -> None:
     Raises:
         OSError: either could not be written (a full disk, most likely).
     """
-    write_in_place(_output_path(slot), record)
+    _write_output(slot, record)
     write_in_place(os.path.join(slot, protocol.FINISH_FILE), b"0\n")
 
 
