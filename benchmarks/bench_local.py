@@ -59,7 +59,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import local_probes
 
-MEMORY_TARGET = 2048  # bytes per pending job in the BoincExecutor master
 LATENCY_TARGET = 2.0  # BoincExecutor latency at most this many times ProcessPool's
 CHURN_TARGET = 0.8  # throughput after 20,000 deletions, relative to just before
 KINDS = ("ProcessPool", "BoincExecutor")
