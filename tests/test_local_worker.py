@@ -101,16 +101,18 @@ def _records(batch_dir: Path, job: str) -> list[str]:
     return [n for n in os.listdir(batch_dir / protocol.NEW) if n.startswith(job + ".")]
 
 
-def _wait_for(path: Path) -> None:
-    jobs.wait_for_file(str(path), timeout=30)
+def _start_long_job(worker: WorkerPipe, tmp_path: Path) -> tuple[Path, Path]:
+    """Deal LONG and wait until its code runs; returns (its gate, a log for the next job)."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    worker.send_job(LONG, jobs.touch_then_wait, str(started), str(gate), "long")
+    jobs.wait_for_file(str(started), timeout=30)
+    return gate, tmp_path / "log"
 
 
 def test_a_queued_job_asked_back_is_given_back_at_once_and_never_runs(
     worker: WorkerPipe, tmp_path: Path
 ) -> None:
-    started, gate, log = tmp_path / "started", tmp_path / "gate", tmp_path / "log"
-    worker.send_job(LONG, jobs.touch_then_wait, str(started), str(gate), "long")
-    _wait_for(started)
+    gate, log = _start_long_job(worker, tmp_path)
     worker.send_job(QUEUED, jobs.log_and_square, str(log), 3)
     worker.withdraw(QUEUED)
     assert worker.report() == f"W {QUEUED}"  # at once: the long job still runs
@@ -126,9 +128,7 @@ def test_a_job_asked_back_after_it_started_runs_to_its_record(
     worker: WorkerPipe, tmp_path: Path
 ) -> None:
     """The request comes too late: the dispatcher cannot know the job has started."""
-    started, gate, log = tmp_path / "started", tmp_path / "gate", tmp_path / "log"
-    worker.send_job(LONG, jobs.touch_then_wait, str(started), str(gate), "ran")
-    _wait_for(started)
+    gate, log = _start_long_job(worker, tmp_path)
     worker.withdraw(LONG)
     gate.touch()
     done = worker.report()
