@@ -34,14 +34,13 @@ children: nothing re-imports the user's ``__main__``, and like a volunteer they
 know only the files they are given. A worker that dies mid-job has that job
 retried once; the second death delivers an error record.
 
-Batch IDs come from a small registry under :func:`~boinc_executor.config.state_home`
-so ``BoincExecutor.resume(batch_id)`` finds a local batch from any directory.
+Batch IDs come from a small registry (:mod:`.registry`), so
+``BoincExecutor.resume(batch_id)`` finds a local batch from any directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -55,13 +54,12 @@ from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-import filelock
-
 from .. import protocol
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams, state_home
-from ..errors import BatchError, BatchNotFoundError, JobFailedError
+from ..errors import JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
+from . import registry
 from .base import Backend, BackendEvents
 from .dealing import Dispatch, PendingJobs
 from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag
@@ -82,53 +80,6 @@ def _dup_stdout() -> int | None:
         return os.dup(1)
     except OSError:
         return None
-
-
-# --------------------------------------------------------------------------- registry
-
-
-def _registry() -> Path:
-    return state_home() / "registry"
-
-
-def _register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
-    """Allocate a batch ID and record the batch's directory in the registry.
-
-    With an explicit ``batch_dir`` the registry is a convenience (it lets
-    ``resume(batch_id)`` find the batch): if the state home is not writable,
-    the batch gets an ID derived from its directory and is resumed by
-    ``batch_dir`` instead.
-    """
-    registry = _registry()
-    try:
-        registry.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(registry / ".lock", timeout=30):
-            counter = registry / "last_id"
-            try:
-                last = int(counter.read_text())
-            except (FileNotFoundError, ValueError):
-                last = 0
-            batch_id = last + 1
-            protocol.atomic_write(counter, str(batch_id).encode())
-    except OSError as exc:
-        if batch_dir is None:
-            raise BatchError(
-                f"cannot register a batch under {state_home()} ({exc}); set "
-                "BOINC_EXECUTOR_HOME to a writable directory, or pass batch_dir"
-            ) from exc
-        path = batch_dir.resolve()
-        batch_id = 1_000_000_000 + int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16)
-        logger.warning(
-            "cannot register batch %s in %s (%s); re-run with the same batch_dir to resume it",
-            batch_id,
-            registry,
-            exc,
-        )
-        return batch_id, path
-    path = batch_dir if batch_dir is not None else state_home() / "batches" / str(batch_id)
-    record = {"batch_id": batch_id, "name": name, "batch_dir": str(path.resolve())}
-    protocol.atomic_write(registry / f"{batch_id}.json", json.dumps(record).encode())
-    return batch_id, path
 
 
 # --------------------------------------------------------------------------- master side
@@ -192,7 +143,7 @@ class LocalBackend(Backend):
 
     def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:
         """Allocate the next local batch ID and record its directory in the registry."""
-        return _register(name, batch_dir)
+        return registry.register(name, batch_dir)
 
     @property
     def batch_root(self) -> Path:
@@ -201,24 +152,7 @@ class LocalBackend(Backend):
 
     def locate_batch(self, batch_id: int) -> Path:
         """Find a local batch's directory through the registry."""
-        record = _registry() / f"{batch_id}.json"
-        try:
-            path = Path(json.loads(record.read_text())["batch_dir"])
-        except (OSError, ValueError, KeyError) as exc:
-            where = (
-                f"the registry at {record.parent}"
-                if record.parent.is_dir()
-                else f"{state_home()}, which has no registry (no local batch was created there)"
-            )
-            raise BatchNotFoundError(
-                f"no local batch {batch_id} in {where}; check the ID, or set "
-                "BOINC_EXECUTOR_HOME to the state home it was created under"
-            ) from exc
-        if not (path / protocol.CHECKPOINT).is_file():
-            raise BatchNotFoundError(
-                f"local batch {batch_id} was in {path}, which no longer holds its checkpoint"
-            )
-        return path
+        return registry.locate(batch_id)
 
     def record_spares(self, batch_dir: Path) -> str | None:
         """``local/spare/``: handled records the workers take back as their next output file."""

@@ -1,7 +1,7 @@
 """Finding batches for the command line: the local registry and a BOINC project's database.
 
 Local batches are found through the embedded backend's registry
-(``<state home>/registry/<id>.json``, see :mod:`boinc_executor.backends.local`);
+(``<state home>/registry/<id>.json``, see :mod:`boinc_executor.backends.registry`);
 BOINC batches through the project's ``pyboinc_batch`` table. Only the BOINC side
 needs ``mysqlclient``, and only when the database is really read: everything in a
 batch directory (journal, records, captured output) is read from the files.
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
+from ..backends.registry import registry_dir
 from ..batchview import BatchView
-from ..config import ProjectConfig, resolve_project_dir, state_home
+from ..config import ProjectConfig, resolve_project_dir
 from ..errors import BatchNotFoundError, BoincExecutorError
 
 if TYPE_CHECKING:
@@ -95,11 +96,6 @@ class JobStates:
     failed: frozenset[str]
     cancelled: frozenset[str]
     unsent: frozenset[str]
-
-
-def registry_dir() -> Path:
-    """The local registry (written by the embedded backend when it creates a batch)."""
-    return state_home() / "registry"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
