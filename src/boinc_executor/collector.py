@@ -7,8 +7,8 @@ Data flow::
                                            ▼
           flush: stage inputs ─▶ journal (batch.py) ─▶ backend.submit (in bulk)
           scan:  BATCH_DIR/new/<job>.<tag>.result ─▶ decoder thread: read (bounded),
-                 decode (protocol + decoding) ─▶ resolve the job's futures
-                 ─▶ move to old/ (or quarantine/)
+                 decode (protocol + decoding) ─▶ append to handled.pack
+                 ─▶ resolve the job's futures (job.py) ─▶ unlink (or quarantine/)
           poll:  backend.poll() (outcomes that leave no file become error records)
 
 Everything that touches the batch directory or the backend after ``submit``
@@ -22,19 +22,18 @@ guards the job table; no I/O happens while it is held.
 Replay: a re-opened batch directory's journal says which job indexes were
 handed over. A re-submitted call whose index and digest match its journal line
 is not handed over again unless the backend lacks it, and its record is read
-from ``old/`` or ``new/`` when it has one.
+from the handled-records pack or ``new/`` when it has one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -43,11 +42,12 @@ from .backends.base import Backend, JobState
 from .batch import BatchDir, Checkpoint, JournalEntry
 from .config import JobParams
 from .decoder import RecordDecoder
-from .errors import BoincExecutorError, SubmissionError, rebuild_exception
+from .errors import BoincExecutorError, SubmissionError
 from .intake import RecordIntake
+from .job import Job
 from .protocol.decoding import TypePolicy
 
-__all__ = ["Collector", "Job"]
+__all__ = ["Collector"]
 
 logger = logging.getLogger("boinc_executor")
 
@@ -58,58 +58,8 @@ _BUFFER_JOBS = 1024
 _BUFFER_BYTES = 64 << 20  # ... or this much of their pickled inputs
 
 
-_first = operator.itemgetter(0)
-
 #: how the name of a `boinc-executor cancel` record ends
 _CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
-
-
-class Job:
-    """One job: its name, its calls' futures, and where it is.
-
-    A job has one future per call, except a ``map`` chunk: like
-    ``ProcessPoolExecutor``, it has a single future whose result is the list of
-    the calls' outcomes, ``(True, value)`` or ``(False, exception)``, so a map
-    over many small calls does not pay for a future per call.
-
-    It is also the done-callback of its futures, so cancelling a future reaches
-    the collector without a closure per future. A pending job costs less than
-    ``ProcessPoolExecutor``'s work item: slots only, a lone future held as is
-    (not in a tuple of one), and nothing that its name already says (index,
-    first call) or the journal keeps.
-    """
-
-    __slots__ = ("_futures", "chunk", "collector", "n", "name", "record", "state")
-
-    def __init__(
-        self,
-        collector: Collector,
-        name: str,
-        futures: Sequence[Future[Any]],
-        *,
-        n: int | None = None,
-    ) -> None:
-        self.collector = collector
-        self.name = name
-        self._futures: Future[Any] | tuple[Future[Any], ...] = (
-            futures[0] if len(futures) == 1 else tuple(futures)
-        )
-        self.n = len(futures) if n is None else n  # calls the job carries
-        self.chunk = n is not None  # one future for all n calls
-        self.state = JobState.PENDING
-        # The record claimed for it (its name in new/, or "" for its packed one):
-        # later records of the job wait in new/ until it is resolved, then are dropped.
-        self.record: str | None = None
-
-    @property
-    def futures(self) -> tuple[Future[Any], ...]:
-        """The job's futures: one per call, or the chunk's one."""
-        futures = self._futures
-        return (futures,) if isinstance(futures, Future) else futures
-
-    def __call__(self, future: Future[Any]) -> None:
-        if future.cancelled():
-            self.collector.future_cancelled(self, future)
 
 
 class Collector(RecordIntake):
@@ -529,13 +479,13 @@ class Collector(RecordIntake):
                 if jobs.get(job.name) is job:
                     del jobs[job.name]
                     job.state = JobState.DONE
-                    live.append((job, values, error, self._claim_futures(job)))
+                    live.append((job, values, error, job.claim()))
                     # `boinc-executor cancel` spoke for a job the backend may still
                     # hold: it must not run (its late record would only be set aside).
                     if job.record is not None and job.record.endswith(_CANCEL_SUFFIX):
                         self._to_cancel.append(job.name)
         for job, values, error, running in live:
-            self._set_outcome(job, running, values, error)
+            self.failed_calls += job.settle(running, values, error)
 
     def _resolve(
         self,
@@ -550,40 +500,5 @@ class Collector(RecordIntake):
                 return
             del self._jobs[job.name]
             job.state = JobState.DONE
-            running = self._claim_futures(job)
-        self._set_outcome(job, running, outcomes, error)
-
-    @staticmethod
-    def _claim_futures(job: Job) -> list[bool]:
-        """Which of a resolving job's futures this resolution sets (under the lock)."""
-        return [
-            not fut.done() and (fut.running() or fut.set_running_or_notify_cancel())
-            for fut in job.futures
-        ]
-
-    def _set_outcome(
-        self,
-        job: Job,
-        running: list[bool],
-        outcomes: list[tuple[bool, Any]] | None,
-        error: BaseException | None,
-    ) -> None:
-        for i, fut in enumerate(job.futures):
-            if not running[i]:
-                continue
-            if outcomes is None:
-                self.failed_calls += 1
-                fut.set_exception(error)
-            elif job.chunk:
-                if all(map(_first, outcomes)):  # no call failed: the list is the result
-                    fut.set_result(outcomes)
-                    continue
-                self.failed_calls += sum(1 for ok, _ in outcomes if not ok)
-                fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
-            else:
-                ok, value = outcomes[i]
-                self.failed_calls += not ok
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(rebuild_exception(value))
+            running = job.claim()
+        self.failed_calls += job.settle(running, outcomes, error)

@@ -38,9 +38,10 @@ from . import fingerprint, interrupts, protocol
 from .backends.base import Backend, BackendEvents, JobState, load_backend
 from .batch import JournalEntry
 from .batchview import BatchView
-from .collector import Collector, Job
+from .collector import Collector
 from .config import JobParams, resolve_project_dir
 from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
+from .job import Job
 from .lifecycle import discard_batch, open_batch, when_finished
 from .mapping import batched, map_results
 from .protocol.decoding import TypePolicy

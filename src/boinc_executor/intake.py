@@ -28,8 +28,8 @@ from .backends.base import JobState
 from .batch import BatchDir, JournalEntry
 
 if TYPE_CHECKING:
-    from .collector import Job
     from .decoder import RecordDecoder
+    from .job import Job
     from .protocol.pack import RecordPack
 
 __all__ = ["RecordIntake"]

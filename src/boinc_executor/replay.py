@@ -36,9 +36,10 @@ from typing import Any
 from . import protocol
 from .backends.base import Backend
 from .batch import BatchDir, Checkpoint, JournalEntry
-from .collector import Collector, Job
+from .collector import Collector
 from .errors import BatchError
 from .fingerprint import split_digest
+from .job import Job
 from .protocol.decoding import TypePolicy
 from .protocol.pack import KIND_RECORD
 
