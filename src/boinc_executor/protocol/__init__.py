@@ -5,7 +5,8 @@ the files this package reads and writes (``docs/protocol.md``). It imports nothi
 the standard library and ``boinc_executor.errors``, so it ships in the volunteer-side
 ``pyboinc.zip`` as it is:
 
-* :mod:`.records` -- naming, framing, input envelopes, result and error records;
+* :mod:`.names` -- batch-directory, slot, job and record names;
+* :mod:`.records` -- framing, input envelopes, result and error records;
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
 * :mod:`.classref` -- the script's classes sent by reference and rebuilt without their code;
 * :mod:`.taskoutput` -- per-call captured output and its bounds;
@@ -15,34 +16,43 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 
 from __future__ import annotations
 
-from .records import (
+from .names import (
     CANCEL_TAG,
     CHECKPOINT,
-    DEFAULT_MAX_RESULT_BYTES,
     FINISH_FILE,
-    FORMAT_VERSION,
     HANDLED_PACK,
-    JOB_OUTPUT_CHARS,
     JOURNAL,
-    KIND_DATA,
-    KIND_PROGRAM,
-    KIND_RESULT,
     LOCK,
     NEW,
     OLD,
     OPEN_DATA,
     OPEN_PROGRAM,
     OPEN_RESULT,
-    OUTPUT_CHARS,
     QUARANTINE,
     RECORD_SUFFIX,
+    check_prefix,
+    data_file_name,
+    is_stale_temp,
+    job_name,
+    parse_job_name,
+    parse_record_name,
+    program_file_name,
+    quarantine_name,
+    record_file_name,
+)
+from .records import (
+    DEFAULT_MAX_RESULT_BYTES,
+    FORMAT_VERSION,
+    JOB_OUTPUT_CHARS,
+    KIND_DATA,
+    KIND_PROGRAM,
+    KIND_RESULT,
+    OUTPUT_CHARS,
     TAIL_CHARS,
     ProtocolError,
     ResultRecord,
     TaskOutput,
     atomic_write,
-    check_prefix,
-    data_file_name,
     decode_frame,
     decode_result,
     deliver_record,
@@ -54,16 +64,9 @@ from .records import (
     error_info,
     failure_info,
     host_name,
-    is_stale_temp,
-    job_name,
-    parse_job_name,
-    parse_record_name,
-    program_file_name,
     python_tag,
-    quarantine_name,
     read_bounded,
     read_outputs,
-    record_file_name,
     tail,
 )
 

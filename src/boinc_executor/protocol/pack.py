@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from ..errors import ProtocolError
-from .records import HANDLED_PACK, parse_record_name
+from .names import HANDLED_PACK, parse_record_name
 
 __all__ = [
     "HANDLED_PACK",

@@ -68,6 +68,7 @@ RUNNER_MODULES = (
     "volunteer",
     "volunteer.runner",
     "protocol",
+    "protocol.names",
     "protocol.records",
     "protocol.fileio",
     "protocol.decoding",
