@@ -15,8 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import filelock
-
 from .. import protocol
 from ..config import state_home
 from ..errors import BatchError, BatchNotFoundError
@@ -39,6 +37,8 @@ def register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
     the batch gets an ID derived from its directory and is resumed by
     ``batch_dir`` instead.
     """
+    import filelock  # here: the command line reads the registry without needing it
+
     registry = registry_dir()
     try:
         registry.mkdir(parents=True, exist_ok=True)
