@@ -19,7 +19,7 @@ from .. import protocol
 from ..config import state_home
 from ..errors import BatchError, BatchNotFoundError
 
-__all__ = ["locate", "register", "registry_dir"]
+__all__ = ["entry_dir", "locate", "register", "registry_dir"]
 
 logger = logging.getLogger("boinc_executor")
 
@@ -76,6 +76,21 @@ def register(name: str, batch_dir: Path | None) -> tuple[int, Path]:
     return batch_id, path
 
 
+def entry_dir(record: Path, what: str) -> Path:
+    """The batch directory a registry entry names, if it still holds its checkpoint.
+
+    Shared with the remote backend's registry (:mod:`.remote_state`).
+
+    Raises:
+        OSError, ValueError, KeyError: the entry is missing or unreadable.
+        BatchNotFoundError: the directory no longer holds the batch (``what`` names it).
+    """
+    path = Path(json.loads(record.read_text())["batch_dir"])
+    if not (path / protocol.CHECKPOINT).is_file():
+        raise BatchNotFoundError(f"{what} was in {path}, which no longer holds its checkpoint")
+    return path
+
+
 def locate(batch_id: int) -> Path:
     """The directory of local batch ``batch_id``.
 
@@ -85,7 +100,7 @@ def locate(batch_id: int) -> Path:
     """
     record = registry_dir() / f"{batch_id}.json"
     try:
-        path = Path(json.loads(record.read_text())["batch_dir"])
+        return entry_dir(record, f"local batch {batch_id}")
     except (OSError, ValueError, KeyError) as exc:
         where = (
             f"the registry at {record.parent}"
@@ -96,8 +111,3 @@ def locate(batch_id: int) -> Path:
             f"no local batch {batch_id} in {where}; check the ID, or set "
             "BOINC_EXECUTOR_HOME to the state home it was created under"
         ) from exc
-    if not (path / protocol.CHECKPOINT).is_file():
-        raise BatchNotFoundError(
-            f"local batch {batch_id} was in {path}, which no longer holds its checkpoint"
-        )
-    return path

@@ -28,6 +28,7 @@ from pathlib import Path
 from .. import protocol
 from ..config import state_home
 from ..errors import BatchError, BatchNotFoundError, ConfigError
+from .registry import entry_dir
 
 __all__ = ["RemoteState", "locate", "register", "resolve_authenticator", "server_key"]
 
@@ -69,18 +70,13 @@ def locate(server: str, batch_id: int) -> Path:
     """
     record = _registry(server) / f"{batch_id}.json"
     try:
-        path = Path(json.loads(record.read_text())["batch_dir"])
+        return entry_dir(record, f"remote batch {batch_id}")
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise BatchNotFoundError(
             f"no remote batch {batch_id} of {server} is registered on this machine (in "
             f"{record.parent}); check the ID and the server URL, or set BOINC_EXECUTOR_HOME "
             "to the one the batch was created under"
         ) from exc
-    if not (path / protocol.CHECKPOINT).is_file():
-        raise BatchNotFoundError(
-            f"remote batch {batch_id} was in {path}, which no longer holds its checkpoint"
-        )
-    return path
 
 
 def resolve_authenticator(authenticator: str | None) -> str:
