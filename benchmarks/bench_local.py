@@ -272,16 +272,25 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 600) ->
 
 
 def _journaled(executor: Executor) -> int:
-    """Jobs a BoincExecutor has journaled, i.e. handed to its backend (read from disk)."""
+    """Jobs a BoincExecutor has journaled, i.e. handed to its backend (read from disk).
+
+    Read through one small buffer: this runs in the measured process, every 20 ms,
+    and 1 MiB reads of a growing journal once added a 2 MB transient to the very
+    peak being measured (about 200 B per job at 10k pending).
+    """
     from boinc_executor import BoincExecutor, protocol
 
     assert isinstance(executor, BoincExecutor)
     path = executor.batch_dir / protocol.JOURNAL
+    buffer = bytearray(1 << 14)
+    lines = 0
     try:
-        with open(path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        with open(path, "rb", buffering=0) as fh:
+            while got := fh.readinto(buffer):
+                lines += buffer.count(b"\n", 0, got)
     except FileNotFoundError:
         return 0
+    return lines
 
 
 def memory_child(kind: str, pending: int, measure: str, scratch: Path) -> dict[str, Any]:
