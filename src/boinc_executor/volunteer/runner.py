@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 from .. import protocol
 from ..protocol.classref import exception_blob
+from ..protocol.fileio import rewrite_fd
 from ..protocol.taskoutput import fit_outputs
 
 _SOFT_LINK_OPEN = b"<soft_link>"
@@ -403,21 +404,11 @@ def _read_program(slot: str) -> bytes:
     return data
 
 
-def _write_fd(fd: int, data: bytes, size: int) -> None:
-    """Make ``data`` the whole content of the open file ``fd``, now ``size`` bytes long."""
-    view = memoryview(data)
-    written = 0
-    while written < len(data):
-        written += os.pwrite(fd, view[written:], written)
-    if size > len(data):  # a same-size truncate still costs a journal entry
-        os.ftruncate(fd, len(data))
-
-
 def write_in_place(path: str, data: bytes) -> None:
     """Write ``data`` as the whole content of ``path``, reusing the file if it exists."""
     fd = os.open(path, _WRITE_FLAGS, 0o666)
     try:
-        _write_fd(fd, data, os.fstat(fd).st_size)
+        rewrite_fd(fd, data, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
@@ -437,7 +428,7 @@ def _write_output(slot: str, record: bytes) -> None:
         if 0 < size <= _MAX_LINK_FILE:
             target = _soft_link_target(slot, os.read(fd, _MAX_LINK_FILE + 1))
         if target is None:
-            _write_fd(fd, record, size)
+            rewrite_fd(fd, record, size)
             return
     finally:
         os.close(fd)
