@@ -6,20 +6,18 @@ table and decides when a job resolves; this module only says how.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import JobState
 from .errors import rebuild_exception
+from .protocol import all_succeeded
 
 if TYPE_CHECKING:
     from .collector import Collector
 
 __all__ = ["Job"]
-
-_first = operator.itemgetter(0)
 
 
 class Job:
@@ -95,7 +93,7 @@ class Job:
                 failed += 1
                 fut.set_exception(error)
             elif self.chunk:
-                if all(map(_first, outcomes)):  # no call failed: the list is the result
+                if all_succeeded(outcomes):  # the list is the result
                     fut.set_result(outcomes)
                     continue
                 failed += sum(1 for ok, _ in outcomes if not ok)

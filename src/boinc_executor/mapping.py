@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import interrupts
+from .protocol import all_succeeded
 
 if TYPE_CHECKING:
     from .executor import BoincExecutor
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["batched", "map_results"]
 
 T = TypeVar("T")
-_first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 
 
@@ -70,7 +70,7 @@ def map_results(
             timeout = None if end_time is None else end_time - time.monotonic()
             outcomes = _result_or_cancel(chunk, timeout)
             del chunk
-            if all(map(_first, outcomes)):  # no call failed: hand the values straight on
+            if all_succeeded(outcomes):  # hand the values straight on
                 yield from map(_second, outcomes)
                 continue
             for ok, value in outcomes:

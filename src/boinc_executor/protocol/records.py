@@ -47,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "ResultRecord",
     "TaskOutput",
+    "all_succeeded",
     "atomic_write",
     "decode_frame",
     "decode_result",
@@ -406,6 +407,11 @@ class ResultRecord:
 
 
 _first = operator.itemgetter(0)
+
+
+def all_succeeded(outcomes: Sequence[tuple[bool, Any]]) -> bool:
+    """Whether no call of a job's decoded outcomes failed (a check in C, not per entry)."""
+    return all(map(_first, outcomes))
 
 
 def _needs_rebuild(outcomes: list[Any]) -> bool:
