@@ -102,6 +102,9 @@ class Collector(RecordIntake):
         # Signalled whenever a flush pass ends; see wait_handed_over().
         self._handed_over = threading.Condition(self.lock)
         self._flushing = 0
+        # Held by whichever thread stages, journals and hands over: the collector
+        # thread, or a submitting thread handing a lone job over itself.
+        self._handing_over = threading.Lock()
         self.journal = batch.read_journal()
         self._pack = batch.pack
         self._new = batch.new_path
@@ -186,11 +189,30 @@ class Collector(RecordIntake):
             self._buffer.append((job, entry, program if new_program else None, data))
             self._buffered_bytes += len(data)
             full = self._buffer_full()
+            lone = len(self._buffer) == 1 and not (self._flushing or self._stopping)
+        if lone and self.backend.wants_jobs_now() and self._hand_over_here():
+            return
         self.wake.set()
         if full and not self.on_own_thread():
             with self._handed_over:
                 while self._buffer_full() and self._thread.is_alive() and not self._abandoned:
                     self._handed_over.wait(0.5)
+
+    def _hand_over_here(self) -> bool:
+        """Hand the buffer over on the calling thread; False if another thread is at it.
+
+        For a lone job that would start at once: the hop to the collector thread
+        costs as much as the job's whole hand-over. Never on the collector's own
+        threads (a done-callback that submits), and never waiting for the lock,
+        so no thread can deadlock on it; the collector thread then does it.
+        """
+        if self.on_own_thread() or not self._handing_over.acquire(blocking=False):
+            return False
+        try:
+            self._flush(force=True)
+        finally:
+            self._handing_over.release()
+        return True
 
     def _buffer_full(self) -> bool:
         return len(self._buffer) >= self._buffer_jobs or self._buffered_bytes >= _BUFFER_BYTES
@@ -353,7 +375,8 @@ class Collector(RecordIntake):
             if self.abandoned:
                 break
             try:
-                self._flush(force=self.stopping)
+                with self._handing_over:
+                    self._flush(force=self.stopping)
                 self._cancel_pending()
                 # A scan skips queued records by name, but still lists new/; while the
                 # decoder works through a backlog, list it only now and then.

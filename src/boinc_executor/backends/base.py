@@ -113,6 +113,17 @@ class Backend(abc.ABC):
         """
         return None
 
+    def wants_jobs_now(self) -> bool:
+        """Whether a job submitted now would start at once, so it is best handed over inline.
+
+        The collector then hands a lone job over on the submitting thread instead
+        of waking its own thread: one thread hop less between ``submit`` and the
+        job running. False (the default) keeps every job for the collector's
+        bulk hand-over, as ``create_work`` and remote submission want. It is a
+        hint, read without a lock.
+        """
+        return False
+
     @property
     @abc.abstractmethod
     def batch_root(self) -> Path:

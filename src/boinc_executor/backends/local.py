@@ -215,6 +215,14 @@ class LocalBackend(Backend):
             self._feed_all()
         self._announce()
 
+    def wants_jobs_now(self) -> bool:
+        """Whether no job is dealt or waiting: the workers are idle (or not started yet).
+
+        Not just one idle worker: while jobs stream in, they are handed over in
+        bulk by the collector thread, which costs less per job.
+        """
+        return not self._pending and not any(w.assigned for w in self._workers)
+
     def poll(self) -> None:
         """Give queued jobs of busy workers to idle ones (a job may have grown long)."""
         with self._lock:

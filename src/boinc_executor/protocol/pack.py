@@ -167,6 +167,9 @@ class RecordPack:
                 os.ftruncate(self._fd, end)
             else:
                 logger.warning("%s: ignoring %d unreadable bytes at its end", path, size - end)
+        # Where the next frame starts: this writer holds the batch lock, so no one
+        # else appends, and a failed write is cut back to here without an fstat.
+        self._end = end
         # Which job indexes have a frame, for jobs appended in this run too: a bitmap
         # per job-name prefix rather than a growing dict, so a long run's memory stays flat.
         self._packed: dict[str, bytearray] = {}
@@ -220,14 +223,15 @@ class RecordPack:
                     jobs[job] = encode_frame(name, body, kind)
             if not jobs:
                 return 0
-            view = memoryview(b"".join(jobs.values()))
-            size = os.fstat(self._fd).st_size
+            data = b"".join(jobs.values())
+            view = memoryview(data)
             try:
                 while view:
                     view = view[os.write(self._fd, view) :]
             except OSError:
-                os.ftruncate(self._fd, size)
+                os.ftruncate(self._fd, self._end)
                 raise
+            self._end += len(data)
             for job in jobs:
                 self._mark(job)
             self._dirty = True
@@ -269,6 +273,7 @@ class RecordPack:
         with self._lock:
             os.ftruncate(self._fd, 0)
             os.fsync(self._fd)
+            self._end = 0
             self.index = {}
             self._packed = {}
             self._others = set()
