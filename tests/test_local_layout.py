@@ -89,16 +89,35 @@ def test_handled_records_come_back_as_output_files(tmp_path: Path) -> None:
     assert len(handled_records(batch)) == 26
 
 
-def test_a_hard_linked_record_is_never_recycled(tmp_path: Path) -> None:
-    from boinc_executor.decoder import _single_file
+def test_only_a_small_single_linked_record_is_recycled(tmp_path: Path) -> None:
+    from boinc_executor.decoder import _MAX_SPARE_BYTES, _reusable
 
     one, two = tmp_path / "one", tmp_path / "two"
     one.write_bytes(b"x")
-    assert _single_file(str(one))
+    assert _reusable(str(one))
     os.link(one, two)
-    assert not _single_file(str(one))
+    assert not _reusable(str(one))
     os.symlink(one, tmp_path / "link")
-    assert not _single_file(str(tmp_path / "link"))
+    assert not _reusable(str(tmp_path / "link"))
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (_MAX_SPARE_BYTES + 1))
+    assert not _reusable(str(big))  # its disk is given back, not kept as a spare
+
+
+def test_spares_go_back_to_the_slot_that_delivered_them(tmp_path: Path) -> None:
+    """Each worker reuses its own records only (no two workers race for one spare);
+    a record of another master run, or one the master wrote, is deleted."""
+    from boinc_executor.backends.local import LocalBackend
+    from boinc_executor.backends.local_worker import record_tag, slot_of_tag
+
+    backend = LocalBackend(max_workers=2)
+    backend._root = str(tmp_path)
+    mine = protocol.record_file_name("pyb_1_3", record_tag(f"{backend._run}-1", 0))
+    assert backend.record_spare_dir(mine) == str(tmp_path / "spare" / f"{backend._run}-1") + os.sep
+    other_run = protocol.record_file_name("pyb_1_3", record_tag("0abc-1", 0))
+    assert backend.record_spare_dir(other_run) is None
+    assert backend.record_spare_dir(protocol.record_file_name("pyb_1_3", "error")) is None
+    assert slot_of_tag("local-0abc-1-x") is None
 
 
 def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:

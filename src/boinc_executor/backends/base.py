@@ -104,12 +104,13 @@ class Backend(abc.ABC):
         With ``batch_dir`` None the backend chooses the directory from the ID.
         """
 
-    def record_spares(self, batch_dir: Path) -> str | None:
-        """A directory where handled record files go for the backend's workers to reuse.
+    def record_spare_dir(self, record: str) -> str | None:
+        """Where the handled record ``record``'s file goes to be reused (ending in a separator).
 
         None (the default, and right wherever records come from elsewhere, as
-        from BOINC's assimilator): the decoder deletes them. The embedded
-        backend's workers rewrite a spare in place instead of creating a file per job.
+        from BOINC's assimilator): the decoder deletes it. The embedded
+        backend's workers rewrite a spare in place instead of creating a file
+        per job, each from a directory of its own.
         """
         return None
 

@@ -62,7 +62,7 @@ from ..protocol.inputpack import PackReader, PackWriter
 from . import registry
 from .base import Backend, BackendEvents
 from .dealing import Dispatch, PendingJobs
-from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag
+from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag, slot_of_tag
 
 __all__ = ["LocalBackend"]
 
@@ -154,11 +154,17 @@ class LocalBackend(Backend):
         """Find a local batch's directory through the registry."""
         return registry.locate(batch_id)
 
-    def record_spares(self, batch_dir: Path) -> str | None:
-        """``local/spare/``: handled records the workers take back as their next output file."""
-        path = os.path.join(batch_dir, "local", SPARE_DIR)
-        os.makedirs(path, exist_ok=True)
-        return path + os.sep
+    def record_spare_dir(self, record: str) -> str | None:
+        """``local/spare/<slot>/`` of this run's worker that delivered ``record``.
+
+        A spare goes back to the worker it came from, so workers never race
+        for one; a record of another run, or written by the master, is deleted.
+        """
+        parsed = protocol.parse_record_name(record)
+        slot = slot_of_tag(parsed[1]) if parsed is not None else None
+        if slot is None or not slot.startswith(f"{self._run}-"):
+            return None
+        return os.path.join(self._root, SPARE_DIR, slot) + os.sep
 
     def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
         """Prepare the download area and slots; drop slots a killed master left behind."""
@@ -170,6 +176,7 @@ class LocalBackend(Backend):
         with os.scandir(slots) as entries:  # another run's: its workers died with it
             for entry in entries:
                 shutil.rmtree(entry.path, ignore_errors=True)
+        shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)  # and its spares
         self._events = events
 
     # -- jobs

@@ -57,7 +57,7 @@ from .. import protocol
 from ..protocol.fileio import rewrite_fd
 from ..protocol.inputpack import PackReader, check_pack_name
 
-__all__ = ["STDOUT_FD_ENV", "record_tag"]
+__all__ = ["STDOUT_FD_ENV", "record_tag", "slot_of_tag"]
 
 STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
 
@@ -79,6 +79,14 @@ _SPARE_RETRY = 1
 def record_tag(slot: str, attempt: int) -> str:
     """The tag of a record a worker in ``slot`` delivers for an attempt."""
     return f"local-{slot}-{attempt}"
+
+
+def slot_of_tag(tag: str) -> str | None:
+    """The slot in a :func:`record_tag`; None for a tag no worker wrote."""
+    if not tag.startswith("local-"):
+        return None
+    slot, _, attempt = tag[len("local-") :].rpartition("-")
+    return slot if slot and attempt.isdigit() else None
 
 
 def _die_with_master(master_pid: int) -> None:
@@ -104,10 +112,11 @@ class _Slot:
         self.path = os.path.join(local, "slots", name)
         self.download = os.path.join(local, "download")
         self.new = os.path.join(batch_dir, protocol.NEW)
-        self.spares = os.path.join(local, SPARE_DIR)
+        self.spares = os.path.join(local, SPARE_DIR, name)  # this slot's own: no races
         self._spare_names: list[str] = []
         self._spare_wait = 0  # jobs until the next look into an empty spare directory
         os.makedirs(self.path, exist_ok=True)
+        os.makedirs(self.spares, exist_ok=True)
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
         self._has_output = False  # whether result.pkl is a spare waiting for the next job
@@ -141,8 +150,8 @@ class _Slot:
 
         The runner then rewrites an existing file in place (and truncates what
         is left of the old record) instead of creating one per job: on ext4 a
-        creation costs up to 30x a rewrite. Several workers take from one
-        directory; a spare another took first is simply skipped. The worker
+        creation costs up to 30x a rewrite. The spares are this slot's own
+        records, handed back by the master. The worker
         calls this as soon as a job's output has left the slot, so that the
         rename is done while it waits for the next job, not on that job's way.
         """
@@ -154,7 +163,7 @@ class _Slot:
                     self._spare_wait -= 1
                     return
                 try:
-                    self._spare_names = os.listdir(self.spares)[:64]
+                    self._spare_names = os.listdir(self.spares)
                 except OSError:
                     self._spare_names = []
                 if not self._spare_names:
