@@ -265,3 +265,23 @@ def test_a_full_submission_buffer_makes_submit_wait_but_never_a_callback(
         assert [f.result(timeout=60) for f in waiting] == [i * i for i in range(50)]
         assert blocker.result(timeout=60) == "first"
     assert [f.result(timeout=0) for f in chained] == [i * i for i in range(20)]
+
+
+def test_a_job_submitted_to_idle_workers_is_handed_over_before_submit_returns(
+    tmp_path: Path,
+) -> None:
+    """Latency: with every worker idle, submit journals and hands the job over itself
+    (no wait for the collector thread); while workers are busy, jobs are buffered for
+    the collector's bulk hand-over, and all still resolve, in order."""
+    journal = tmp_path / "b" / "journal.jsonl"
+    gate = tmp_path / "gate"
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b") as ex:
+        for i in range(3):
+            fut = ex.submit(jobs.square, i)
+            assert journal.read_text().count("\n") == i + 1  # journaled on this thread
+            assert fut.result(timeout=60) == i * i
+        blocker = ex.submit(jobs.wait_for_file, str(gate), "held")
+        queued = [ex.submit(jobs.square, i) for i in range(10)]
+        gate.touch()
+        assert [f.result(timeout=60) for f in queued] == [i * i for i in range(10)]
+        assert blocker.result(timeout=60) == "held"
