@@ -89,35 +89,23 @@ def test_handled_records_come_back_as_output_files(tmp_path: Path) -> None:
     assert len(handled_records(batch)) == 26
 
 
-def test_only_a_small_single_linked_record_is_recycled(tmp_path: Path) -> None:
-    from boinc_executor.decoder import _MAX_SPARE_BYTES, _reusable
-
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.write_bytes(b"x")
-    assert _reusable(str(one))
-    os.link(one, two)
-    assert not _reusable(str(one))
-    os.symlink(one, tmp_path / "link")
-    assert not _reusable(str(tmp_path / "link"))
-    big = tmp_path / "big"
-    big.write_bytes(b"x" * (_MAX_SPARE_BYTES + 1))
-    assert not _reusable(str(big))  # its disk is given back, not kept as a spare
-
-
-def test_spares_go_back_to_the_slot_that_delivered_them(tmp_path: Path) -> None:
-    """Each worker reuses its own records only (no two workers race for one spare);
-    a record of another master run, or one the master wrote, is deleted."""
+def test_records_are_lent_back_to_the_worker_that_delivered_them(tmp_path: Path) -> None:
+    """Each worker reuses its own records only (no two workers race for one file); a
+    record of another master run, or one the master wrote, is not lent but deleted."""
     from boinc_executor.backends.local import LocalBackend
     from boinc_executor.backends.local_worker import record_tag, slot_of_tag
 
     backend = LocalBackend(max_workers=2)
-    backend._root = str(tmp_path)
-    mine = protocol.record_file_name("pyb_1_3", record_tag(f"{backend._run}-1", 0))
-    assert backend.record_spare_dir(mine) == str(tmp_path / "spare" / f"{backend._run}-1") + os.sep
-    other_run = protocol.record_file_name("pyb_1_3", record_tag("0abc-1", 0))
-    assert backend.record_spare_dir(other_run) is None
-    assert backend.record_spare_dir(protocol.record_file_name("pyb_1_3", "error")) is None
-    assert slot_of_tag("local-0abc-1-x") is None
+    run = backend._run
+    assert slot_of_tag(record_tag(f"{run}-1", 0)) == f"{run}-1"
+    assert slot_of_tag("local-0abc-1-x") is None and slot_of_tag("error") is None
+    names = [
+        protocol.record_file_name("pyb_1_3", record_tag(f"{run}-1", 0)),  # no such worker yet
+        protocol.record_file_name("pyb_1_4", record_tag("0abc-1", 0)),  # another run's
+        protocol.record_file_name("pyb_1_5", "error"),
+    ]
+    assert sorted(backend.reuse_records(names)) == sorted(names)
+    assert not any(backend.lends(name) for name in names)
 
 
 def test_batch_in_the_older_format_stays_readable(tmp_path: Path) -> None:

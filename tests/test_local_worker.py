@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import protocol
+from boinc_executor.protocol.decoding import TypePolicy
 from boinc_executor.protocol.inputpack import PackWriter
 from tests import jobs
 
@@ -138,3 +139,37 @@ def test_a_job_asked_back_after_it_started_runs_to_its_record(
     assert worker.report().startswith(f"D {QUEUED} ")
     assert log.read_text() == "5\n"
     assert len(_records(worker.batch_dir, LONG)) == 1
+
+
+def test_lent_records_become_output_files_and_unfit_ones_are_deleted(
+    worker: WorkerPipe, tmp_path: Path
+) -> None:
+    """A handled record lent back (R) leaves new/ at once and becomes the next job's
+    output file, rewritten in place; one with a second hard link, or over 1 MiB, is
+    deleted from new/ and never written; nothing but a record name in new/ is touched."""
+    from boinc_executor.backends.local_worker import MAX_SPARE_BYTES
+
+    new = worker.batch_dir / protocol.NEW
+
+    def plant(index: int, data: bytes = b"a handled record") -> str:
+        name = protocol.record_file_name(protocol.job_name("wt", 1, index), "local-s0-0")
+        (new / name).write_bytes(data)
+        return name
+
+    good, big, linked = plant(10), plant(11, b"x" * (MAX_SPARE_BYTES + 1)), plant(12)
+    outside = tmp_path / "outside"
+    os.link(new / linked, outside)
+    (tmp_path / "batch" / "victim").write_bytes(b"keep")
+    inode = (new / good).stat().st_ino
+    worker.send("R\t" + "\t".join([good, big, linked, "../victim"]))
+    worker.send_job(LONG, jobs.square, 6)
+    done = worker.report()
+    assert done.startswith(f"D {LONG} "), done
+    record = new / done.split()[2]
+    assert record.stat().st_ino == inode  # the lent file, not a new one
+    assert protocol.decode_result(
+        record.read_bytes(), TypePolicy(), expect_job=LONG, expect_calls=1
+    ).outcomes == [(True, 36)]
+    assert sorted(os.listdir(new)) == [record.name]
+    assert outside.read_bytes() == b"a handled record"  # never written through the link
+    assert (tmp_path / "batch" / "victim").read_bytes() == b"keep"

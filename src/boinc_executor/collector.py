@@ -146,7 +146,7 @@ class Collector(RecordIntake):
             removed=self._removed,
             on_idle=self._decoder_idle,
             name=f"boinc-executor-decoder-{self.batch_id}",
-            spares=backend.record_spare_dir,
+            reuse=backend.reuse_records,
         )
         self._thread = threading.Thread(
             target=self._run, name=f"boinc-executor-collector-{self.batch_id}", daemon=True

@@ -13,7 +13,7 @@ Per batch of queued records (up to :data:`_BATCH`), in this order:
 3. resolve the batch's futures (one call into the collector, one lock);
 4. at most :data:`_SYNC_SECONDS` later, or after :data:`_SYNC_RECORDS` records,
    ``fdatasync`` the pack once and only then unlink the records' files from
-   ``new/`` (or recycle them, see :meth:`Backend.record_spare_dir`), so a power
+   ``new/`` (or lend them to the workers, see :meth:`Backend.reuse_records`), so a power
    loss finds every record either in the pack or in ``new/``.
 
 It also keeps each ``submit`` future's captured output (:meth:`RecordDecoder.output`),
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 import weakref
@@ -58,10 +57,6 @@ _BATCH = 256  # records decoded, packed and resolved together
 # fdatasync costs ~0.5 ms, a worker that finds no spare creates a file (up to 0.6 ms).
 _SYNC_SECONDS = 0.05
 _SYNC_RECORDS = 4096  # ... or once this many wait
-_MAX_SPARES = 256  # handled record files kept for reuse, at most, per spare directory
-# Larger records are deleted, not kept: creating their file costs little next to
-# writing them, and this bounds the disk spares take (256 x 1 MiB per worker).
-_MAX_SPARE_BYTES = 1 << 20
 
 
 class _Owner(Protocol):
@@ -93,9 +88,8 @@ class RecordDecoder(Generic[J]):
         removed: called with names of records that have left ``new/`` (or were found gone).
         on_idle: called when the last queued record is done.
         name: the thread's name.
-        spares: where a handled record's file is moved for reuse instead of being
-            deleted: a directory ending in a separator, or None to delete it
-            (``Backend.record_spare_dir``).
+        reuse: offered the names of handled, durable records; returns those not
+            taken for reuse, which are deleted (``Backend.reuse_records``).
     """
 
     def __init__(
@@ -109,7 +103,7 @@ class RecordDecoder(Generic[J]):
         removed: Callable[[list[str]], None],
         on_idle: Callable[[], None],
         name: str,
-        spares: Callable[[str], str | None] | None = None,
+        reuse: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self._batch = batch
         self._pack = batch.pack
@@ -120,7 +114,7 @@ class RecordDecoder(Generic[J]):
         self._released = released
         self._removed = removed
         self._on_idle = on_idle
-        self._spares = spares
+        self._reuse = reuse
         self._lock = threading.Lock()
         self._pending = 0  # records queued or being decoded
         self._unsynced: list[str] = []  # packed, their files still in new/
@@ -361,34 +355,12 @@ class RecordDecoder(Generic[J]):
             self._sync_due = time.monotonic() + 1.0
             return
         names, self._unsynced = self._unsynced, []
-        prefix, spare_dir = self._new, self._spares
-        room: dict[str, int] = {}  # per spare directory, listed once per sync
-        for name in names:
-            path = prefix + name
+        prefix = self._new
+        for name in self._reuse(names) if self._reuse is not None else names:
             try:
-                spares = spare_dir(name) if spare_dir is not None else None
-                if spares is not None and spares not in room:
-                    try:
-                        room[spares] = _MAX_SPARES - len(os.listdir(spares))
-                    except OSError:
-                        room[spares] = 0
-                # Only a small file no other name points to: a worker will overwrite it.
-                if spares is not None and room[spares] > 0 and _reusable(path):
-                    try:
-                        os.rename(path, spares + name)
-                        room[spares] -= 1
-                        continue
-                    except FileNotFoundError:
-                        pass  # the file is gone, or its worker's spares (unlinked below)
-                os.unlink(path)
+                os.unlink(prefix + name)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                logger.warning("cannot remove the handled record %s: %s", path, exc)
+                logger.warning("cannot remove the handled record %s%s: %s", prefix, name, exc)
         self._removed(names)
-
-
-def _reusable(path: str) -> bool:
-    """Whether ``path`` is a regular file of at most 1 MiB with no other hard link."""
-    st = os.stat(path, follow_symlinks=False)
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= _MAX_SPARE_BYTES

@@ -28,6 +28,7 @@ from .backends.base import JobState
 from .batch import BatchDir, JournalEntry
 
 if TYPE_CHECKING:
+    from .backends.base import Backend
     from .decoder import RecordDecoder
     from .job import Job
     from .protocol.pack import RecordPack
@@ -45,6 +46,7 @@ class RecordIntake:
     #: a dot-named file in new/ older than this is a dead writer's leftover
     stale_seconds: float = 3600.0
     # State owned by the collector (see Collector.__init__).
+    backend: Backend
     batch: BatchDir
     batch_id: int
     prefix: str
@@ -182,7 +184,10 @@ class RecordIntake:
             # so that a re-run replays it instead of running the job again.
             self._decoder.submit(None, name)
         elif seen:
-            self._drop(name)  # a late duplicate: the first record is in the pack and wins
+            # A late duplicate (the first record is in the pack and wins), unless it is
+            # a handled record lent to a worker to reuse its file.
+            if not self.backend.lends(name):
+                self._drop(name)
         else:
             self._quarantine(name, f"record of job {job_name}, which this batch never created")
 

@@ -104,15 +104,22 @@ class Backend(abc.ABC):
         With ``batch_dir`` None the backend chooses the directory from the ID.
         """
 
-    def record_spare_dir(self, record: str) -> str | None:
-        """Where the handled record ``record``'s file goes to be reused (ending in a separator).
+    def reuse_records(self, names: list[str]) -> list[str]:
+        """Offer the files of handled records, packed and synced, to the workers for reuse.
 
-        None (the default, and right wherever records come from elsewhere, as
-        from BOINC's assimilator): the decoder deletes it. The embedded
-        backend's workers rewrite a spare in place instead of creating a file
-        per job, each from a directory of its own.
+        The embedded backend's workers rewrite such a file in place as their next
+        output instead of creating one per job. Returns the names not taken: the
+        decoder deletes those from ``new/``. The default takes none, which is
+        right wherever records come from elsewhere (BOINC's assimilator).
         """
-        return None
+        return names
+
+    def lends(self, name: str) -> bool:
+        """Whether the handled record ``name`` in ``new/`` waits there for a worker's reuse.
+
+        A scan leaves such a file alone instead of deleting it as a late duplicate.
+        """
+        return False
 
     def wants_jobs_now(self) -> bool:
         """Whether a job submitted now would start at once, so it is best handed over inline.

@@ -62,7 +62,14 @@ from ..protocol.inputpack import PackReader, PackWriter
 from . import registry
 from .base import Backend, BackendEvents
 from .dealing import Dispatch, PendingJobs
-from .local_worker import SPARE_DIR, STDOUT_FD_ENV, WITHDRAW_SIGNAL, record_tag, slot_of_tag
+from .local_worker import (
+    MAX_SPARES,
+    SPARE_DIR,
+    STDOUT_FD_ENV,
+    WITHDRAW_SIGNAL,
+    record_tag,
+    slot_of_tag,
+)
 
 __all__ = ["LocalBackend"]
 
@@ -96,6 +103,16 @@ class _Worker:
         self.running_since = 0.0  # when the first assigned job began (monotonic)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
+        # Handled records lent back for reuse (R), the last MAX_SPARES: the worker
+        # moves them out of new/ when it reads the line; until then a scan skips them.
+        self.lent: OrderedDict[str, None] = OrderedDict()
+
+    def lend(self, names: list[str]) -> None:
+        """Note records lent back to this worker."""
+        lent = self.lent
+        lent.update(dict.fromkeys(names))
+        while len(lent) > MAX_SPARES:
+            lent.popitem(last=False)
 
     def busy_for(self, now: float) -> float:
         """Seconds the running job has run (0 when none runs)."""
@@ -154,17 +171,44 @@ class LocalBackend(Backend):
         """Find a local batch's directory through the registry."""
         return registry.locate(batch_id)
 
-    def record_spare_dir(self, record: str) -> str | None:
-        """``local/spare/<slot>/`` of this run's worker that delivered ``record``.
+    def reuse_records(self, names: list[str]) -> list[str]:
+        """Lend each record back to the worker that delivered it (an ``R`` line per worker).
 
-        A spare goes back to the worker it came from, so workers never race
-        for one; a record of another run, or written by the master, is deleted.
+        The worker moves the file out of ``new/`` itself, so reuse costs the
+        master no file operation (under the GIL, a rename and an lstat per
+        record cost its decoder thread more than decoding the record). Records
+        of another run, of a worker gone since, or written by the master are
+        not taken.
         """
+        by_slot: dict[str, list[str]] = {}
+        others: list[str] = []
+        for name in names:
+            slot = self._slot_of(name)
+            if slot is None:
+                others.append(name)
+            else:
+                by_slot.setdefault(slot, []).append(name)
+        with self._lock:
+            live = {w.slot: w for w in self._workers if w.proc is not None}
+            for slot, lent in by_slot.items():
+                worker = live.get(slot)
+                if worker is None or self._closing:
+                    others += lent
+                    continue
+                worker.lend(lent)
+                self._send(worker, "R\t" + "\t".join(lent) + "\n")
+        return others
+
+    def lends(self, name: str) -> bool:
+        """Whether ``name`` is lent to a running worker, which will reuse or delete it."""
+        slot = self._slot_of(name)
+        with self._lock:
+            return any(w.slot == slot and name in w.lent for w in self._workers if w.proc)
+
+    @staticmethod
+    def _slot_of(record: str) -> str | None:
         parsed = protocol.parse_record_name(record)
-        slot = slot_of_tag(parsed[1]) if parsed is not None else None
-        if slot is None or not slot.startswith(f"{self._run}-"):
-            return None
-        return os.path.join(self._root, SPARE_DIR, slot) + os.sep
+        return slot_of_tag(parsed[1]) if parsed is not None else None
 
     def attach(self, batch: BatchDir, checkpoint: Checkpoint, events: BackendEvents) -> None:
         """Prepare the download area and slots; drop slots a killed master left behind."""
@@ -176,7 +220,7 @@ class LocalBackend(Backend):
         with os.scandir(slots) as entries:  # another run's: its workers died with it
             for entry in entries:
                 shutil.rmtree(entry.path, ignore_errors=True)
-        shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)  # and its spares
+        shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)  # and spares
         self._events = events
 
     # -- jobs
@@ -271,9 +315,14 @@ class LocalBackend(Backend):
                 w.thread.join(timeout=5)
         if self._pack is not None:
             self._pack.close()
+        new = os.path.join(self._batch_dir, protocol.NEW) if self._batch_dir else ""
         for w in workers:
             shutil.rmtree(os.path.join(self._root, "slots", w.slot), ignore_errors=True)
-        # Spares are only worth keeping for jobs still to run.
+            # Lent records a worker never read the R line of (killed): handled, packed.
+            for name in w.lent:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(new, name))
+            w.lent.clear()
         shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)
 
     # -- dispatching (called with self._lock held)
@@ -468,6 +517,7 @@ class LocalBackend(Backend):
                 self._pending.put_back(job, dispatch)
             worker.assigned.clear()
             worker.withdrawing.clear()
+            worker.lent.clear()  # those it did not move out of new/: a scan deletes them
             self._feed_all()
         self._announce()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"

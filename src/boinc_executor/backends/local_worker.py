@@ -6,6 +6,7 @@ stdin and reports on the stdout it was given::
 
     master ──"J job program pack offset size attempt"──▶ worker   run this job
            ──"X job"──────────────────────────────────▶ worker   give it back if not started
+           ──"R record record ..."────────────────────▶ worker   reuse these handled records
     worker ──"W job"───────────────────────────────────▶ master   given back: deal it elsewhere
            ──"D job record-name"───────────────────────▶ master   record delivered into new/
            ──"F job message"───────────────────────────▶ master   no record could be written
@@ -46,6 +47,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import sys
 import threading
 from collections import deque
@@ -57,7 +59,7 @@ from .. import protocol
 from ..protocol.fileio import rewrite_fd
 from ..protocol.inputpack import PackReader, check_pack_name
 
-__all__ = ["STDOUT_FD_ENV", "record_tag", "slot_of_tag"]
+__all__ = ["MAX_SPARES", "SPARE_DIR", "STDOUT_FD_ENV", "record_tag", "slot_of_tag"]
 
 STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
 
@@ -67,13 +69,13 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _SLOT_FILE_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
 
 
-#: under ``local/``: handled record files the master leaves for the workers to reuse
+#: under ``local/``: each slot's handled records, waiting to be its next output files
 SPARE_DIR = "spare"
-# Calls of take_spare() skipped after it found the spare directory empty. It is
-# called twice per job (after a delivery, and before the next job if that found
-# none), so 1 means one look per job: a look (listdir) costs about 10 us, creating
-# the output file instead 30 us to 600 us on ext4.
-_SPARE_RETRY = 1
+#: handled records a worker keeps for reuse at most; it deletes further ones
+MAX_SPARES = 256
+# Larger records are deleted, not reused: creating their file costs little next to
+# writing them, and this bounds the disk spares take (MAX_SPARES x 1 MiB per worker).
+MAX_SPARE_BYTES = 1 << 20
 
 
 def record_tag(slot: str, attempt: int) -> str:
@@ -112,11 +114,11 @@ class _Slot:
         self.path = os.path.join(local, "slots", name)
         self.download = os.path.join(local, "download")
         self.new = os.path.join(batch_dir, protocol.NEW)
-        self.spares = os.path.join(local, SPARE_DIR, name)  # this slot's own: no races
-        self._spare_names: list[str] = []
-        self._spare_wait = 0  # jobs until the next look into an empty spare directory
+        # Handled records of this slot the master lent back (R), moved out of new/.
+        self.spare_dir = os.path.join(local, SPARE_DIR, name)
         os.makedirs(self.path, exist_ok=True)
-        os.makedirs(self.spares, exist_ok=True)
+        os.makedirs(self.spare_dir, exist_ok=True)
+        self._spares = deque(os.listdir(self.spare_dir))  # a dead predecessor's, if any
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
         self._has_output = False  # whether result.pkl is a spare waiting for the next job
@@ -145,39 +147,55 @@ class _Slot:
         rewrite_fd(fd, data, self._sizes.get(fd, 0))
         self._sizes[fd] = len(data)
 
+    def lend(self, names: list[str]) -> None:
+        """The master lent these handled records back: keep their files for reuse.
+
+        They are packed and synced, so their files in ``new/`` are this worker's
+        to reuse or delete. It moves them out of ``new/`` at once (so ``new/``
+        holds only records to handle, and the master spends no file operation
+        on them): a lone regular file of at most 1 MiB into the slot's spare
+        directory, up to :data:`MAX_SPARES`; anything else, or beyond, is
+        deleted (another name linking to it is never written through).
+        """
+        for name in names:
+            if protocol.parse_record_name(name) is None:
+                continue  # only ever a record name: nothing outside new/ is touched
+            path = os.path.join(self.new, name)
+            try:
+                st = os.lstat(path)
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_nlink == 1
+                    and st.st_size <= MAX_SPARE_BYTES
+                    and len(self._spares) < MAX_SPARES
+                ):
+                    os.rename(path, os.path.join(self.spare_dir, name))
+                    self._spares.append(name)
+                else:
+                    os.unlink(path)
+            except OSError:
+                continue  # gone already; or not removable, and then a scan deals with it
+
     def take_spare(self) -> None:
-        """Put a handled record file where the runner writes its output, if none is there.
+        """Put a lent record's file where the runner writes its output, if none is there.
 
         The runner then rewrites an existing file in place (and truncates what
         is left of the old record) instead of creating one per job: on ext4 a
-        creation costs up to 30x a rewrite. The spares are this slot's own
-        records, handed back by the master. The worker
-        calls this as soon as a job's output has left the slot, so that the
-        rename is done while it waits for the next job, not on that job's way.
+        creation costs up to 30x a rewrite. The worker calls this as soon as a
+        job's output has left the slot, so that the rename is done while it
+        waits for the next job, not on that job's way.
         """
         if self._has_output:
             return
-        while True:
-            if not self._spare_names:
-                if self._spare_wait > 0:
-                    self._spare_wait -= 1
-                    return
-                try:
-                    self._spare_names = os.listdir(self.spares)
-                except OSError:
-                    self._spare_names = []
-                if not self._spare_names:
-                    self._spare_wait = _SPARE_RETRY
-                    return
-            name = self._spare_names.pop()
+        while self._spares:
             try:
-                os.rename(os.path.join(self.spares, name), self.result)
-                self._has_output = True
-                return
+                os.rename(os.path.join(self.spare_dir, self._spares.pop()), self.result)
             except FileNotFoundError:
                 continue
             except OSError:
                 return  # the runner creates its output as usual
+            self._has_output = True
+            return
 
     def lay_out(self, job: str, program: str, data: bytes, attempt: int) -> None:
         """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
@@ -259,6 +277,8 @@ class _Worker:
                 self._queue.append(fields)
             elif fields[0] == "X":
                 self._withdraw(fields[1])
+            elif fields[0] == "R":
+                self._slot.lend(fields[1:])
 
     def on_withdraw_signal(self, _signum: int, _frame: FrameType | None) -> None:
         """:data:`WITHDRAW_SIGNAL`: answer a withdrawal now if a job's code runs."""
