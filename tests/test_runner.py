@@ -153,3 +153,24 @@ def test_unwritable_output_exits_non_zero(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot write the result" in result.stderr
     assert not (slot / protocol.FINISH_FILE).exists()
+
+
+def _print_when_odd(x: int) -> int:
+    if x % 2:
+        print(f"odd {x}")
+    return x
+
+
+def test_per_call_output_stays_with_its_call_when_only_some_calls_print() -> None:
+    from boinc_executor.volunteer.runner import execute
+
+    program = protocol.encode_program(_print_when_odd)
+    data = protocol.encode_data("pyb_1_0", [((x,), {}) for x in range(5)])
+    record = protocol.decode_result(
+        execute(program, data), TypePolicy(), expect_job="pyb_1_0", expect_calls=5
+    )
+    assert record.outcomes == [(True, x) for x in range(5)]
+    assert [o.stdout for o in record.outputs] == ["", "odd 1\n", "", "odd 3\n", ""]
+    quiet = protocol.encode_data("pyb_1_1", [((0,), {}), ((2,), {})])
+    header, _ = protocol.decode_frame(execute(program, quiet), protocol.KIND_RESULT)
+    assert "output" not in header  # no call printed: the record carries no output list

@@ -68,18 +68,18 @@ class _CallCapture(io.TextIOBase):
 
     def __init__(self, inner: TextIO) -> None:
         self._inner = inner
-        self._parts: list[str] = []
+        self.parts: list[str] = []  # what the current call printed so far
         self._size = 0
         self._cut = False
         self._job = ""  # the tail of the whole job's output
 
     def write(self, s: str) -> int:
         self._inner.write(s)
-        self._parts.append(s)
+        self.parts.append(s)
         self._size += len(s)
         if self._size > 2 * protocol.OUTPUT_CHARS:
-            kept = "".join(self._parts)[-protocol.OUTPUT_CHARS :]
-            self._parts, self._size, self._cut = [kept], len(kept), True
+            kept = "".join(self.parts)[-protocol.OUTPUT_CHARS :]
+            self.parts, self._size, self._cut = [kept], len(kept), True
         return len(s)
 
     def flush(self) -> None:
@@ -87,12 +87,12 @@ class _CallCapture(io.TextIOBase):
 
     def take(self) -> tuple[str, bool]:
         """The finished call's text (its last ``OUTPUT_CHARS``) and whether it was cut."""
-        if not self._parts:
+        if not self.parts:
             return _NOTHING_PRINTED  # most calls print nothing: this runs once per call
-        text = "".join(self._parts)
+        text = "".join(self.parts)
         cut = self._cut or len(text) > protocol.OUTPUT_CHARS
         text = text[-protocol.OUTPUT_CHARS :]
-        self._parts, self._size, self._cut = [], 0, False
+        self.parts, self._size, self._cut = [], 0, False
         self._job = protocol.tail(self._job + protocol.tail(text))
         return text, cut
 
@@ -102,11 +102,17 @@ class _CallCapture(io.TextIOBase):
 
 
 def _call_outputs(
-    out: list[tuple[str, bool]], err: list[tuple[str, bool]]
+    printed: dict[int, tuple[tuple[str, bool], tuple[str, bool]]], n_calls: int
 ) -> list[protocol.TaskOutput]:
-    """Per-call outputs, cut to the job's budget per stream (none when no call printed)."""
-    if out.count(_NOTHING_PRINTED) == len(out) and err.count(_NOTHING_PRINTED) == len(err):
+    """Per-call outputs, cut to the job's budget per stream (none when no call printed).
+
+    ``printed`` holds, by call index, what the calls that printed anything
+    printed: (stdout text, cut), (stderr text, cut).
+    """
+    if not printed:
         return []
+    out = [printed[i][0] if i in printed else _NOTHING_PRINTED for i in range(n_calls)]
+    err = [printed[i][1] if i in printed else _NOTHING_PRINTED for i in range(n_calls)]
     outs = fit_outputs([text for text, _ in out])
     errs = fit_outputs([text for text, _ in err])
     return [
@@ -222,21 +228,22 @@ def execute(
     except Exception as exc:
         return _failure(job, f"job could not start on {protocol.host_name()}: {exc}", exc)
     outcomes: list[tuple[bool, Any]] = []
-    out_texts: list[tuple[str, bool]] = []
-    err_texts: list[tuple[str, bool]] = []
+    append = outcomes.append
+    # Only the calls that printed: most print nothing, and a map chunk's loop should
+    # cost little more than the calls themselves.
+    printed: dict[int, tuple[tuple[str, bool], tuple[str, bool]]] = {}
     saved = sys.stdout, sys.stderr  # (contextlib's redirect_* do this, at twice the cost)
     sys.stdout, sys.stderr = out, err
     try:
         for args, kwargs in calls:
             try:
-                outcomes.append((True, fn(*args, **kwargs)))
+                append((True, fn(*args, **kwargs) if kwargs else fn(*args)))
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                outcomes.append((False, _call_error(exc)))
-            finally:
-                out_texts.append(out.take())
-                err_texts.append(err.take())
+                append((False, _call_error(exc)))
+            if out.parts or err.parts:
+                printed[len(outcomes) - 1] = (out.take(), err.take())
     finally:
         sys.stdout, sys.stderr = saved
         # Output appears as the job ends rather than when the process exits.
@@ -247,7 +254,7 @@ def execute(
         job,
         stdout=out.job_tail(),
         stderr=err.job_tail(),
-        outputs=_call_outputs(out_texts, err_texts),
+        outputs=_call_outputs(printed, len(outcomes)),
     )
     try:
         return encode(outcomes)
