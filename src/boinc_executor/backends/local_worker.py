@@ -309,7 +309,8 @@ class _Worker:
 
     def run(self) -> None:
         """Run jobs until the master closes stdin (or ^C: then finish the current one only)."""
-        from ..volunteer.runner import job_record, write_result
+        from ..volunteer.runner import job_record
+        from ..volunteer.slotio import write_result
 
         while not _INTERRUPTED.is_set():
             self._read(block=not self._queue)  # a withdrawal of the next job may be waiting

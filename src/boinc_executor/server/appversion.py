@@ -67,6 +67,7 @@ ZIP_LOGICAL_NAME = "pyboinc.zip"
 RUNNER_MODULES = (
     "volunteer",
     "volunteer.runner",
+    "volunteer.slotio",
     "protocol",
     "protocol.names",
     "protocol.records",
