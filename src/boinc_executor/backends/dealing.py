@@ -10,19 +10,25 @@ the master's memory per pending job below ``ProcessPoolExecutor``'s.
 
 The few jobs that come back (from a worker that died, or one that gave a job
 back) go ahead of the rest, with their attempt count, in a small ordered dict.
+
+:class:`WorkerSlot` is the dispatcher's view of one worker: the jobs dealt to it
+and not yet reported, and the handled records lent back to it.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..batch import JournalEntry
+from .local_worker import MAX_SPARES
 
-__all__ = ["Dispatch", "PendingJobs"]
+__all__ = ["Dispatch", "PendingJobs", "WorkerSlot"]
 
 
 class Dispatch(NamedTuple):
@@ -116,3 +122,40 @@ class PendingJobs:
             return self._front.popitem(last=False)
         run = self._head()
         return None if run is None else run.take()
+
+
+class WorkerSlot:
+    """One worker slot: its current process and the jobs dealt to it."""
+
+    def __init__(self, slot: str) -> None:
+        self.slot = slot
+        self.proc: subprocess.Popen[bytes] | None = None
+        # Dealt and not yet reported, in order: the first one runs, the rest wait.
+        self.assigned: OrderedDict[str, Dispatch] = OrderedDict()
+        self.running_since = 0.0  # when the first assigned job began (monotonic)
+        self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
+        self.thread: threading.Thread | None = None
+        # Handled records lent back for reuse (R), the last MAX_SPARES: the worker
+        # moves them out of new/ when it reads the line; until then a scan skips them.
+        self.lent: OrderedDict[str, None] = OrderedDict()
+
+    def lend(self, names: list[str]) -> None:
+        """Note records lent back to this worker."""
+        lent = self.lent
+        lent.update(dict.fromkeys(names))
+        while len(lent) > MAX_SPARES:
+            lent.popitem(last=False)
+
+    def busy_for(self, now: float) -> float:
+        """Seconds the running job has run (0 when none runs)."""
+        return now - self.running_since if self.assigned else 0.0
+
+    def queued(self) -> list[str]:
+        """The jobs dealt behind the running one that may still be asked back."""
+        return [j for j in list(self.assigned)[1:] if j not in self.withdrawing]
+
+    def done(self, job: str, now: float) -> Dispatch | None:
+        """The worker reported ``job``: the next job dealt to it runs from now."""
+        dispatch = self.assigned.pop(job, None)
+        self.running_since = now
+        return dispatch

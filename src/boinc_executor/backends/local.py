@@ -50,7 +50,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -61,9 +60,8 @@ from ..errors import JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
 from . import registry
 from .base import Backend, BackendEvents
-from .dealing import Dispatch, PendingJobs
+from .dealing import Dispatch, PendingJobs, WorkerSlot
 from .local_worker import (
-    MAX_SPARES,
     SPARE_DIR,
     STDOUT_FD_ENV,
     WITHDRAW_SIGNAL,
@@ -92,43 +90,6 @@ def _dup_stdout() -> int | None:
 # --------------------------------------------------------------------------- master side
 
 
-class _Worker:
-    """One worker slot: its current process and the jobs dealt to it."""
-
-    def __init__(self, slot: str) -> None:
-        self.slot = slot
-        self.proc: subprocess.Popen[bytes] | None = None
-        # Dealt and not yet reported, in order: the first one runs, the rest wait.
-        self.assigned: OrderedDict[str, Dispatch] = OrderedDict()
-        self.running_since = 0.0  # when the first assigned job began (monotonic)
-        self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
-        self.thread: threading.Thread | None = None
-        # Handled records lent back for reuse (R), the last MAX_SPARES: the worker
-        # moves them out of new/ when it reads the line; until then a scan skips them.
-        self.lent: OrderedDict[str, None] = OrderedDict()
-
-    def lend(self, names: list[str]) -> None:
-        """Note records lent back to this worker."""
-        lent = self.lent
-        lent.update(dict.fromkeys(names))
-        while len(lent) > MAX_SPARES:
-            lent.popitem(last=False)
-
-    def busy_for(self, now: float) -> float:
-        """Seconds the running job has run (0 when none runs)."""
-        return now - self.running_since if self.assigned else 0.0
-
-    def queued(self) -> list[str]:
-        """The jobs dealt behind the running one that may still be asked back."""
-        return [j for j in list(self.assigned)[1:] if j not in self.withdrawing]
-
-    def done(self, job: str, now: float) -> Dispatch | None:
-        """The worker reported ``job``: the next job dealt to it runs from now."""
-        dispatch = self.assigned.pop(job, None)
-        self.running_since = now
-        return dispatch
-
-
 class LocalBackend(Backend):
     """Runs jobs in local worker processes through the real runner and slot layout.
 
@@ -146,7 +107,7 @@ class LocalBackend(Backend):
         self.max_workers = max_workers or os.cpu_count() or 1
         self._lock = threading.Lock()
         self._pending = PendingJobs()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerSlot] = []
         self._closing = False
         self._root = ""
         self._batch_dir: Path | None = None
@@ -331,7 +292,7 @@ class LocalBackend(Backend):
         while len(self._workers) < self.max_workers and not self._closing:
             used = {w.slot for w in self._workers}
             k = next(k for k in range(len(used) + 1) if f"{self._run}-{k}" not in used)
-            worker = _Worker(f"{self._run}-{k}")
+            worker = WorkerSlot(f"{self._run}-{k}")
             self._workers.append(worker)
             # The thread starts the process: PR_SET_PDEATHSIG fires when the
             # *thread* that forked a worker ends, and this one lives as long as it.
@@ -340,7 +301,7 @@ class LocalBackend(Backend):
             )
             worker.thread.start()
 
-    def _spawn(self, worker: _Worker) -> subprocess.Popen[bytes]:
+    def _spawn(self, worker: WorkerSlot) -> subprocess.Popen[bytes]:
         assert self._batch_dir is not None
         env = dict(os.environ, BOINC_EXECUTOR_SYS_PATH=json.dumps(sys.path))
         argv = [sys.executable, "-m", _WORKER_MODULE, str(self._batch_dir), worker.slot]
@@ -366,7 +327,7 @@ class LocalBackend(Backend):
         if not self._pending:
             return
         now = time.monotonic()
-        lines: dict[_Worker, list[str]] = {}
+        lines: dict[WorkerSlot, list[str]] = {}
         while True:
             ready = [
                 w
@@ -425,7 +386,7 @@ class LocalBackend(Backend):
                         busy.proc.send_signal(WITHDRAW_SIGNAL)  # read it now, not after the job
                 return  # one request at a time: its answer deals the job
 
-    def _given_back(self, worker: _Worker, job: str) -> None:
+    def _given_back(self, worker: WorkerSlot, job: str) -> None:
         """A worker gave a queued job back: deal it first to the least busy worker."""
         worker.withdrawing.discard(job)
         dispatch = worker.assigned.pop(job, None)
@@ -435,7 +396,7 @@ class LocalBackend(Backend):
         self._feed_all()
 
     @staticmethod
-    def _send(worker: _Worker, text: str) -> None:
+    def _send(worker: WorkerSlot, text: str) -> None:
         try:
             assert worker.proc is not None and worker.proc.stdin is not None
             worker.proc.stdin.write(text.encode())
@@ -445,7 +406,7 @@ class LocalBackend(Backend):
 
     # -- one thread per worker slot
 
-    def _run_worker(self, worker: _Worker) -> None:
+    def _run_worker(self, worker: WorkerSlot) -> None:
         """Start the slot's worker, read its reports, and replace it when it dies."""
         while True:
             with self._lock:
@@ -467,7 +428,7 @@ class LocalBackend(Backend):
             if not self._worker_died(worker):
                 return
 
-    def _read_reports(self, worker: _Worker) -> None:
+    def _read_reports(self, worker: WorkerSlot) -> None:
         assert worker.proc is not None and worker.proc.stdout is not None
         events = self._events
         assert events is not None
@@ -492,7 +453,7 @@ class LocalBackend(Backend):
                 elif dispatch is not None:
                     self._undeliverable(job, worker.slot, dispatch.attempt, detail)
 
-    def _worker_died(self, worker: _Worker) -> bool:
+    def _worker_died(self, worker: WorkerSlot) -> bool:
         """Re-queue a dead worker's jobs; returns whether to start a replacement."""
         assert worker.proc is not None
         if worker.proc.stdout is not None:
