@@ -103,7 +103,7 @@ class RecordDecoder(Generic[J]):
         removed: Callable[[list[str]], None],
         on_idle: Callable[[], None],
         name: str,
-        reuse: Callable[[list[str]], list[str]] | None = None,
+        reuse: Callable[[list[str]], list[str]],
     ) -> None:
         self._batch = batch
         self._pack = batch.pack
@@ -356,7 +356,7 @@ class RecordDecoder(Generic[J]):
             return
         names, self._unsynced = self._unsynced, []
         prefix = self._new
-        for name in self._reuse(names) if self._reuse is not None else names:
+        for name in self._reuse(names):
             try:
                 os.unlink(prefix + name)
             except FileNotFoundError:
