@@ -276,13 +276,15 @@ class LocalBackend(Backend):
                 w.thread.join(timeout=5)
         if self._pack is not None:
             self._pack.close()
-        new = os.path.join(self._batch_dir, protocol.NEW) if self._batch_dir else ""
         for w in workers:
             shutil.rmtree(os.path.join(self._root, "slots", w.slot), ignore_errors=True)
             # Lent records a worker never read the R line of (killed): handled, packed.
-            for name in w.lent:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(new, name))
+            # (Only a worker that ran has any, and workers run only once attached.)
+            if w.lent and self._batch_dir is not None:
+                new = os.path.join(self._batch_dir, protocol.NEW)
+                for name in w.lent:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(new, name))
             w.lent.clear()
         shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)
 
