@@ -101,6 +101,7 @@ DEFAULT_WU: dict[str, Any] = {
     "keywords": "", "app_version_num": 0,
 }
 WU_COLUMNS = tuple(sorted(DEFAULT_WU))
+PER_JOB_COLUMNS = frozenset({"name", "xml_doc", "create_time", "transition_time"})
 INT_OPTIONS = {"batch", "priority", "size_class", "app_version_num", "delay_bound", "hr_class",
                "min_quorum", "target_nresults", "max_error_results", "max_total_results",
                "max_success_results"}
@@ -255,10 +256,23 @@ class CreateWork:
         self.config = config
         self.conn = conn
         self.templates: dict[str, str] = {}
+        self.literals: dict[tuple[str, type, Any], str] = {}
 
     def literal(self, job: JobDesc) -> str:
-        row = ",".join(self.conn.literal(job.wu[c]).decode() for c in WU_COLUMNS)
-        return f"({row})"
+        """The job's row as SQL; the values every job of a run shares are quoted once."""
+        quote, known = self.conn.literal, self.literals
+        parts = []
+        for column in WU_COLUMNS:
+            value = job.wu[column]
+            if column in PER_JOB_COLUMNS:
+                parts.append(quote(value).decode())
+                continue
+            key = (column, type(value), value)
+            text = known.get(key)
+            if text is None:
+                text = known[key] = quote(value).decode()
+            parts.append(text)
+        return f"({','.join(parts)})"
 
     def execute(self, sql: str) -> int | None:
         """Run one statement; on failure print BOINC's "Database error" lines, return None."""

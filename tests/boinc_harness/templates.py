@@ -10,7 +10,9 @@ every new result (``<OUTFILE_i/>``, ``<UPLOAD_URL/>``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
 import shutil
 import sys
@@ -84,11 +86,12 @@ def md5_file(path: Path) -> tuple[str, int]:
 
 def got_md5_info(path: Path) -> tuple[str, float] | None:
     """Read ``<path>.md5`` ("<md5> <nbytes>\\n") if it is newer than the file, else None."""
-    cache = Path(f"{path}.md5")
+    cache = f"{path}.md5"
     try:
-        file_mtime = int(path.stat().st_mtime)
-        cache_mtime = int(cache.stat().st_mtime)
-        text = cache.read_text()
+        file_mtime = int(os.stat(path).st_mtime)
+        with open(cache, encoding="utf-8") as f:
+            cache_mtime = int(os.fstat(f.fileno()).st_mtime)
+            text = f.read()
     except OSError:
         return None
     parts = text.split()
@@ -96,7 +99,7 @@ def got_md5_info(path: Path) -> tuple[str, float] | None:
         err(f"bad MD5 cache file {cache}; remove it and stage file again")
         return None
     if cache_mtime < file_mtime:
-        cache.unlink()
+        os.unlink(cache)
         return None
     return parts[0], atof(parts[1])
 
@@ -115,7 +118,7 @@ def write_md5_info(path: Path, md5: str, nbytes: float) -> None:
 def _staged_file(cfg: Config, name: str) -> tuple[str, float, str]:
     """Stage a normal input file and return (url, nbytes, md5)."""
     path = cfg.download_path(name, create=True)
-    if not path.exists():
+    if not os.path.exists(path):
         top = cfg.download_dir / name
         if top.exists():
             shutil.copyfile(top, path)
@@ -228,11 +231,17 @@ def _workunit(el: ET.Element, wu: dict[str, Any], infiles: list[str], command_li
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed_template(template: str) -> list[ET.Element]:
+    """A template's top-level elements, parsed once per process (they are only read)."""
+    return list(parse_fragment(template))
+
+
 def process_input_template(wu: dict[str, Any], template: str, var_infiles: list[InFile],
                            cfg: Config, command_line: str) -> str:
     """The WU xml_doc for ``template`` and ``var_infiles``; updates ``wu`` from ``<workunit>``."""
     try:
-        top = list(parse_fragment(template))
+        top = _parsed_template(template)
     except ET.ParseError as exc:
         err(f"process_input_template: can't parse template: {exc}")
         raise JobError(ERR_XML_PARSE) from None
