@@ -26,6 +26,9 @@ worker count and workload, in the same run, and printed as a ratio to
   job is handed over) and the Python heap (``tracemalloc`` peak). The target is
   compared with the RSS peak.
 
+With ``--load N``, N processes spin a CPU each for the whole run, so that every
+figure is also measured under a steady load (both executors face the same one).
+
 Nothing lands in the user's home: ``BOINC_EXECUTOR_HOME`` points at a temporary
 directory that is removed at the end. Results are checked, so a fast wrong answer
 cannot pass. The exit status is non-zero only when something failed, never
@@ -402,12 +405,14 @@ def print_report(
     results: dict[str, Any],
     memory: dict[str, dict[str, Any]],
     elapsed: float,
+    load: int,
 ) -> None:
     """Print the one table this benchmark exists for."""
     print(
         f"boinc-executor local benchmark: Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"max_workers={workers}, load average {os.getloadavg()[0]:.1f} at the end"
+        f"max_workers={workers}, {load} CPU-spinning processes alongside, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(f"batch directories under {home.parent} ({_file_system(home)})")
     print("results checked; executors warm; ratio = BoincExecutor / ProcessPool per repetition\n")
@@ -482,6 +487,20 @@ def print_report(
 
 
 @contextmanager
+def _steady_load(processes: int) -> Iterator[None]:
+    """Keep ``processes`` CPU-bound child processes running while the block runs."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@contextmanager
 def _scratch_home(parent: Path | None) -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="bench-boinc-executor-", dir=parent))
     try:
@@ -497,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="max_workers")
     parser.add_argument("--repeat", type=int, help="repetitions per throughput measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
+    parser.add_argument(
+        "--load", type=int, default=0, help="CPU-spinning processes to run alongside (default 0)"
+    )
     parser.add_argument(
         "--tmpdir",
         type=Path,
@@ -520,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat:
         sizes = dataclasses.replace(sizes, repeat=args.repeat)
     began = time.perf_counter()
-    with _scratch_home(args.tmpdir) as home:
+    with _scratch_home(args.tmpdir) as home, _steady_load(args.load):
         _isolate_environment(home)
         executors: dict[str, Executor] = {}
         results: dict[str, Any] = {}
@@ -550,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             memory[kind] = run_memory(kind, sizes.pending, "rss", home)
             memory[kind].update(heap_peak=heap["heap_peak"], heap_after=heap["heap_after"])
         elapsed = time.perf_counter() - began
-        print_report(sizes, args.workers, home, results, memory, elapsed)
+        print_report(sizes, args.workers, home, results, memory, elapsed, args.load)
     return 0
 
 
