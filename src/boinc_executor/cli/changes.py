@@ -13,8 +13,11 @@ Each asks for confirmation on a terminal, or takes ``--yes``.
   aside as a duplicate.
 * ``retire`` on BOINC does what BOINC's ``retire_batch`` does (boinc-facts §4,
   §10.5): unsent work units are cancelled and marked for file deletion, the batch
-  row gets state 4 (retired); then the batch directory is removed. Locally it
-  removes the directory and the registry entry. A batch an executor holds open is
+  row gets state 4 (retired); then the batch directory is removed. A remote batch
+  (``--server``) is retired with the ``retire_batch`` RPC itself, every server
+  batch (segment) of it, before its directory and registry entry go; the server's
+  ``purge-remote-outputs`` then frees its kept outputs. Locally it removes the
+  directory and the registry entry. A batch an executor holds open is
   refused: stop that script first (^C keeps the batch).
 * ``clean`` prunes registry entries whose directories are gone and, with
   ``--older-than``, removes local batches that are complete and older than that.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +85,9 @@ def register(sub: Any) -> None:
             + (" (same as retire)" if name == "remove" else ""),
             description=(
                 "On BOINC: cancel the unsent work units, mark the batch retired as "
-                "retire_batch does, and remove its directory. Locally: remove the "
-                "directory and the registry entry."
+                "retire_batch does, and remove its directory. Remote (--server): call "
+                "retire_batch on the server for every part of the batch, then remove "
+                "its directory. Locally: remove the directory and the registry entry."
             ),
         )
         batch_options(p)
@@ -114,7 +119,11 @@ def _age(text: str) -> float:
 
 def _find(args: argparse.Namespace) -> BatchRef:
     return find_batch(
-        args.batch_id, project=args.project, local=args.local, batch_dir=args.batch_dir
+        args.batch_id,
+        project=args.project,
+        local=args.local,
+        batch_dir=args.batch_dir,
+        server=args.server,
     )
 
 
@@ -220,16 +229,27 @@ def _retire(args: argparse.Namespace) -> int:
             f"batch {ref.batch_id} is open by {owner.text}; stop that script first "
             "(^C keeps the batch), then run this again",
         )
-    what = (
-        "retire batch {0} (cancel its unsent jobs) and remove {1}"
-        if ref.backend == "boinc"
-        else "remove batch {0} and its directory {1}"
-    )
+    if ref.backend == "boinc":
+        what = "retire batch {0} (cancel its unsent jobs) and remove {1}"
+    elif ref.backend == "remote":
+        what = "retire batch {0} on " + ref.server + " (cancel its unsent jobs) and remove {1}"
+    else:
+        what = "remove batch {0} and its directory {1}"
     if not confirm(args, what.format(ref.batch_id, ref.path).capitalize() + "?"):
         return EXIT_FAILED
     cancelled = 0
+    note = ""
+    data: dict[str, Any] = {}
     if ref.backend == "boinc" and ref.project is not None:
         cancelled = _retire_on_boinc(ref)
+        note = f"; retired on BOINC, {cancelled} unsent jobs cancelled"
+    elif ref.backend == "remote":
+        # Before the directory goes: a server that refuses or is down keeps it for a retry.
+        from ..backends.remote_ops import retire_remote_batch
+
+        segments = retire_remote_batch(ref.batch_id, server=ref.server, batch_dir=ref.path)
+        data["retired"] = segments
+        note = f"; retired on {ref.server} (server batches {_ids_of(segments) or 'none left'})"
     if ref.exists:
         try:
             with _holding(ref.path):
@@ -240,9 +260,8 @@ def _retire(args: argparse.Namespace) -> int:
         ref.registry_file.unlink(missing_ok=True)
     emit(
         args,
-        {"batch": ref.batch_id, "removed": str(ref.path), "cancelled": cancelled},
-        f"batch {ref.batch_id}: removed {ref.path}"
-        + (f"; retired on BOINC, {cancelled} unsent jobs cancelled" if ref.project else ""),
+        {"batch": ref.batch_id, "removed": str(ref.path), "cancelled": cancelled, **data},
+        f"batch {ref.batch_id}: removed {ref.path}{note}",
     )
     return EXIT_OK
 
@@ -311,4 +330,8 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _ids(refs: list[BatchRef]) -> str:
-    return ", ".join(str(r.batch_id) for r in refs)
+    return _ids_of(r.batch_id for r in refs)
+
+
+def _ids_of(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in ids)
