@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor
+from boinc_executor.backends.remote import RemoteBackend
 from boinc_executor.backends.remote_ops import abort_remote_batch, retire_remote_batch
 from boinc_executor.backends.remote_rpc import (
     RemoteAuthError,
@@ -379,6 +380,32 @@ def test_submit_while_the_server_is_down_is_journaled_and_sent_later(
 
 
 # --------------------------------------------------------------------------- replies, outputs
+
+
+def test_submit_batch_whose_reply_timed_out_is_never_sent_twice(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="boinc_executor")
+    # The server's create_work outlasts the client's timeout: the request took effect,
+    # but the client never hears so. It must find that out, not send the jobs again.
+    monkeypatch.setenv("BOINC_HARNESS_CREATE_WORK_DELAY", "3")
+    rpc = RpcClient(remote_web.url, admin_key, timeout=1.0, attempts=2, backoff=0.05)
+    backend = RemoteBackend(remote_web.url, admin_key, client=rpc)
+    with BoincExecutor(batch_dir=tmp_path / "b", _backend=backend) as ex:
+        futures = [ex.submit(jobs.square, i) for i in range(3)]
+        assert ex.flush(timeout=60)
+        wait_for(lambda: len(wu_names(remote_project)) == 3)
+        with host.running():
+            assert [f.result(timeout=90) for f in futures] == [0, 1, 4]
+    assert "3 jobs wait to be submitted" in caplog.text  # the reply was lost
+    assert sorted(wu_names(remote_project)) == sorted(f"pyb_{ex.batch_id}_{i}" for i in range(3))
+    assert [c for c in remote_web.calls if c[0] == "submit_batch"] == [("submit_batch", "")]
 
 
 def test_replies_full_of_php_warnings(
