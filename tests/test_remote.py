@@ -33,6 +33,8 @@ from boinc_executor.backends.remote_rpc import (
 from boinc_executor.errors import ConfigError, SubmissionError, WorkunitError
 from boinc_executor.server.remote import grant_submit, purge_retired_outputs
 from tests import jobs
+from tests.boinc_harness.backend import output_files
+from tests.boinc_harness.common import read_config
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
 from tests.remote_harness.web import WebServer
@@ -440,6 +442,35 @@ def test_failed_job_comes_back_with_mask_and_exit_status(
     assert info.value.exit_status == 7
     assert "BOINC gave up" in str(info.value)
     assert ("query_completed_job", "fatal: SQL syntax") not in remote_web.calls
+
+
+def test_lost_output_comes_back_with_the_jobs_stderr_unescaped(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+) -> None:
+    ex = BoincExecutor(server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b")
+    future = ex.submit(jobs.print_and_return, 6)
+    assert ex.flush(timeout=60)
+    remote_web.stop()  # the laptop cannot fetch while the job runs and its output goes
+    with host.running():
+        done = "select id from workunit where canonical_resultid<>0"
+        wait_for(lambda: bool(remote_project.query(done)))
+    (result,) = remote_project.query(
+        "select r.* from result r join workunit w on w.canonical_resultid=r.id"
+    )
+    (name, _, _) = output_files(result)[0]
+    read_config(remote_project.root).upload_path(name).unlink()  # as a project without setup
+    remote_web.start()
+    with pytest.raises(WorkunitError, match="no longer has its output") as info:
+        future.result(timeout=60)
+    ex.shutdown()
+    # query_completed_job's stderr_out is htmlspecialchars-escaped in a CDATA (§10.3.5).
+    assert "<stderr_txt>" in info.value.stderr_tail
+    assert "&lt;" not in info.value.stderr_tail
+    assert ("query_completed_job", "") in remote_web.calls
 
 
 def test_outputs_outlive_the_assimilator_until_retired_and_purged(
