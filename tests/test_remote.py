@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from boinc_executor.backends.remote_rpc import (
     RemoteUnavailableError,
     RpcClient,
 )
-from boinc_executor.errors import ConfigError, SubmissionError, WorkunitError
+from boinc_executor.errors import ConfigError, JobLostError, SubmissionError, WorkunitError
 from boinc_executor.server.remote import grant_submit, purge_retired_outputs
 from tests import jobs
 from tests.boinc_harness.backend import output_files
@@ -205,6 +206,35 @@ def test_a_known_file_is_never_uploaded_again(
     rpc.upload_files([("jf_" + "a" * 32, b"once")])
     with pytest.raises(RemotePhpError, match="Duplicate entry"):
         rpc.upload_files([("jf_" + "a" * 32, b"once")])
+
+
+def test_file_deleter_spares_the_shared_program_and_a_lost_input_fails_one_job(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+) -> None:
+    # file_deleter deletes a finished WU's inputs even when others share them (§10.1.9).
+    rpc = RpcClient(remote_web.url, admin_key)
+    with BoincExecutor(
+        server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b"
+    ) as ex:
+        with host.running():
+            assert ex.submit(jobs.square, 2).result(timeout=60) == 4
+            deleted = "select xml_doc from workunit where file_delete_state=2"
+            wait_for(lambda: bool(remote_project.query(deleted)))
+        (wu,) = remote_project.query(deleted)
+        program, data = re.findall(r"<file_name>([^<]+)</file_name>", wu["xml_doc"])
+        assert rpc.query_files([program, data]) == [data]  # <no_delete/> kept the program
+        with host.running():
+            assert ex.submit(jobs.square, 3).result(timeout=60) == 9
+        path = read_config(remote_project.root).download_path(program)
+        path.unlink()  # an operator cleaning download/ by hand
+        Path(f"{path}.md5").unlink(missing_ok=True)
+        with pytest.raises(JobLostError, match="not on the server"):
+            ex.submit(jobs.square, 4).result(timeout=60)
+    assert not submit_errors(remote_web)
 
 
 def test_kill_during_submit_batch_then_rerun(
