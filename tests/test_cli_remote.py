@@ -4,7 +4,7 @@ A remote batch is made by a real submitter process (``BoincExecutor(server=...)`
 that is then killed -9, as a laptop's script dies; the command line finds the batch
 through this machine's remote registry (``--server``, or ``$BOINC_EXECUTOR_SERVER``)
 or its directory, and ``retire`` retires it on the server with the ``retire_batch``
-RPC before the directory goes.
+RPC before the directory goes; ``cancel`` aborts the jobs no volunteer was sent.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from boinc_executor.batchview import BatchView
 from boinc_executor.cli import main
 from boinc_executor.errors import BatchNotFoundError
 from tests.boinc_harness.project import Project
+from tests.boinc_harness.volunteer import VolunteerHost
 from tests.remote_harness.web import WebServer
 from tests.test_remote import wait_for, wu_names
 
@@ -36,7 +37,7 @@ import sys, time
 from boinc_executor import BoincExecutor
 from tests import jobs
 ex = BoincExecutor(batch_dir=sys.argv[1])
-futures = [ex.submit(jobs.square, i) for i in range(int(sys.argv[2]))]
+futures = [ex.submit(jobs.wait_for_file, sys.argv[3], i) for i in range(int(sys.argv[2]))]
 ex.flush()
 print(ex.batch_id, flush=True)
 time.sleep(600)
@@ -44,7 +45,7 @@ time.sleep(600)
 
 
 def orphan(tmp_path: Path, web: WebServer, key: str, name: str, n: int) -> tuple[int, Path]:
-    """A remote batch of ``n`` queued jobs whose submitter was killed -9."""
+    """A remote batch of ``n`` jobs waiting for ``tmp_path/gate``; its submitter was killed -9."""
     script = tmp_path / "submit.py"
     script.write_text(SUBMITTER)
     path = tmp_path / name
@@ -55,7 +56,7 @@ def orphan(tmp_path: Path, web: WebServer, key: str, name: str, n: int) -> tuple
         BOINC_EXECUTOR_AUTHENTICATOR=key,
     )
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(path), str(n)],
+        [sys.executable, str(script), str(path), str(n), str(tmp_path / "gate")],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -141,3 +142,32 @@ def test_retire_a_remote_batch_by_its_directory(
     (batch,) = remote_project.query("select state from batch where id=%s", batch_id)
     assert batch["state"] == 4
     assert not path.exists()
+
+
+def test_cancel_a_remote_batch_aborts_only_the_jobs_not_sent(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch_id, _ = orphan(tmp_path, remote_web, admin_key, "b", 3)
+    monkeypatch.setenv("BOINC_EXECUTOR_AUTHENTICATOR", admin_key)
+    host = VolunteerHost(
+        remote_project, client_dir=tmp_path / "client", ncpus=1, max_tasks_per_rpc=1
+    )
+    with host.running():  # one job is sent and waits for the gate; two stay unsent
+        wait_for(lambda: bool(remote_project.query("select id from result where server_state=4")))
+        code, out, err = run(
+            capsys, "cancel", str(batch_id), "--yes", "--json", "--server", remote_web.url
+        )
+        assert code == 0, err
+        assert json.loads(out)["cancelled"] == 2
+        (tmp_path / "gate").touch()
+        done = "select id from workunit where canonical_resultid<>0"
+        wait_for(lambda: bool(remote_project.query(done)))
+    masks = remote_project.query("select error_mask from workunit where batch=%s", batch_id)
+    assert sorted(m["error_mask"] for m in masks) == [0, 16, 16]
+    code, out, err = run(capsys, "cancel", str(batch_id), "--yes", "--server", remote_web.url)
+    assert code == 0 and "nothing to cancel" in out

@@ -373,11 +373,19 @@ class RpcClient:
             for b in root.iter("batch")
         ]
 
-    def query_job(self, job_id: int) -> list[tuple[str, int]]:
-        """``(result name, result ID)`` of each instance of a job (§10.2.10)."""
+    def query_job(self, job_id: int) -> list[tuple[str, int, str]]:
+        """``(result name, result ID, state)`` of each instance of a job (§10.2.10).
+
+        The state is html/inc/result.inc's ``state_string``: "Unsent", "In
+        progress", "Completed and validated", ...
+        """
         root = self._rpc("query_job", f"<job_id>{job_id}</job_id>")
         return [
-            ((i.findtext("name") or "").strip(), get_int(i, "id", "query_job"))
+            (
+                (i.findtext("name") or "").strip(),
+                get_int(i, "id", "query_job"),
+                (i.findtext("state") or "").strip(),
+            )
             for i in root.iter("instance")
         ]
 

@@ -4,13 +4,14 @@ Each asks for confirmation on a terminal, or takes ``--yes``.
 
 * ``cancel`` on BOINC cancels the batch's unsent work units as ``bin/cancel_jobs``
   does; the executor (now, or at its next run) learns of them as it learns of any
-  cancelled work unit. On the embedded backend it delivers a cancellation record
-  (a ``WorkunitError`` with BOINC's cancelled bit, tag ``cancelled``) for every job
-  no worker has started, so the futures fail at once and a re-run or ``resume``
-  does not run them. When a script holds the batch open, the command returns once
-  that script has taken the cancellations, so none of those jobs starts after it;
-  one a local worker had already queued may still run, and its late record is set
-  aside as a duplicate.
+  cancelled work unit. On a remote batch it does the same over the web RPCs: the
+  jobs no volunteer has been sent are aborted with ``abort_jobs``. On the embedded
+  backend it delivers a cancellation record (a ``WorkunitError`` with BOINC's
+  cancelled bit, tag ``cancelled``) for every job no worker has started, so the
+  futures fail at once and a re-run or ``resume`` does not run them. When a script
+  holds the batch open, the command returns once that script has taken the
+  cancellations, so none of those jobs starts after it; one a local worker had
+  already queued may still run, and its late record is set aside as a duplicate.
 * ``retire`` on BOINC does what BOINC's ``retire_batch`` does (boinc-facts §4,
   §10.5): unsent work units are cancelled and marked for file deletion, the batch
   row gets state 4 (retired); then the batch directory is removed. A remote batch
@@ -72,7 +73,8 @@ def register(sub: Any) -> None:
         help="cancel every job of a batch that has not started",
         description=(
             "Cancel every job that has not started. On BOINC the unsent work units are "
-            "cancelled as bin/cancel_jobs does; running ones run on."
+            "cancelled as bin/cancel_jobs does, remotely (--server) with abort_jobs; "
+            "running ones run on."
         ),
     )
     batch_options(p)
@@ -141,6 +143,10 @@ def _cancel(args: argparse.Namespace) -> int:
     if ref.backend == "boinc" and ref.project is not None:
         unsent = sorted(boinc_job_states(ref.project, ref.batch_id).unsent)
         targets = unsent
+    elif ref.backend == "remote":
+        from ..backends.remote_ops import cancel_remote_jobs, unstarted_remote_jobs
+
+        targets = unstarted_remote_jobs(ref.batch_id, server=ref.server, batch_dir=ref.path)
     else:
         started = local_running_jobs(view.path) if view.owner() is not None else set()
         targets = sorted(set(pending) - started)
@@ -159,6 +165,9 @@ def _cancel(args: argparse.Namespace) -> int:
         with boinc_database(ref.project) as db:
             done = db.cancel_workunits(targets)
         note = ""
+    elif ref.backend == "remote":
+        done = cancel_remote_jobs(targets, server=ref.server)
+        note = f" on {ref.server}"
     else:
         done = _deliver_cancellations(view, targets)
         note = _await_pickup(view, targets)
