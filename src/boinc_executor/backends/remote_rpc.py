@@ -168,7 +168,9 @@ class RpcClient:
             try:
                 return self._send(script, body, headers, query)
             except urllib.error.HTTPError as exc:
-                retry = exc.code >= 500 or exc.code in (408, 429)
+                # A 5xx may come from a proxy while the PHP runs on: only a call that is
+                # safe to repeat is repeated; the others report maybe_applied.
+                retry = idempotent and (exc.code >= 500 or exc.code in (408, 429))
                 reason = f"HTTP {exc.code} {exc.reason}"
                 if exc.code in (401, 403):
                     raise RemoteAuthError(
