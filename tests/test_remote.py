@@ -523,6 +523,10 @@ def test_outputs_outlive_the_assimilator_until_retired_and_purged(
     (wu,) = remote_project.query("select * from workunit where name=%s", name)
     assert wu["assimilate_state"] == 2 and wu["file_delete_state"] == 2
     assert rpc.get_output(f"{name}_0") is not None  # still there for get_output.php
+    other = RpcClient(remote_web.url, add_user(remote_project, 2))
+    with pytest.raises(RemoteAuthError, match="bad authenticator"):
+        other.get_output(f"{name}_0")  # another user's key reads nothing
+    assert not list((remote_project.root / "results").glob("**/*__file_*"))  # get_output3's
     ex.shutdown()  # complete: retires the batch
     assert purge_retired_outputs(remote_project.root) == 1
     assert rpc.get_output(f"{name}_0") is None
