@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from boinc_executor import BoincExecutor
+from boinc_executor.backends.remote import RemoteBackend
 from boinc_executor.backends.remote_ops import abort_remote_batch, retire_remote_batch
 from boinc_executor.backends.remote_rpc import (
     RemoteAuthError,
@@ -29,9 +31,11 @@ from boinc_executor.backends.remote_rpc import (
     RemoteUnavailableError,
     RpcClient,
 )
-from boinc_executor.errors import ConfigError, SubmissionError, WorkunitError
+from boinc_executor.errors import ConfigError, JobLostError, SubmissionError, WorkunitError
 from boinc_executor.server.remote import grant_submit, purge_retired_outputs
 from tests import jobs
+from tests.boinc_harness.backend import output_files
+from tests.boinc_harness.common import read_config
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
 from tests.remote_harness.web import WebServer
@@ -202,6 +206,35 @@ def test_a_known_file_is_never_uploaded_again(
     rpc.upload_files([("jf_" + "a" * 32, b"once")])
     with pytest.raises(RemotePhpError, match="Duplicate entry"):
         rpc.upload_files([("jf_" + "a" * 32, b"once")])
+
+
+def test_file_deleter_spares_the_shared_program_and_a_lost_input_fails_one_job(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+) -> None:
+    # file_deleter deletes a finished WU's inputs even when others share them (§10.1.9).
+    rpc = RpcClient(remote_web.url, admin_key)
+    with BoincExecutor(
+        server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b"
+    ) as ex:
+        with host.running():
+            assert ex.submit(jobs.square, 2).result(timeout=60) == 4
+            deleted = "select xml_doc from workunit where file_delete_state=2"
+            wait_for(lambda: bool(remote_project.query(deleted)))
+        (wu,) = remote_project.query(deleted)
+        program, data = re.findall(r"<file_name>([^<]+)</file_name>", wu["xml_doc"])
+        assert rpc.query_files([program, data]) == [data]  # <no_delete/> kept the program
+        with host.running():
+            assert ex.submit(jobs.square, 3).result(timeout=60) == 9
+        path = read_config(remote_project.root).download_path(program)
+        path.unlink()  # an operator cleaning download/ by hand
+        Path(f"{path}.md5").unlink(missing_ok=True)
+        with pytest.raises(JobLostError, match="not on the server"):
+            ex.submit(jobs.square, 4).result(timeout=60)
+    assert not submit_errors(remote_web)
 
 
 def test_kill_during_submit_batch_then_rerun(
@@ -381,6 +414,32 @@ def test_submit_while_the_server_is_down_is_journaled_and_sent_later(
 # --------------------------------------------------------------------------- replies, outputs
 
 
+def test_submit_batch_whose_reply_timed_out_is_never_sent_twice(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="boinc_executor")
+    # The server's create_work outlasts the client's timeout: the request took effect,
+    # but the client never hears so. It must find that out, not send the jobs again.
+    monkeypatch.setenv("BOINC_HARNESS_CREATE_WORK_DELAY", "3")
+    rpc = RpcClient(remote_web.url, admin_key, timeout=1.0, attempts=2, backoff=0.05)
+    backend = RemoteBackend(remote_web.url, admin_key, client=rpc)
+    with BoincExecutor(batch_dir=tmp_path / "b", _backend=backend) as ex:
+        futures = [ex.submit(jobs.square, i) for i in range(3)]
+        assert ex.flush(timeout=60)
+        wait_for(lambda: len(wu_names(remote_project)) == 3)
+        with host.running():
+            assert [f.result(timeout=90) for f in futures] == [0, 1, 4]
+    assert "3 jobs wait to be submitted" in caplog.text  # the reply was lost
+    assert sorted(wu_names(remote_project)) == sorted(f"pyb_{ex.batch_id}_{i}" for i in range(3))
+    assert [c for c in remote_web.calls if c[0] == "submit_batch"] == [("submit_batch", "")]
+
+
 def test_replies_full_of_php_warnings(
     remote_project: Project, admin_key: str, host: VolunteerHost, tmp_path: Path
 ) -> None:
@@ -415,6 +474,35 @@ def test_failed_job_comes_back_with_mask_and_exit_status(
     assert ("query_completed_job", "fatal: SQL syntax") not in remote_web.calls
 
 
+def test_lost_output_comes_back_with_the_jobs_stderr_unescaped(
+    remote_project: Project,
+    remote_web: WebServer,
+    admin_key: str,
+    host: VolunteerHost,
+    tmp_path: Path,
+) -> None:
+    ex = BoincExecutor(server=remote_web.url, authenticator=admin_key, batch_dir=tmp_path / "b")
+    future = ex.submit(jobs.print_and_return, 6)
+    assert ex.flush(timeout=60)
+    remote_web.stop()  # the laptop cannot fetch while the job runs and its output goes
+    with host.running():
+        done = "select id from workunit where canonical_resultid<>0"
+        wait_for(lambda: bool(remote_project.query(done)))
+    (result,) = remote_project.query(
+        "select r.* from result r join workunit w on w.canonical_resultid=r.id"
+    )
+    (name, _, _) = output_files(result)[0]
+    read_config(remote_project.root).upload_path(name).unlink()  # as a project without setup
+    remote_web.start()
+    with pytest.raises(WorkunitError, match="no longer has its output") as info:
+        future.result(timeout=60)
+    ex.shutdown()
+    # query_completed_job's stderr_out is htmlspecialchars-escaped in a CDATA (§10.3.5).
+    assert "<stderr_txt>" in info.value.stderr_tail
+    assert "&lt;" not in info.value.stderr_tail
+    assert ("query_completed_job", "") in remote_web.calls
+
+
 def test_outputs_outlive_the_assimilator_until_retired_and_purged(
     remote_project: Project,
     remote_web: WebServer,
@@ -435,6 +523,10 @@ def test_outputs_outlive_the_assimilator_until_retired_and_purged(
     (wu,) = remote_project.query("select * from workunit where name=%s", name)
     assert wu["assimilate_state"] == 2 and wu["file_delete_state"] == 2
     assert rpc.get_output(f"{name}_0") is not None  # still there for get_output.php
+    other = RpcClient(remote_web.url, add_user(remote_project, 2))
+    with pytest.raises(RemoteAuthError, match="bad authenticator"):
+        other.get_output(f"{name}_0")  # another user's key reads nothing
+    assert not list((remote_project.root / "results").glob("**/*__file_*"))  # get_output3's
     ex.shutdown()  # complete: retires the batch
     assert purge_retired_outputs(remote_project.root) == 1
     assert rpc.get_output(f"{name}_0") is None

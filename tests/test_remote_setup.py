@@ -7,6 +7,7 @@ step is for, not only that it ran.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -96,3 +97,38 @@ def test_doctor_reports_remote_problems_until_setup_remote(pyboinc_project: Proj
     finally:
         conn.close()
     assert "remote: submit rights" in remote_problems()
+
+
+PHP = """\
+#!/bin/sh
+# Stands in for the php CLI: answers setup's ini_get() probe as this php.ini would.
+[ "$1" = "-r" ] || exit 2
+case "$2" in *'ini_get("upload_max_filesize")'*) ;; *) exit 2 ;; esac
+printf 'upload_max_filesize=1M\npost_max_size=16M\nmax_file_uploads=5\n'
+"""
+
+
+def test_php_limits_below_the_clients_are_reported(
+    pyboinc_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "php").write_text(PHP)
+    (bin_dir / "php").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    root = pyboinc_project.root
+    report = setup_remote(root)
+    low = [t for t in report.todo if t.startswith("PHP ")]
+    assert len(low) == 2
+    assert any("upload_max_filesize is 1M" in t and "at least 2097152" in t for t in low)
+    assert any("max_file_uploads is 5" in t and "at least 20" in t for t in low)
+    checks = {c.name: c for c in remote_checks(root)}
+    assert not checks["php upload_max_filesize"].ok
+    assert checks["php post_max_size"].ok and "16M" in checks["php post_max_size"].message
+    assert not checks["php max_file_uploads"].ok
+    findings = [
+        f
+        for f in run_checks(root, web_user=User.current().name).findings
+        if f.check == "remote: PHP upload limits" and not f.ok
+    ]
+    assert len(findings) == 2 and all("php.ini" in f.fix for f in findings)

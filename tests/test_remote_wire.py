@@ -23,6 +23,7 @@ from boinc_executor.backends.remote_rpc import (
     RemoteAuthError,
     RemotePhpError,
     RemoteRpcError,
+    RemoteUnavailableError,
     RpcClient,
 )
 from boinc_executor.backends.remote_staging import chunks
@@ -191,3 +192,67 @@ def test_tls_is_verified_and_a_private_ca_can_be_given(
     RpcClient(url, KEY, cafile=str(cert)).ping()
     monkeypatch.setenv("BOINC_EXECUTOR_CA_FILE", str(cert))
     RpcClient(url, KEY).ping()
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, list[int], list[str]]]:
+    """A loopback server answering each POST with the next status of a list (then 200).
+
+    Yields (URL, statuses to answer, paths seen); the list is filled by the test.
+    """
+    statuses: list[int] = []
+    seen: list[str] = []
+
+    class Scripted(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.path)
+            status = statuses.pop(0) if statuses else 200
+            body = (
+                f"{HEAD}<ping>\n<success>1</success>\n</ping>\n".encode()
+                if status == 200
+                else b"<h1>error</h1>"
+            )
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/p/", statuses, seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_http_errors_are_retried_with_backoff_or_explained(
+    scripted: tuple[str, list[int], list[str]],
+) -> None:
+    url, statuses, seen = scripted
+    rpc = RpcClient(url, KEY, attempts=3, backoff=0.01)
+    statuses[:] = [503, 502]
+    rpc.ping()  # two 5xx answers, then success: retried
+    assert len(seen) == 3
+    seen.clear()
+    statuses[:] = [500, 500, 500]
+    with pytest.raises(RemoteUnavailableError, match=r"after 3 attempt\(s\): HTTP 500") as info:
+        rpc.ping()
+    assert len(seen) == 3 and KEY not in str(info.value)
+    seen.clear()
+    statuses[:] = [500]  # a request that creates something may have taken effect: no retry
+    with pytest.raises(RemoteUnavailableError) as lost:
+        rpc.create_batch("pyboinc", "b")
+    assert len(seen) == 1 and lost.value.maybe_applied
+    statuses[:] = [404]
+    with pytest.raises(ConfigError, match="master URL"):
+        rpc.ping()
+    statuses[:] = [403]
+    with pytest.raises(RemoteAuthError, match="HTTP 403"):
+        rpc.ping()
+    assert not statuses

@@ -58,7 +58,7 @@ class Delivery:
         only its ID); ``get_output.php`` authenticates with md5(key + that name).
         """
         try:
-            names = dict((i, n) for n, i in self.rpc.query_job(job.id))
+            names = {i: n for n, i, _ in self.rpc.query_job(job.id)}
             result = names.get(job.canonical_instance_id, "")
             data = (
                 self.rpc.get_output(result, limit=protocol.DEFAULT_MAX_RESULT_BYTES)

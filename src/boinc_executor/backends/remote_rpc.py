@@ -168,7 +168,9 @@ class RpcClient:
             try:
                 return self._send(script, body, headers, query)
             except urllib.error.HTTPError as exc:
-                retry = exc.code >= 500 or exc.code in (408, 429)
+                # A 5xx may come from a proxy while the PHP runs on: only a call that is
+                # safe to repeat is repeated; the others report maybe_applied.
+                retry = idempotent and (exc.code >= 500 or exc.code in (408, 429))
                 reason = f"HTTP {exc.code} {exc.reason}"
                 if exc.code in (401, 403):
                     raise RemoteAuthError(
@@ -373,11 +375,19 @@ class RpcClient:
             for b in root.iter("batch")
         ]
 
-    def query_job(self, job_id: int) -> list[tuple[str, int]]:
-        """``(result name, result ID)`` of each instance of a job (§10.2.10)."""
+    def query_job(self, job_id: int) -> list[tuple[str, int, str]]:
+        """``(result name, result ID, state)`` of each instance of a job (§10.2.10).
+
+        The state is html/inc/result.inc's ``state_string``: "Unsent", "In
+        progress", "Completed and validated", ...
+        """
         root = self._rpc("query_job", f"<job_id>{job_id}</job_id>")
         return [
-            ((i.findtext("name") or "").strip(), get_int(i, "id", "query_job"))
+            (
+                (i.findtext("name") or "").strip(),
+                get_int(i, "id", "query_job"),
+                (i.findtext("state") or "").strip(),
+            )
             for i in root.iter("instance")
         ]
 

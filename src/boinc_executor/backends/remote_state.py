@@ -30,7 +30,14 @@ from ..config import state_home
 from ..errors import BatchError, BatchNotFoundError, ConfigError
 from .registry import entry_dir
 
-__all__ = ["RemoteState", "locate", "register", "resolve_authenticator", "server_key"]
+__all__ = [
+    "RemoteState",
+    "locate",
+    "register",
+    "registry_entry",
+    "resolve_authenticator",
+    "server_key",
+]
 
 ENV_SERVER = "BOINC_EXECUTOR_SERVER"
 ENV_AUTHENTICATOR = "BOINC_EXECUTOR_AUTHENTICATOR"
@@ -56,10 +63,15 @@ def default_batch_dir(server: str, batch_id: int) -> Path:
     return state_home() / "remote-batches" / server_key(server) / str(batch_id)
 
 
+def registry_entry(server: str, batch_id: int) -> Path:
+    """The registry file of remote batch ``batch_id`` (``retire`` removes it with the batch)."""
+    return _registry(server) / f"{batch_id}.json"
+
+
 def register(server: str, batch_id: int, batch_dir: Path) -> None:
     """Record ``batch_dir`` as the directory of remote batch ``batch_id``."""
     record = {"batch_id": batch_id, "server": server, "batch_dir": str(batch_dir.resolve())}
-    protocol.atomic_write(_registry(server) / f"{batch_id}.json", json.dumps(record).encode())
+    protocol.atomic_write(registry_entry(server, batch_id), json.dumps(record).encode())
 
 
 def locate(server: str, batch_id: int) -> Path:
@@ -68,7 +80,7 @@ def locate(server: str, batch_id: int) -> Path:
     Raises:
         BatchNotFoundError: no such batch in this machine's registry, or its directory is gone.
     """
-    record = _registry(server) / f"{batch_id}.json"
+    record = registry_entry(server, batch_id)
     try:
         return entry_dir(record, f"remote batch {batch_id}")
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -124,7 +124,11 @@ def register(sub: Any) -> None:
 
 def _find(args: argparse.Namespace) -> BatchRef:
     return find_batch(
-        args.batch_id, project=args.project, local=args.local, batch_dir=args.batch_dir
+        args.batch_id,
+        project=args.project,
+        local=args.local,
+        batch_dir=args.batch_dir,
+        server=args.server,
     )
 
 

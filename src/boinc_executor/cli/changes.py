@@ -4,17 +4,21 @@ Each asks for confirmation on a terminal, or takes ``--yes``.
 
 * ``cancel`` on BOINC cancels the batch's unsent work units as ``bin/cancel_jobs``
   does; the executor (now, or at its next run) learns of them as it learns of any
-  cancelled work unit. On the embedded backend it delivers a cancellation record
-  (a ``WorkunitError`` with BOINC's cancelled bit, tag ``cancelled``) for every job
-  no worker has started, so the futures fail at once and a re-run or ``resume``
-  does not run them. When a script holds the batch open, the command returns once
-  that script has taken the cancellations, so none of those jobs starts after it;
-  one a local worker had already queued may still run, and its late record is set
-  aside as a duplicate.
+  cancelled work unit. On a remote batch it does the same over the web RPCs: the
+  jobs no volunteer has been sent are aborted with ``abort_jobs``. On the embedded
+  backend it delivers a cancellation record (a ``WorkunitError`` with BOINC's
+  cancelled bit, tag ``cancelled``) for every job no worker has started, so the
+  futures fail at once and a re-run or ``resume`` does not run them. When a script
+  holds the batch open, the command returns once that script has taken the
+  cancellations, so none of those jobs starts after it; one a local worker had
+  already queued may still run, and its late record is set aside as a duplicate.
 * ``retire`` on BOINC does what BOINC's ``retire_batch`` does (boinc-facts §4,
   §10.5): unsent work units are cancelled and marked for file deletion, the batch
-  row gets state 4 (retired); then the batch directory is removed. Locally it
-  removes the directory and the registry entry. A batch an executor holds open is
+  row gets state 4 (retired); then the batch directory is removed. A remote batch
+  (``--server``) is retired with the ``retire_batch`` RPC itself, every server
+  batch (segment) of it, before its directory and registry entry go; the server's
+  ``purge-remote-outputs`` then frees its kept outputs. Locally it removes the
+  directory and the registry entry. A batch an executor holds open is
   refused: stop that script first (^C keeps the batch).
 * ``clean`` prunes registry entries whose directories are gone and, with
   ``--older-than``, removes local batches that are complete and older than that.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +73,8 @@ def register(sub: Any) -> None:
         help="cancel every job of a batch that has not started",
         description=(
             "Cancel every job that has not started. On BOINC the unsent work units are "
-            "cancelled as bin/cancel_jobs does; running ones run on."
+            "cancelled as bin/cancel_jobs does, remotely (--server) with abort_jobs; "
+            "running ones run on."
         ),
     )
     batch_options(p)
@@ -81,8 +87,9 @@ def register(sub: Any) -> None:
             + (" (same as retire)" if name == "remove" else ""),
             description=(
                 "On BOINC: cancel the unsent work units, mark the batch retired as "
-                "retire_batch does, and remove its directory. Locally: remove the "
-                "directory and the registry entry."
+                "retire_batch does, and remove its directory. Remote (--server): call "
+                "retire_batch on the server for every part of the batch, then remove "
+                "its directory. Locally: remove the directory and the registry entry."
             ),
         )
         batch_options(p)
@@ -114,7 +121,11 @@ def _age(text: str) -> float:
 
 def _find(args: argparse.Namespace) -> BatchRef:
     return find_batch(
-        args.batch_id, project=args.project, local=args.local, batch_dir=args.batch_dir
+        args.batch_id,
+        project=args.project,
+        local=args.local,
+        batch_dir=args.batch_dir,
+        server=args.server,
     )
 
 
@@ -132,6 +143,10 @@ def _cancel(args: argparse.Namespace) -> int:
     if ref.backend == "boinc" and ref.project is not None:
         unsent = sorted(boinc_job_states(ref.project, ref.batch_id).unsent)
         targets = unsent
+    elif ref.backend == "remote":
+        from ..backends.remote_ops import cancel_remote_jobs, unstarted_remote_jobs
+
+        targets = unstarted_remote_jobs(ref.batch_id, server=ref.server, batch_dir=ref.path)
     else:
         started = local_running_jobs(view.path) if view.owner() is not None else set()
         targets = sorted(set(pending) - started)
@@ -150,6 +165,9 @@ def _cancel(args: argparse.Namespace) -> int:
         with boinc_database(ref.project) as db:
             done = db.cancel_workunits(targets)
         note = ""
+    elif ref.backend == "remote":
+        done = cancel_remote_jobs(targets, server=ref.server)
+        note = f" on {ref.server}"
     else:
         done = _deliver_cancellations(view, targets)
         note = _await_pickup(view, targets)
@@ -220,16 +238,27 @@ def _retire(args: argparse.Namespace) -> int:
             f"batch {ref.batch_id} is open by {owner.text}; stop that script first "
             "(^C keeps the batch), then run this again",
         )
-    what = (
-        "retire batch {0} (cancel its unsent jobs) and remove {1}"
-        if ref.backend == "boinc"
-        else "remove batch {0} and its directory {1}"
-    )
+    if ref.backend == "boinc":
+        what = "retire batch {0} (cancel its unsent jobs) and remove {1}"
+    elif ref.backend == "remote":
+        what = "retire batch {0} on " + ref.server + " (cancel its unsent jobs) and remove {1}"
+    else:
+        what = "remove batch {0} and its directory {1}"
     if not confirm(args, what.format(ref.batch_id, ref.path).capitalize() + "?"):
         return EXIT_FAILED
     cancelled = 0
+    note = ""
+    data: dict[str, Any] = {}
     if ref.backend == "boinc" and ref.project is not None:
         cancelled = _retire_on_boinc(ref)
+        note = f"; retired on BOINC, {cancelled} unsent jobs cancelled"
+    elif ref.backend == "remote":
+        # Before the directory goes: a server that refuses or is down keeps it for a retry.
+        from ..backends.remote_ops import retire_remote_batch
+
+        segments = retire_remote_batch(ref.batch_id, server=ref.server, batch_dir=ref.path)
+        data["retired"] = segments
+        note = f"; retired on {ref.server} (server batches {_ids_of(segments) or 'none left'})"
     if ref.exists:
         try:
             with _holding(ref.path):
@@ -240,9 +269,8 @@ def _retire(args: argparse.Namespace) -> int:
         ref.registry_file.unlink(missing_ok=True)
     emit(
         args,
-        {"batch": ref.batch_id, "removed": str(ref.path), "cancelled": cancelled},
-        f"batch {ref.batch_id}: removed {ref.path}"
-        + (f"; retired on BOINC, {cancelled} unsent jobs cancelled" if ref.project else ""),
+        {"batch": ref.batch_id, "removed": str(ref.path), "cancelled": cancelled, **data},
+        f"batch {ref.batch_id}: removed {ref.path}{note}",
     )
     return EXIT_OK
 
@@ -311,4 +339,8 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _ids(refs: list[BatchRef]) -> str:
-    return ", ".join(str(r.batch_id) for r in refs)
+    return _ids_of(r.batch_id for r in refs)
+
+
+def _ids_of(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in ids)

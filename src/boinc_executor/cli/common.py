@@ -56,6 +56,13 @@ def batch_options(parser: argparse.ArgumentParser, *, batch_id: bool = True) -> 
     )
     if batch_id:
         where.add_argument(
+            "--server",
+            metavar="URL",
+            help="a remote batch submitted to this master URL from this machine (default: "
+            "$BOINC_EXECUTOR_SERVER, when no project is given); the key comes from "
+            "$BOINC_EXECUTOR_AUTHENTICATOR or $BOINC_EXECUTOR_AUTHENTICATOR_FILE",
+        )
+        where.add_argument(
             "--batch-dir",
             metavar="DIR",
             help="read the batch from its directory (no database needed for what is on disk)",

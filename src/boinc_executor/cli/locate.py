@@ -2,7 +2,9 @@
 
 Local batches are found through the embedded backend's registry
 (``<state home>/registry/<id>.json``, see :mod:`boinc_executor.backends.registry`);
-BOINC batches through the project's ``pyboinc_batch`` table. Only the BOINC side
+BOINC batches through the project's ``pyboinc_batch`` table; remote batches through
+the remote backend's registry of this machine (``<state home>/remote/<server key>/``,
+see :mod:`boinc_executor.backends.remote_state`). Only the BOINC side
 needs ``mysqlclient``, and only when the database is really read: everything in a
 batch directory (journal, records, captured output) is read from the files.
 """
@@ -38,6 +40,7 @@ __all__ = [
     "local_batches",
     "local_running_jobs",
     "registry_dir",
+    "remote_batch",
 ]
 
 _WU_NAME = re.compile(r"<wu_name>([^<]*)</wu_name>")
@@ -54,14 +57,15 @@ class BatchRef:
 
     Attributes:
         batch_id: the batch ID.
-        backend: ``"local"`` or ``"boinc"``.
+        backend: ``"local"``, ``"boinc"`` or ``"remote"``.
         path: the batch directory (it may no longer exist).
         name: the batch's name ("" if unknown).
         script: the script that created it ("" if unknown).
         created: Unix time of creation (0 if unknown).
         project: the BOINC project root, for BOINC batches.
-        registry_file: the local registry entry, for local batches.
+        registry_file: the registry entry, for local and remote batches.
         state: BOINC's ``batch.state`` in words, for BOINC batches.
+        server: the master URL, for remote batches.
     """
 
     batch_id: int
@@ -73,6 +77,7 @@ class BatchRef:
     project: Path | None = None
     registry_file: Path | None = None
     state: str = ""
+    server: str = ""
 
     @property
     def exists(self) -> bool:
@@ -119,6 +124,7 @@ def _with_checkpoint(ref: BatchRef) -> BatchRef:
         project=ref.project,
         registry_file=ref.registry_file,
         state=ref.state,
+        server=ref.server,
     )
 
 
@@ -210,10 +216,36 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def remote_batch(batch_id: int, server: str) -> BatchRef:
+    """Remote batch ``batch_id`` of ``server``, through this machine's remote registry.
+
+    Raises:
+        BatchNotFoundError: not registered here, or its directory is gone.
+        ConfigError: ``server`` is not an http(s) URL.
+    """
+    from ..backends.remote_state import locate, registry_entry
+    from ..backends.remote_wire import normalise_server
+
+    url = normalise_server(server)
+    path = locate(url, batch_id)
+    return _with_checkpoint(
+        BatchRef(batch_id, "remote", path, registry_file=registry_entry(url, batch_id), server=url)
+    )
+
+
 def find_batch(
-    batch_id: int, *, project: str | None, local: bool, batch_dir: str | None
+    batch_id: int,
+    *,
+    project: str | None,
+    local: bool,
+    batch_dir: str | None,
+    server: str | None = None,
 ) -> BatchRef:
-    """The batch a command names: by directory, on the BOINC project, or in the local registry.
+    """The batch a command names: by directory, remote, on the BOINC project, or local.
+
+    ``server`` (``--server``) names a remote batch's master URL. Without it and
+    without a project, ``$BOINC_EXECUTOR_SERVER`` is tried as the executor would
+    (a batch not registered for it is looked for in the local registry).
 
     Raises:
         BatchNotFoundError: no such batch.
@@ -226,16 +258,27 @@ def find_batch(
             raise BatchNotFoundError(f"{path} holds no batch checkpoint")
         if int(data.get("batch_id", -1)) != batch_id:
             raise BatchNotFoundError(f"{path} holds batch {data.get('batch_id')}, not {batch_id}")
+        backend = str(data.get("backend", "local"))
+        # A remote batch's checkpoint keeps the master URL where a project root would be.
         root = data.get("project_dir")
         return _with_checkpoint(
             BatchRef(
                 batch_id,
-                str(data.get("backend", "local")),
+                backend,
                 path,
-                project=Path(root) if root else None,
+                project=Path(root) if root and backend != "remote" else None,
+                server=str(root or "") if backend == "remote" else "",
             )
         )
+    if server:
+        return remote_batch(batch_id, server)
     root = project_root(project, local=local)
+    env_server = os.environ.get("BOINC_EXECUTOR_SERVER") if root is None and not local else None
+    if env_server:
+        try:
+            return remote_batch(batch_id, env_server)
+        except BatchNotFoundError:
+            pass  # not a remote batch of that server: a local one, then
     if root is not None:
         found = boinc_batches(root, batch_id)
         if not found:
