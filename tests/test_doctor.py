@@ -155,6 +155,10 @@ def test_a_validator_that_lost_its_lock_and_dead_daemons(healthy: Project) -> No
     only_problem(run_checks(project.root), "assimilator running", "is not running",
                  "pyboinc_assimilator.log.lock", "bin/start", "bin/status -v")
     assert project.run("start").returncode == 0
+    kill_daemon(project, "transitioner.lock")
+    only_problem(run_checks(project.root), "transitioner running", "transitioner.lock",
+                 "is not running", "bin/start")
+    assert project.run("start").returncode == 0
     kill_daemon(project, "feeder.lock")
     only_problem(run_checks(project.root), "feeder running", "feeder.lock", "bin/start")
     done = doctor_cli(project)

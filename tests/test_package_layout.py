@@ -6,7 +6,9 @@ only the protocol; the BOINC server side (``server/``) is imported by the comman
 and, for the daemon entries' sleep intervals and commands, by the BOINC backend's
 stuck-batch diagnosis through ``server/entries.py``, which itself needs only ``errors``.
 Every import of the source is read (function-level ones too), so a new one that crosses
-a boundary fails here rather than on a volunteer or a submitter's laptop.
+a boundary fails here rather than on a volunteer or a submitter's laptop. The BOINC
+stand-ins under tests/boinc_harness import nothing of the product, so that they can
+catch its mistakes instead of sharing them.
 """
 
 from __future__ import annotations
@@ -80,3 +82,12 @@ def test_only_the_cli_and_the_stuck_diagnosis_import_the_server_side() -> None:
             assert not server, f"{module} imports {server}"
     entries = imports_by_module()["boinc_executor.server.entries"]
     assert entries == {"boinc_executor.errors"}, "the backend pulls in nothing else server-side"
+
+
+def test_the_boinc_harness_shares_no_code_with_the_product() -> None:
+    harness = Path(__file__).resolve().parent / "boinc_harness"
+    for path in sorted(harness.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n.split(".")[0] == "boinc_executor" for n in names), path
