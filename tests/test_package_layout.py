@@ -4,7 +4,9 @@ docs/operator-guide.md ("Where each part runs") and docs/daemons.md promise: the
 protocol is shared by every side and imports only ``errors``; the volunteer side imports
 only the protocol; the BOINC server side (``server/``) is imported by the command line
 and, for the daemon entries' sleep intervals and commands, by the BOINC backend's
-stuck-batch diagnosis through ``server/entries.py``, which itself needs only ``errors``.
+stuck-batch diagnosis through ``server/entries.py``, which itself needs only ``errors``;
+the daemon handlers (``server/assimilator.py``, ``server/compare.py``) need only the
+protocol, ``errors``, ``config`` and the database layer.
 Every import of the source is read (function-level ones too), so a new one that crosses
 a boundary fails here rather than on a volunteer or a submitter's laptop. The BOINC
 stand-ins under tests/boinc_harness import nothing of the product, so that they can
@@ -82,6 +84,16 @@ def test_only_the_cli_and_the_stuck_diagnosis_import_the_server_side() -> None:
             assert not server, f"{module} imports {server}"
     entries = imports_by_module()["boinc_executor.server.entries"]
     assert entries == {"boinc_executor.errors"}, "the backend pulls in nothing else server-side"
+
+
+def test_the_daemon_handlers_need_only_the_protocol_and_the_database() -> None:
+    """What BOINC's daemons run once per work unit stays light (docs/daemons.md)."""
+    found = imports_by_module()
+    allowed = ("boinc_executor.protocol", "boinc_executor.errors", "boinc_executor.config",
+               "boinc_executor.backends.db")
+    for handler in ("boinc_executor.server.assimilator", "boinc_executor.server.compare"):
+        stray = {m for m in found[handler] if not under(m, *allowed)}
+        assert not stray, f"{handler} imports {stray}"
 
 
 def test_the_boinc_harness_shares_no_code_with_the_product() -> None:
