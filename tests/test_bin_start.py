@@ -75,6 +75,40 @@ def test_two_entries_with_one_lock_only_the_first_runs(boinc_project: Project) -
     assert sum("--app" in c for c in running_cmds(project)) == 2
 
 
+def test_lock_file_and_output_name_the_files_and_a_second_daemon_exits_at_once(
+    boinc_project: Project,
+) -> None:
+    """<lock_file> overrides the lock, <output> names the log, <pid_file> the pid file; a
+    daemon started while its lock is held (by hand, or racing bin/start) exits at once."""
+    project = boinc_project
+    project.add_daemon(OTHER_VALIDATOR, output="lab.log", pid_file="lab.pid",
+                       lock_file="shared.lock")
+    project.add_daemon(OTHER_ASSIMILATOR, output="labassim.log", lock_file="shared.lock")
+    assert project.run("start").returncode == 0
+    owner = lock_owner(project.pid_dir / "shared.lock")
+    assert owner is not None and owner[1] == OTHER_VALIDATOR
+    assert (project.pid_dir / "lab.pid").read_text().split()[0] == str(owner[0])
+    assert "Starting " + OTHER_VALIDATOR in (project.log_dir / "lab.log").read_text()
+    assert not (project.pid_dir / "lab.log.lock").exists(), "<lock_file> replaces <output>.lock"
+    assert OTHER_ASSIMILATOR not in running_cmds(project), "its <lock_file> is taken"
+    assert not (project.pid_dir / "script_assimilator.pid").exists()
+
+    # The daemon itself, started for that entry while the lock is held: gone at once,
+    # leaving no pid file, a line in its log, and the first daemon running.
+    began = time.monotonic()
+    with (project.log_dir / "labassim.log").open("ab") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.boinc_harness.daemon_proc",
+             str(project.pid_dir / "shared.lock"), str(project.pid_dir / "labassim.pid"),
+             OTHER_ASSIMILATOR],
+            cwd=REPO_ROOT, stdout=log, stderr=log, timeout=30, check=False)
+    assert done.returncode == 1 and time.monotonic() - began < 5
+    assert not (project.pid_dir / "labassim.pid").exists()
+    assert "Another copy of script_assimilator is already running" in (
+        project.log_dir / "labassim.log").read_text()
+    assert lock_owner(project.pid_dir / "shared.lock") == owner
+
+
 def test_bin_stop_does_not_wait_so_stop_and_start_race(boinc_project: Project) -> None:
     project = boinc_project
     slow_exit = {**os.environ, "BOINC_HARNESS_EXIT_DELAY": "1.5"}  # daemons in a long pass

@@ -131,6 +131,21 @@ def test_help_runs_both_ways() -> None:
             assert command in done.stdout
 
 
+def test_json_is_taken_by_every_command_docs_cli_md_says() -> None:
+    """docs/cli.md: every command takes --json except the three it names."""
+    import argparse
+
+    from boinc_executor.cli import parser
+
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    without = {name for name, p in sub.choices.items()
+               if not any("--json" in a.option_strings for a in p._actions)}
+    assert without == {"grant-submit", "purge-remote-outputs", "restart-daemons"}
+    text = (REPO_ROOT / "docs" / "cli.md").read_text()
+    assert "Every command except `grant-submit`, `purge-remote-outputs` and " \
+           "`restart-daemons` takes `--json`." in " ".join(text.split())
+
+
 def test_list_and_status_of_a_finished_batch(batch: tuple[int, Path]) -> None:
     batch_id, path = batch
     rows = cli_json("list")

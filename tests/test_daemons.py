@@ -1,7 +1,8 @@
 """The server-side daemons, run exactly as BOINC 1.6.2 runs them (boinc-facts §5).
 
-``daemons/pyboinc_assimilator.py`` and ``daemons/pyboinc_compare.py`` are installed as
-launchers in the stand-in project's ``bin/`` and started through the shell with cwd
+The handlers (``boinc_executor.server.assimilator`` and ``.compare``), through their
+scripts ``daemons/pyboinc_assimilator.py`` and ``daemons/pyboinc_compare.py``, are
+installed as launchers in the stand-in project's ``bin/`` and started through the shell with cwd
 ``<project>/tmp_<host>``: by hand with the argv script_assimilator/script_validator
 would pass, and by the harness's own script_assimilator and script_validator in full
 job cycles. The app is a tiny ``/bin/sh`` program that copies its data file to its
@@ -531,7 +532,7 @@ def test_check_and_compare_refuse_malformed_and_hostile(compare_dir: Path,
 
 def test_argument_forms() -> None:
     """Empty tokens (BOINC's double space, if ever passed through) and --project forms."""
-    from daemons.pyboinc_assimilator import parse_args
+    from boinc_executor.server.assimilator import parse_args
 
     assert parse_args(["", "12", "/u/a"]) == (None, ["12", "/u/a"])
     assert parse_args(["--project", "/p", "", "12", "/u/a"]) == ("/p", ["12", "/u/a"])
@@ -545,7 +546,7 @@ def test_argument_forms() -> None:
 def test_structural_comparison() -> None:
     from collections import Counter, OrderedDict, deque
 
-    from daemons.pyboinc_compare import close
+    from boinc_executor.server.compare import close
 
     assert close(OrderedDict(a=1.0), OrderedDict(a=1.0 + 1e-12), 1e-9, 0)
     assert close(deque([1.0, (2.0,)]), deque([1.0, (2.0 + 1e-12,)]), 1e-9, 0)

@@ -155,6 +155,10 @@ def test_a_validator_that_lost_its_lock_and_dead_daemons(healthy: Project) -> No
     only_problem(run_checks(project.root), "assimilator running", "is not running",
                  "pyboinc_assimilator.log.lock", "bin/start", "bin/status -v")
     assert project.run("start").returncode == 0
+    kill_daemon(project, "transitioner.lock")
+    only_problem(run_checks(project.root), "transitioner running", "transitioner.lock",
+                 "is not running", "bin/start")
+    assert project.run("start").returncode == 0
     kill_daemon(project, "feeder.lock")
     only_problem(run_checks(project.root), "feeder running", "feeder.lock", "bin/start")
     done = doctor_cli(project)
@@ -179,6 +183,33 @@ def test_app_versions_deprecated_or_missing_and_the_host(healthy: Project) -> No
         conn.close()
     setup_project(project.root)
     assert run_checks(project.root).ok
+
+    # An older release's version is live and this release's is deprecated: hosts get the
+    # old runner, and the fix names the row to revive.
+    (current,) = project.query(
+        "select v.* from app_version v join platform p on p.id=v.platformid "
+        "where p.name='x86_64-pc-linux-gnu'")
+    conn = project.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("insert into app_version (create_time, appid, version_num, platformid, "
+                    "xml_doc) values (0, %s, %s, %s, %s)",
+                    (current["appid"], current["version_num"] - 1, current["platformid"],
+                     current["xml_doc"]))
+        cur.execute("update app_version set deprecated=1 where id=%s", (current["id"],))
+        finding = only_problem(run_checks(project.root), "app versions",
+                               f"get app version {current['version_num'] - 1}",
+                               f"version {current['version_num']} is deprecated",
+                               f"SET deprecated=0 WHERE id={current['id']}", "reread_db")
+        assert "older release" in finding.problem
+        cur.execute("update app_version set deprecated=0 where id=%s", (current["id"],))
+        assert run_checks(project.root).ok, "the newest live version is this release's"
+        cur.execute("update app set deprecated=1 where id=%s", (current["appid"],))
+        only_problem(run_checks(project.root), "app versions", "the app pyboinc is deprecated",
+                     "UPDATE app SET deprecated=0", "reread_db")
+        cur.execute("update app set deprecated=0 where id=%s", (current["appid"],))
+    finally:
+        conn.close()
 
     text = project.config_path.read_text()
     project.config_path.write_text(text.replace(f"<host>{project.host}</host>",
@@ -208,6 +239,14 @@ def test_permissions_for_the_submitter_the_daemon_user_and_the_web_server(
     report = run_checks(project.root, submit_user="nobody")
     only_problem(report, "submitting user", "nobody cannot create files in", "download",
                  "chmod -R g+rwX")
+    # nobody may stage inputs but not run create_work: that alone is reported.
+    download = project.root / "download"
+    for d in [download, *(p for p in download.rglob("*") if p.is_dir())]:
+        d.chmod(0o777)
+    (project.bin_dir / "create_work").chmod(0o700)
+    only_problem(run_checks(project.root, submit_user="nobody"), "submitting user",
+                 "nobody cannot run create_work", "bin/create_work (rx)", "usermod -a -G")
+    (project.bin_dir / "create_work").chmod(0o755)
     report = run_checks(project.root, daemon_user="nobody")
     (batch,) = failed(report, "batch directories")
     assert str(batch_dir / "new") in batch.problem and "assimilator" in batch.problem

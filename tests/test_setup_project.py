@@ -273,6 +273,31 @@ def test_refuses_an_unreachable_database_before_changing_anything(
     assert snapshot(boinc_project.root) == before
 
 
+def test_refuses_an_entry_that_takes_our_lock_before_changing_anything(
+    boinc_project: Project,
+) -> None:
+    """An operator's daemon logging to pyboinc_validator.log would hold our validator's
+    lock: refused up front, naming that entry, with the project left as it was."""
+    project = boinc_project
+    project.add_daemon("sample_bitwise_validator -d 3 --app labcheck",
+                       output="pyboinc_validator.log")
+    before, rows = snapshot(project.root), db_rows(project)
+    done = subprocess.run([sys.executable, "-m", "boinc_executor.cli", "setup-project",
+                           str(project.root)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("`sample_bitwise_validator -d 3 --app labcheck` uses the lock file "
+            "pyboinc_validator.log.lock, which the pyboinc validator needs") in done.stderr
+    assert "own <output>, <pid_file> and <lock_file>" in done.stderr
+    assert snapshot(project.root) == before and db_rows(project) == rows
+    assert not project.query("select * from app where name='pyboinc'")
+
+    text = project.config_path.read_text()  # the operator renames their log: accepted
+    project.config_path.write_text(text.replace("pyboinc_validator.log", "labcheck_validator.log"))
+    setup_project(project.root)
+    assert project.query("select * from app where name='pyboinc'")
+
+
 @pytest.fixture
 def readable_project(db_server: DbServer) -> Iterator[Project]:
     """A project outside pytest's private tmp dirs, so another user can read it."""

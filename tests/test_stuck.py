@@ -4,7 +4,7 @@ The harness's bin/start runs real daemon processes; killing one is what a crashe
 lock-starved daemon looks like to the database. The executor must log one warning
 naming that daemon and the commands that check it, ``progress().stuck`` and
 ``boinc-executor status`` must say the same, and the batch must finish once the daemon
-is back.
+is back. Likewise when no app version may be sent, so the results are never sent.
 """
 
 from __future__ import annotations
@@ -99,6 +99,38 @@ def test_a_daemon_that_does_not_run_is_named_and_the_batch_finishes_once_it_is_b
         assert [f.result(timeout=60) for f in futures] == [0, 1, 4]
         wait_for(lambda: ex.progress().stuck is None)  # type: ignore[union-attr]
     assert len(stuck_warnings(caplog, daemon)) == 1, "one warning, not one per poll"
+
+
+def test_work_no_app_version_can_carry_is_named_and_finishes_once_one_is_live(
+    pyboinc_project: Project, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every app version deprecated: the scheduler sends nothing and no daemon is at
+    fault, but the database says why, and the executor repeats it."""
+    project = pyboinc_project
+    assert project.run("start").returncode == 0
+    conn = project.connect()
+    try:
+        conn.cursor().execute("update app_version v join app a on a.id=v.appid "
+                              "set v.deprecated=1 where a.name='pyboinc'")
+        host = VolunteerHost(project, client_dir=tmp_path / "client")
+        caplog.set_level(logging.WARNING, logger="boinc_executor")
+        with host.running(), BoincExecutor(project_dir=project.root) as ex:
+            futures = [ex.submit(jobs.square, i) for i in range(2)]
+            wait_for(lambda: stuck_warnings(caplog, "app pyboinc"))
+            (warning,) = stuck_warnings(caplog, "app pyboinc")
+            assert "2 work unit(s) were never sent" in warning
+            assert "has no app version the scheduler may send" in warning
+            assert f"boinc-executor doctor {project.root}" in warning
+            wait_for(lambda: "never sent" in (ex.progress().stuck or ""))  # type: ignore[union-attr]
+            assert not any(f.done() for f in futures)
+
+            conn.cursor().execute("update app_version v join app a on a.id=v.appid "
+                                  "set v.deprecated=0 where a.name='pyboinc'")
+            assert [f.result(timeout=60) for f in futures] == [0, 1]
+            wait_for(lambda: ex.progress().stuck is None)  # type: ignore[union-attr]
+    finally:
+        conn.close()
+    assert len(stuck_warnings(caplog)) == 1
 
 
 def test_a_moving_batch_is_not_stuck(

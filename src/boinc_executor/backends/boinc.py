@@ -46,7 +46,8 @@ Choices the module makes, and why:
   past, results reported but not validated, work units validated but not
   assimilated, each for longer than five of that daemon's sleep intervals (at least
   60 s; ``BOINC_EXECUTOR_STUCK_AFTER`` sets the seconds) while nothing of the batch
-  moved. It logs one warning naming the daemon and the commands that check it, and
+  moved; and results unsent for that long while the app has no app version the
+  scheduler may send. It logs one warning naming the daemon and the commands that check it, and
   ``progress().stuck`` says the same (:mod:`.stuck`), so a future never waits in
   silence for a reason the database shows.
 * **Submitting user.** ``user_id`` argument, else ``$BOINC_EXECUTOR_USER_ID``,

@@ -74,7 +74,8 @@ class Stall:
     """Work units of a batch that one daemon has left waiting too long.
 
     Attributes:
-        daemon: ``transitioner``, ``validator`` or ``assimilator``.
+        daemon: ``transitioner``, ``app version`` (nothing the scheduler may send),
+            ``validator`` or ``assimilator``.
         workunits: how many are waiting for it.
         waited: seconds the oldest of them has waited.
     """

@@ -3,7 +3,9 @@
 On a real project a daemon that does not run leaves no error anywhere (boinc-facts
 §9.1): a validator that lost its lock leaves every result at validate_state 0, an
 assimilator that exited leaves work units at assimilate_state 1, and the executor's
-futures would wait forever. The database shows it, though. :func:`diagnose` asks it
+futures would wait forever. Nor does a project whose app has no app version the
+scheduler may send (none registered, all deprecated, or the app deprecated): its
+results stay unsent. The database shows both, though. :func:`diagnose` asks it
 (:func:`stalled`) for work of a batch that has waited longer than
 :data:`FACTOR` sleep intervals of the daemon that should handle it (at least
 :data:`MIN_SECONDS`, or ``$BOINC_EXECUTOR_STUCK_AFTER`` seconds), and words the answer
@@ -21,7 +23,7 @@ from pathlib import Path
 from ..errors import BoincExecutorError, ConfigError
 from ..server.entries import DaemonEntry, read_entries
 from .db import Database
-from .rows import OUTCOME_SUCCESS, RESULT_OVER, Stall
+from .rows import OUTCOME_SUCCESS, RESULT_OVER, RESULT_UNSENT, Stall
 
 __all__ = [
     "ENV_STUCK_AFTER",
@@ -41,19 +43,23 @@ FACTOR = 5
 #: Never report sooner than this: a busy daemon may take one long pass.
 MIN_SECONDS = 60
 _APP = "pyboinc"
+#: What waits, per culprit, in the order work passes them (the first one is the one to fix).
 _WAITS_FOR = {
     "transitioner": "were due for the transitioner",
+    "app version": "were never sent",
     "validator": "were reported but not validated",
     "assimilator": "were validated (or failed) but not assimilated",
 }
+_DAEMONS = ("transitioner", "validator", "assimilator")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Seconds after which waiting work counts as stuck, per daemon, and the daemons' commands.
+    """Seconds after which waiting work counts as stuck, per culprit, and the daemons' commands.
 
     Attributes:
-        seconds: per daemon name (transitioner, validator, assimilator).
+        seconds: per daemon name (transitioner, validator, assimilator), and for
+            "app version": unsent results of an app the scheduler has nothing to send for.
         commands: the config.xml command of each daemon, when it has an entry.
     """
 
@@ -78,8 +84,10 @@ class Thresholds:
                 found.setdefault("validator", e)
             elif e.app == _APP and e.program.endswith("assimilator"):
                 found.setdefault("assimilator", e)
-        seconds = {}
-        for daemon in _WAITS_FOR:
+        # No sleep interval governs the app version: the feeder re-reads app versions
+        # when reread_db is touched, so a fix made now is seen within a pass or two.
+        seconds = {"app version": override or MIN_SECONDS}
+        for daemon in _DAEMONS:
             entry = found.get(daemon)
             sleep = entry.sleep_interval if entry is not None else 10.0
             seconds[daemon] = override or max(MIN_SECONDS, int(FACTOR * sleep + 0.5))
@@ -102,11 +110,18 @@ def _env_seconds() -> int | None:
 def describe(stall: Stall, root: Path, thresholds: Thresholds) -> str:
     """One sentence: what waits, which daemon is not doing its job, what checks it."""
     daemon = stall.daemon
+    waits = f"{stall.workunits} work unit(s) {_WAITS_FOR[daemon]} for {stall.waited} s"
+    if daemon == "app version":
+        return (
+            f"{waits}: the app {_APP} has no app version the scheduler may send (none "
+            "registered, every one deprecated, or the app itself deprecated), so no "
+            f"volunteer gets them. Check on the BOINC server with `boinc-executor doctor "
+            f"{root}`; `boinc-executor setup-project {root}` registers this release's"
+        )
     cmd = thresholds.commands.get(daemon)
     who = f"the {daemon} (`{cmd}`)" if cmd else f"no {daemon} daemon in config.xml"
     return (
-        f"{stall.workunits} work unit(s) {_WAITS_FOR[daemon]} for {stall.waited} s: "
-        f"{who} is not doing its job. Check on the BOINC server with "
+        f"{waits}: {who} is not doing its job. Check on the BOINC server with "
         f'`boinc-executor doctor {root}` and `bin/status -v` (its "locked" column)'
     )
 
@@ -116,23 +131,33 @@ def stalled(
     batch_id: int,
     *,
     transition_after: int,
+    send_after: int,
     validate_after: int,
     assimilate_after: int,
 ) -> list[Stall]:
     """Work units of the batch waiting longer than the given seconds for a daemon.
 
-    One row per daemon that has work of this batch waiting: the transitioner (a
-    ``transition_time`` long past), the validator (``need_validate=1`` with a
-    successful result reported long ago) and the assimilator (``assimilate_state=1``
-    since long ago). A daemon counts as stalled only if it also did nothing for the
-    batch in that time, so a long queue that is moving is not reported. Times are
-    the database server's, as the daemons write them.
+    One row per culprit that has work of this batch waiting: the transitioner (a
+    ``transition_time`` long past), the app version (results unsent since long ago
+    while the app has no live app version, so the scheduler can send none), the
+    validator (``need_validate=1`` with a successful result reported long ago) and
+    the assimilator (``assimilate_state=1`` since long ago). A daemon counts as
+    stalled only if it also did nothing for the batch in that time, so a long queue
+    that is moving is not reported. Times are the database server's, as the daemons
+    write them.
     """
     rows = db.query(
         "SELECT 'transitioner', COUNT(*), COALESCE(UNIX_TIMESTAMP()-MIN(transition_time), 0) "
         "FROM workunit WHERE batch=%s AND transition_time < UNIX_TIMESTAMP()-%s "
         "AND NOT EXISTS (SELECT 1 FROM workunit t WHERE t.batch=%s "
         "AND t.transition_time >= UNIX_TIMESTAMP() AND t.mod_time > NOW() - INTERVAL %s SECOND) "
+        "UNION ALL "
+        "SELECT 'app version', COUNT(DISTINCT r.workunitid), "
+        "COALESCE(UNIX_TIMESTAMP()-MIN(r.create_time), 0) "
+        "FROM result r WHERE r.batch=%s AND r.server_state=%s "
+        "AND r.create_time < UNIX_TIMESTAMP()-%s "
+        "AND NOT EXISTS (SELECT 1 FROM app a JOIN app_version v ON v.appid=a.id "
+        "WHERE a.id=r.appid AND a.deprecated=0 AND v.deprecated=0) "
         "UNION ALL "
         "SELECT 'validator', COUNT(DISTINCT w.id), "
         "COALESCE(UNIX_TIMESTAMP()-MIN(r.received_time), 0) "
@@ -153,6 +178,9 @@ def stalled(
             transition_after,
             batch_id,
             transition_after,
+            batch_id,
+            RESULT_UNSENT,
+            send_after,
             batch_id,
             RESULT_OVER,
             OUTCOME_SUCCESS,
@@ -190,6 +218,7 @@ def find_stall(db: Database, batch_id: int, thresholds: Thresholds) -> Stall | N
             db,
             batch_id,
             transition_after=s["transitioner"],
+            send_after=s["app version"],
             validate_after=s["validator"],
             assimilate_after=s["assimilator"],
         )

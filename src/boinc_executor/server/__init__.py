@@ -2,5 +2,8 @@
 
 :mod:`.project` is ``setup-project``; :mod:`.appversion` builds the app versions and the
 volunteer-side ``pyboinc.zip``; :mod:`.daemonconf` writes the daemons' ``config.xml``
-entries and ``bin/`` launchers. The daemon handlers themselves live in ``daemons/``.
+entries and ``bin/`` launchers; :mod:`.assimilator` and :mod:`.compare` are the handlers
+BOINC's script_assimilator and script_validator run (through the thin scripts in
+``daemons/`` and the launchers); :mod:`.doctor` and :mod:`.restart` check the project
+and restart its daemons.
 """

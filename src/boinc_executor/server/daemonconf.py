@@ -6,8 +6,9 @@ script_assimilator and script_validator call scripts that must live in the proje
 installs ``bin/pyboinc_assimilator`` and ``bin/pyboinc_compare`` as tiny shell scripts
 that run the daemon modules shipped with boinc-executor (``daemons/`` in a checkout,
 ``boinc_executor/_daemons`` in a wheel) with the interpreter that has boinc_executor
-installed. This module is what those scripts import, so it stays small and imports
-nothing server-side itself.
+installed. Those scripts import this module (for :func:`run_daemon_script`) on every
+call BOINC makes, so it imports neither the database layer nor the executor: only the
+app name (:mod:`.appversion`) and the entry parser (:mod:`.entries`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 docs/protocol.md's "On a BOINC project" contract needs (boinc-facts §5, §6, §8):
 
 1. refuse at once, before touching anything, when ``root`` is not a BOINC project,
-   the files it must change are not writable, or the database is unreachable;
+   the files it must change are not writable, another daemon entry would take the
+   lock, pid or log file of ours, or the database is unreachable;
 2. the app ``pyboinc``: an ``<app>`` in project.xml, then ``bin/xadd``;
 3. the ``pyboinc_batch`` table (:meth:`Database.ensure_batch_table`);
 4. ``templates/pyboinc_in`` and ``templates/pyboinc_out``;
@@ -16,7 +17,7 @@ docs/protocol.md's "On a BOINC project" contract needs (boinc-facts §5, §6, §
    edited as text so the rest of the file stays byte for byte what it was, written
    atomically. Entries of earlier releases are upgraded (and the change says which
    lock they shared); another entry using one of our lock, pid or log files is refused
-   with a ConfigError saying which, since it is the operator's to rename;
+   in step 1 with a ConfigError saying which, since it is the operator's to rename;
 8. the same checks as ``boinc-executor doctor`` (:mod:`.doctor`), as the report's end.
 
 Every step first checks whether its work is already done, so a second run changes
@@ -31,7 +32,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ from .appversion import (
 )
 from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_source, edit_daemons
 from .doctor import DoctorReport, run_checks
+from .entries import short_hostname
 from .restart import restart_advice
 from .tools import run_tool
 
@@ -184,6 +185,17 @@ def _require_writable(config: ProjectConfig) -> None:
             f"no permission to write {', '.join(denied)}; run setup-project as the user "
             "that owns the project (the one that runs its daemons, e.g. boincadm)"
         )
+
+
+def _require_free_daemon_files(config: ProjectConfig, float_validator: bool) -> None:
+    """Refuse before changing anything when another daemon entry uses our lock, pid or log.
+
+    The same edit :func:`_ensure_daemons` makes later, done on a copy: renaming the
+    operator's entry is theirs to do, and refusing only at step 7 would leave the app
+    and its versions registered with daemons that cannot run.
+    """
+    text = (config.root / "config.xml").read_text()
+    edit_daemons(text, daemon_commands(float_validator=float_validator), short_hostname())
 
 
 # --------------------------------------------------------------------------- files
@@ -351,7 +363,7 @@ def _ensure_app_versions(
 def _ensure_daemons(config: ProjectConfig, float_validator: bool, report: SetupReport) -> bool:
     path = config.root / "config.xml"
     original = path.read_text()
-    host = socket.gethostname().split(".")[0]
+    host = short_hostname()
     text, changes = edit_daemons(original, daemon_commands(float_validator=float_validator), host)
     if config.host and config.host != host:
         report.todo.append(
@@ -422,6 +434,7 @@ def setup_project(
         }
         report = SetupReport(root=root, version_num=version_num(release))
         build_runner_zip(release)  # fail on a broken runner closure before changing anything
+        _require_free_daemon_files(config, float_validator)
         _setup(
             config,
             release=release,
