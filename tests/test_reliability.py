@@ -330,6 +330,30 @@ def test_flush_in_a_collector_thread_callback_does_not_deadlock(tmp_path: Path) 
     ex.shutdown(wait=True)
 
 
+def test_callback_raising_system_exit_does_not_kill_the_decoder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 14. Invariants: the decoder thread never dies; nothing hangs; each future
+    resolves exactly once.
+
+    ``Future`` logs an Exception from a done-callback but lets SystemExit (a callback
+    calling ``sys.exit()``) escape ``set_result``: on the decoder thread that ended the
+    thread, and every later future stayed RUNNING forever (and so did shutdown).
+    """
+
+    def leave(_fut: Any) -> None:
+        raise SystemExit("a callback calls sys.exit()")
+
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as ex:
+        first = ex.submit(jobs.square, 2)
+        first.add_done_callback(leave)
+        assert first.result(timeout=60) == 4
+        assert ex.submit(jobs.square, 3).result(timeout=60) == 9
+        decoder = f"boinc-executor-decoder-{ex.batch_id}"
+        assert decoder in {t.name for t in threading.enumerate()}
+    assert any("raised SystemExit" in r.getMessage() for r in caplog.records)
+
+
 def test_tampered_journal_line_is_a_clear_batch_error(tmp_path: Path) -> None:
     """Item 15. Invariant: no finished result is lost (the journal is left as it is, and the
     error names the line to repair).
