@@ -354,24 +354,52 @@ def test_callback_raising_system_exit_does_not_kill_the_decoder(
     assert any("raised SystemExit" in r.getMessage() for r in caplog.records)
 
 
-def test_tampered_journal_line_is_a_clear_batch_error(tmp_path: Path) -> None:
+def _tamper(field: str, value: Any) -> Any:
+    """An edit of one journal entry: ``field`` set to ``value``, or removed for ``...``."""
+
+    def edit(entry: dict[str, Any]) -> str:
+        if value is ...:
+            del entry[field]
+        else:
+            entry[field] = value
+        return json.dumps(entry)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_tamper("i", "1"), r"line 2: field 'i' is '1', not an integer"),
+        (_tamper("n", True), r"line 2: field 'n' is True, not an integer"),
+        (_tamper("call", -3), r"line 2: field 'call' is negative"),
+        (_tamper("job", [1]), r"line 2: field 'job' is \[1\], not text"),
+        (_tamper("digest", ...), r"line 2 must be an object with exactly the fields"),
+        (lambda _entry: '{"i": 1,', r"line 2 is not valid JSON"),
+        (lambda _entry: "[" * 100_000 + "]" * 100_000, r"line 2 is not valid JSON"),
+    ],
+    ids=["i-as-text", "n-as-bool", "negative-call", "job-as-list", "missing-field", "not-json",
+         "deep-json"],
+)
+def test_tampered_journal_line_is_a_clear_batch_error(
+    tmp_path: Path, edit: Any, message: str
+) -> None:
     """Item 15. Invariant: no finished result is lost (the journal is left as it is, and the
-    error names the line to repair).
+    error names the line to repair), whether the batch is run again or resumed.
 
     ``"i": "1"`` made resume fail with a bare TypeError.
     """
     batch_dir = tmp_path / "batch"
     with BoincExecutor(max_workers=1, batch_dir=batch_dir) as ex:
-        assert [f.result(timeout=60) for f in (ex.submit(jobs.square, i) for i in range(2))] == [
-            0,
-            1,
-        ]
+        futures = [ex.submit(jobs.square, i) for i in range(2)]
+        assert [f.result(timeout=60) for f in futures] == [0, 1]
+        batch_id = ex.batch_id
     journal = batch_dir / protocol.JOURNAL
     lines = journal.read_text().splitlines()
-    entry = json.loads(lines[1])
-    entry["i"] = str(entry["i"])
-    lines[1] = json.dumps(entry)
+    lines[1] = edit(json.loads(lines[1]))
     journal.write_text("\n".join(lines) + "\n")
-    with pytest.raises(BatchError, match=r"line 2: field 'i' is '1', not an integer"):
+    with pytest.raises(BatchError, match=message):
         BoincExecutor(max_workers=1, batch_dir=batch_dir)
+    with pytest.raises(BatchError, match=message):
+        BoincExecutor.resume(batch_id, max_workers=1)
     assert journal.read_text().splitlines()[1] == lines[1]
