@@ -39,6 +39,7 @@ from boinc_executor import (
     WorkunitError,
     protocol,
 )
+from boinc_executor.backends.local import LocalBackend
 from boinc_executor.protocol.pack import handled_records
 from tests import hostile_records as hostile
 from tests import jobs
@@ -352,6 +353,43 @@ def test_callback_raising_system_exit_does_not_kill_the_decoder(
         decoder = f"boinc-executor-decoder-{ex.batch_id}"
         assert decoder in {t.name for t in threading.enumerate()}
     assert any("raised SystemExit" in r.getMessage() for r in caplog.records)
+
+
+class _HeldHandOver(LocalBackend):
+    """The embedded backend, with ``submit_delay`` left to the test: while it is long, a
+    submitted job stays in the collector's buffer, as jobs do on BOINC between passes."""
+
+    def wants_jobs_now(self) -> bool:
+        return self.submit_delay == 0 and super().wants_jobs_now()
+
+
+def test_flush_in_a_callback_does_not_deadlock_an_interrupted_executor(tmp_path: Path) -> None:
+    """Item 14. Invariant: nothing hangs, whichever executor API a callback calls.
+
+    A done-callback (on the decoder thread) calls flush() while a later job is still
+    buffered, and then the master is interrupted (^C inside ``with``). The buffered job
+    is never handed over, so flush() waited for ever; the collector, finishing, joined
+    the decoder that waited in it, and the batch directory stayed locked. Now flush()
+    returns False and the batch is kept, unlocked, for a re-run.
+    """
+    gate = tmp_path / "gate"
+    backend = _HeldHandOver(max_workers=1)
+    flushed: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        with BoincExecutor(batch_dir=tmp_path / "batch", _backend=backend) as ex:
+            first = ex.submit(jobs.wait_for_file, str(gate), 1)
+            assert ex.flush(timeout=30)
+            backend.submit_delay = 600.0
+            ex.submit(jobs.square, 2)  # buffered for the next ten minutes
+            first.add_done_callback(lambda _f: flushed.append(ex.flush()))
+            gate.touch()
+            assert first.result(timeout=30) == 1
+            raise KeyboardInterrupt
+    assert flushed == [False]
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as again:  # not locked
+        replayed = again.submit(jobs.wait_for_file, str(gate), 1)
+        assert again.submit(jobs.square, 2).result(timeout=60) == 4  # never handed over
+        assert replayed.result(timeout=60) == 1
 
 
 def _tamper(field: str, value: Any) -> Any:
