@@ -34,7 +34,7 @@ exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store"]
 # Pages that are being written elsewhere: index.md lists them where they belong, and
 # an entry is dropped while its page does not exist yet (any other missing page is
 # still an error).
-OPTIONAL_PAGES = ("remote", "reliability")
+OPTIONAL_PAGES = ("remote",)
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3

@@ -312,27 +312,47 @@ def test_removed_batch_dir_is_acknowledged(project: Project, volunteer_host: Vol
     assert done.returncode == 0 and "not delivered" in done.stderr
 
 
+# The daemon user without root's override of file modes (CAP_DAC_OVERRIDE), so that a
+# mode the daemon user may not write through refuses it as it refuses any other user.
+AS_DAEMON_USER = "setpriv --bounding-set=-dac_override,-dac_read_search ../bin/pyboinc_assimilator"
+
+
+@pytest.mark.parametrize("how", ["not-a-directory", "unwritable"])
 def test_unusable_new_dir_stops_the_daemon_and_keeps_the_result(
-    project: Project, volunteer_host: VolunteerHost, tmp_path: Path
+    project: Project, volunteer_host: VolunteerHost, tmp_path: Path, how: str
 ) -> None:
     """Issue 11 item 13. Invariant: no finished result is lost. A BATCH_DIR whose new/ cannot
-    take the record is not acknowledged (exit 1, so BOINC keeps the output); once the
-    operator repairs new/, the retried handler delivers the very same record."""
+    take the record (not a directory, or a directory the daemon user may not write to) is
+    not acknowledged (exit 1, so BOINC keeps the output); once the operator repairs new/,
+    the retried handler delivers the very same record."""
+    if how == "unwritable" and (os.geteuid() != 0 or shutil.which("setpriv") is None):
+        pytest.skip("dropping CAP_DAC_OVERRIDE needs root and setpriv (CI runs as root)")
     batch_dir = tmp_path / "batch"
     batch = new_batch(project, batch_dir)
     job = f"pyb_{batch}_0"
     wu_id = submit(project, job, record(job, [1]), batch)
     volunteer_host.run_until(wu_ready(project, job))
     new = batch_dir / protocol.NEW
-    new.rmdir()
-    new.write_text("not a directory")  # as unusable as an unwritable one, even for root
-    done = assimilate(project, wu_id, output_path(project, job))
+    script = AS_DAEMON_USER if how == "unwritable" else "../bin/pyboinc_assimilator"
+    if how == "unwritable":
+        new.chmod(0o555)
+    else:
+        new.rmdir()
+        new.write_text("not a directory")
+    done = assimilate(project, wu_id, output_path(project, job), script=script)
     assert done.returncode == 1, done.stderr
     assert "CANNOT DELIVER" in done.stderr and "retried after bin/start" in done.stderr
+    assert "skipped" not in done.stderr
+    if how == "unwritable":
+        assert f"cannot write into {new} (Permission denied)" in done.stderr, done.stderr
     assert output_path(project, job).is_file()
-    new.unlink()
-    new.mkdir()
-    done = assimilate(project, wu_id, output_path(project, job))
+    assert not new.is_dir() or list(new.iterdir()) == []
+    if how == "unwritable":
+        new.chmod(0o755)
+    else:
+        new.unlink()
+        new.mkdir()
+    done = assimilate(project, wu_id, output_path(project, job), script=script)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in new.iterdir()] == [protocol.record_file_name(job, f"{job}_0")]
 

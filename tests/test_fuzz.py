@@ -131,19 +131,18 @@ def _entry(batch_id: int) -> st.SearchStrategy[tuple[str, str]]:
     random_name = st.text(_NAME_CHARS, min_size=1, max_size=200).filter(
         lambda n: n not in (".", "..")
     )
-    record_name = st.builds(
-        lambda b, i, tag: protocol.record_file_name(f"pyb_{b}_{i}", tag),
-        st.sampled_from([batch_id, batch_id + 1000]),
-        st.integers(0, 5),
-        st.sampled_from(["x", "local-0", "error"]),
-    )
-    own = st.builds(
-        lambda i: protocol.record_file_name(f"pyb_{batch_id}_{i}", "planted"), st.integers(0, 5)
-    )
+
+    def record_name(batch: int) -> st.SearchStrategy[str]:
+        return st.builds(
+            lambda i, tag: protocol.record_file_name(f"pyb_{batch}_{i}", tag),
+            st.integers(0, 5),
+            st.sampled_from(["x", "local-0", "error", "planted"]),
+        )
+
     return st.one_of(
         st.tuples(st.sampled_from(KINDS), random_name),
-        st.tuples(st.sampled_from(KINDS), record_name),
-        st.tuples(st.sampled_from(("fifo", "symlink", "dir")), own),
+        st.tuples(st.sampled_from(KINDS), record_name(batch_id + 1000)),
+        st.tuples(st.sampled_from(("fifo", "symlink", "dir", "dotfile")), record_name(batch_id)),
     )
 
 

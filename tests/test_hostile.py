@@ -51,6 +51,8 @@ def blocked_executor(tmp_path: Path):
 
 
 def test_malicious_pickle_is_refused_without_running(blocked_executor, tmp_path: Path) -> None:
+    """Invariants: no code from a record runs (``os.system`` through ``__reduce__``); the
+    future resolves once, with the refusal; the collector survives."""
     ex, gate = blocked_executor
     marker = tmp_path / "pwned"
     victim = ex.submit(jobs.square, 3)
@@ -71,6 +73,7 @@ def test_malicious_pickle_is_refused_without_running(blocked_executor, tmp_path:
     ids=["empty", "garbage", "bad-header", "future-version"],
 )
 def test_corrupt_records_fail_the_future(blocked_executor, content: bytes) -> None:
+    """Invariant: each future resolves exactly once, even from bytes that are no record."""
     ex, _ = blocked_executor
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)
@@ -80,6 +83,7 @@ def test_corrupt_records_fail_the_future(blocked_executor, content: bytes) -> No
 
 
 def test_truncated_payload(blocked_executor) -> None:
+    """Invariant: each future resolves exactly once (a cut payload is corrupt, not a hang)."""
     ex, _ = blocked_executor
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)
@@ -90,6 +94,7 @@ def test_truncated_payload(blocked_executor) -> None:
 
 
 def test_record_claiming_another_job(blocked_executor) -> None:
+    """Invariant: no finished result is replaced: a record naming another job is refused."""
     ex, _ = blocked_executor
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)
@@ -100,6 +105,7 @@ def test_record_claiming_another_job(blocked_executor) -> None:
 
 
 def test_oversize_record_is_not_read(blocked_executor) -> None:
+    """Invariant: memory stays bounded: a record over max_result_bytes is refused unread."""
     ex, _ = blocked_executor
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)
@@ -111,6 +117,9 @@ def test_oversize_record_is_not_read(blocked_executor) -> None:
 
 
 def test_symlink_fifo_and_strangers_are_quarantined(blocked_executor, tmp_path: Path) -> None:
+    """Invariants: nothing hangs (a FIFO is never opened); no file outside the batch is read
+    or changed through a symlink; files that are not this batch's records resolve nothing,
+    so the job's real result still arrives."""
     ex, gate = blocked_executor
     victim = ex.submit(jobs.square, 3)
     job = protocol.job_name("pyb", ex.batch_id, 1)

@@ -34,6 +34,13 @@ def wait_then_blob(gate: str, size: int) -> bytes:
     return b"x" * size
 
 
+def start_wait_then_die(started: str, gate: str) -> None:
+    """Job function: say it runs, wait for the test's signal, then kill its worker."""
+    Path(started).touch()
+    jobs.wait_for_file(gate)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -174,6 +181,34 @@ def test_full_disk_fails_the_queued_jobs_clearly(small_disk: Path, tmp_path: Pat
     # The jobs that failed for want of space have error records: retry exactly those.
     with BoincExecutor.resume(batch_id, max_workers=2, retry_failed=True) as again:
         assert [len(v) for v in again.results(timeout=60)] == [200_000] * 8
+
+
+def test_full_disk_as_a_worker_dies_strands_no_job(small_disk: Path, tmp_path: Path) -> None:
+    """Issue 11.11, the path the issue saw: a worker dies mid-job while the disk is full.
+    Invariants: each future resolves exactly once; the dead worker's jobs are re-queued,
+    none is stranded, and the reader threads never die of ENOSPC: the dead worker's job
+    (whose retry cannot even be laid out, nor its error record written) fails with a
+    JobFailedError that says the disk is full, every other job with its value or the
+    same clear error."""
+    batch, gate, started = small_disk / "b", tmp_path / "gate", tmp_path / "started"
+    with BoincExecutor(max_workers=2, batch_dir=batch) as ex:
+        doomed = ex.submit(start_wait_then_die, str(started), str(gate))
+        others = [ex.submit(wait_then_blob, str(gate), 200_000) for _ in range(6)]
+        assert ex.flush(timeout=60)
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, "the doomed job never started"
+            time.sleep(0.02)
+        _fill(small_disk)
+        gate.touch()
+        error = doomed.exception(timeout=60)
+        assert type(error) is JobFailedError, error
+        assert "No space left on device" in str(error) and "free space" in str(error), error
+        assert "no error record could be written" in str(error), error
+        for fut in others:
+            problem = fut.exception(timeout=60)
+            assert problem is None or "No space left on device" in str(problem), problem
+        (small_disk / "filler").unlink()
 
 
 def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from boinc_executor import (
     WorkunitError,
     protocol,
 )
+from boinc_executor.backends.local import LocalBackend
 from boinc_executor.protocol.pack import handled_records
 from tests import hostile_records as hostile
 from tests import jobs
@@ -330,24 +331,113 @@ def test_flush_in_a_collector_thread_callback_does_not_deadlock(tmp_path: Path) 
     ex.shutdown(wait=True)
 
 
-def test_tampered_journal_line_is_a_clear_batch_error(tmp_path: Path) -> None:
+def test_callback_raising_system_exit_does_not_kill_the_decoder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 14. Invariants: the decoder thread never dies; nothing hangs; each future
+    resolves exactly once.
+
+    ``Future`` logs an Exception from a done-callback but lets SystemExit (a callback
+    calling ``sys.exit()``) escape ``set_result``: on the decoder thread that ended the
+    thread, and every later future stayed RUNNING forever (and so did shutdown).
+    """
+
+    def leave(_fut: Any) -> None:
+        raise SystemExit("a callback calls sys.exit()")
+
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as ex:
+        first = ex.submit(jobs.square, 2)
+        first.add_done_callback(leave)
+        assert first.result(timeout=60) == 4
+        assert ex.submit(jobs.square, 3).result(timeout=60) == 9
+        decoder = f"boinc-executor-decoder-{ex.batch_id}"
+        assert decoder in {t.name for t in threading.enumerate()}
+    assert any("raised SystemExit" in r.getMessage() for r in caplog.records)
+
+
+class _HeldHandOver(LocalBackend):
+    """The embedded backend, with ``submit_delay`` left to the test: while it is long, a
+    submitted job stays in the collector's buffer, as jobs do on BOINC between passes."""
+
+    def wants_jobs_now(self) -> bool:
+        return self.submit_delay == 0 and super().wants_jobs_now()
+
+
+def test_flush_in_a_callback_does_not_deadlock_an_interrupted_executor(tmp_path: Path) -> None:
+    """Item 14. Invariant: nothing hangs, whichever executor API a callback calls.
+
+    A done-callback (on the decoder thread) calls flush() while a later job is still
+    buffered, and then the master is interrupted (^C inside ``with``). The buffered job
+    is never handed over, so flush() waited for ever; the collector, finishing, joined
+    the decoder that waited in it, and the batch directory stayed locked. Now flush()
+    returns False and the batch is kept, unlocked, for a re-run.
+    """
+    gate = tmp_path / "gate"
+    backend = _HeldHandOver(max_workers=1)
+    flushed: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        with BoincExecutor(batch_dir=tmp_path / "batch", _backend=backend) as ex:
+            first = ex.submit(jobs.wait_for_file, str(gate), 1)
+            assert ex.flush(timeout=30)
+            backend.submit_delay = 600.0
+            ex.submit(jobs.square, 2)  # buffered for the next ten minutes
+            first.add_done_callback(lambda _f: flushed.append(ex.flush()))
+            gate.touch()
+            assert first.result(timeout=30) == 1
+            raise KeyboardInterrupt
+    assert flushed == [False]
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "batch") as again:  # not locked
+        replayed = again.submit(jobs.wait_for_file, str(gate), 1)
+        assert again.submit(jobs.square, 2).result(timeout=60) == 4  # never handed over
+        assert replayed.result(timeout=60) == 1
+
+
+def _tamper(field: str, value: Any) -> Any:
+    """An edit of one journal entry: ``field`` set to ``value``, or removed for ``...``."""
+
+    def edit(entry: dict[str, Any]) -> str:
+        if value is ...:
+            del entry[field]
+        else:
+            entry[field] = value
+        return json.dumps(entry)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_tamper("i", "1"), r"line 2: field 'i' is '1', not an integer"),
+        (_tamper("n", True), r"line 2: field 'n' is True, not an integer"),
+        (_tamper("call", -3), r"line 2: field 'call' is negative"),
+        (_tamper("job", [1]), r"line 2: field 'job' is \[1\], not text"),
+        (_tamper("digest", ...), r"line 2 must be an object with exactly the fields"),
+        (lambda _entry: '{"i": 1,', r"line 2 is not valid JSON"),
+        (lambda _entry: "[" * 100_000 + "]" * 100_000, r"line 2 is not valid JSON"),
+    ],
+    ids=["i-as-text", "n-as-bool", "negative-call", "job-as-list", "missing-field", "not-json",
+         "deep-json"],
+)
+def test_tampered_journal_line_is_a_clear_batch_error(
+    tmp_path: Path, edit: Any, message: str
+) -> None:
     """Item 15. Invariant: no finished result is lost (the journal is left as it is, and the
-    error names the line to repair).
+    error names the line to repair), whether the batch is run again or resumed.
 
     ``"i": "1"`` made resume fail with a bare TypeError.
     """
     batch_dir = tmp_path / "batch"
     with BoincExecutor(max_workers=1, batch_dir=batch_dir) as ex:
-        assert [f.result(timeout=60) for f in (ex.submit(jobs.square, i) for i in range(2))] == [
-            0,
-            1,
-        ]
+        futures = [ex.submit(jobs.square, i) for i in range(2)]
+        assert [f.result(timeout=60) for f in futures] == [0, 1]
+        batch_id = ex.batch_id
     journal = batch_dir / protocol.JOURNAL
     lines = journal.read_text().splitlines()
-    entry = json.loads(lines[1])
-    entry["i"] = str(entry["i"])
-    lines[1] = json.dumps(entry)
+    lines[1] = edit(json.loads(lines[1]))
     journal.write_text("\n".join(lines) + "\n")
-    with pytest.raises(BatchError, match=r"line 2: field 'i' is '1', not an integer"):
+    with pytest.raises(BatchError, match=message):
         BoincExecutor(max_workers=1, batch_dir=batch_dir)
+    with pytest.raises(BatchError, match=message):
+        BoincExecutor.resume(batch_id, max_workers=1)
     assert journal.read_text().splitlines()[1] == lines[1]

@@ -263,10 +263,11 @@ class Collector(RecordIntake):
             False if the thread was still busy (e.g. inside ``create_work``) when
             the timeout passed; it is a daemon thread and dies with the process.
         """
-        with self.lock:
+        with self._handed_over:  # (the collector's lock) a waiting flush() returns now
             self._stopping = True
             self._abandoned = True
             self._to_cancel.clear()
+            self._handed_over.notify_all()
         self.wake.set()
         if self._thread is threading.current_thread() or not self._thread.is_alive():
             return True
@@ -299,17 +300,23 @@ class Collector(RecordIntake):
         """Block until every buffered job is journaled and handed to the backend.
 
         Returns:
-            False if ``timeout`` seconds passed first, or if called on the
-            collector thread (which is the one doing the handing over) while
-            jobs are still buffered.
+            False if ``timeout`` seconds passed first, if called on the collector
+            thread (which is the one doing the handing over) while jobs are still
+            buffered, or once the collector is abandoned (an interrupted master: what
+            is still buffered is never handed over, and waiting for it would never
+            end; on the decoder thread it would also hold up the collector, which
+            joins the decoder as it finishes).
         """
         self.wake.set()
         if threading.current_thread() is self._thread:
             timeout = 0
+
+        def pending() -> bool:
+            return bool(self._buffer or self._resubmit or self._flushing)
+
         with self._handed_over:
-            return self._handed_over.wait_for(
-                lambda: not (self._buffer or self._resubmit or self._flushing), timeout
-            )
+            self._handed_over.wait_for(lambda: self._abandoned or not pending(), timeout)
+            return not pending()
 
     def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
         """What the call behind ``future`` printed, once its record was read (else None)."""

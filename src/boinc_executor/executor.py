@@ -399,7 +399,9 @@ class BoincExecutor(Executor):
             timeout: seconds to wait at most (None: no limit).
 
         Returns:
-            False if the timeout passed first.
+            False if the timeout passed first, or if the executor was interrupted
+            (^C or SIGTERM) before everything was handed over: those calls are not
+            journaled, and a re-run submits them.
         """
         return self._collector.wait_handed_over(timeout)
 

@@ -6,6 +6,8 @@ table and decides when a job resolves; this module only says how.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from .collector import Collector
 
 __all__ = ["Job"]
+
+logger = logging.getLogger("boinc_executor")
 
 
 class Job:
@@ -84,25 +88,45 @@ class Job:
 
         A chunk's one future gets the outcome list itself when no call failed,
         so a ``map`` over many small calls copies nothing.
+
+        ``Future`` logs an ``Exception`` from a done-callback, but lets a
+        ``SystemExit`` (a callback calling ``sys.exit()``) or any other
+        ``BaseException`` escape ``set_result``. Every other claimed future is still
+        set; on the main thread the first such exception is raised afterwards (it may
+        be a ^C), on the collector's and the backends' threads it is logged, since
+        letting it out would end the thread and leave every later future unresolved.
         """
         failed = 0
+        escaped: BaseException | None = None
         for i, fut in enumerate(self.futures):
             if not running[i]:
                 continue
-            if outcomes is None:
-                failed += 1
-                fut.set_exception(error)
-            elif self.chunk:
-                if all_succeeded(outcomes):  # the list is the result
-                    fut.set_result(outcomes)
-                    continue
-                failed += sum(1 for ok, _ in outcomes if not ok)
-                fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
-            else:
-                ok, value = outcomes[i]
-                failed += not ok
-                if ok:
-                    fut.set_result(value)
+            try:
+                if outcomes is None:
+                    failed += 1
+                    fut.set_exception(error)
+                elif self.chunk:
+                    if all_succeeded(outcomes):  # the list is the result
+                        fut.set_result(outcomes)
+                        continue
+                    failed += sum(1 for ok, _ in outcomes if not ok)
+                    fut.set_result([(ok, v if ok else rebuild_exception(v)) for ok, v in outcomes])
                 else:
-                    fut.set_exception(rebuild_exception(value))
+                    ok, value = outcomes[i]
+                    failed += not ok
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(rebuild_exception(value))
+            except BaseException as exc:  # a done-callback's SystemExit: set the others first
+                escaped = escaped or exc
+        if escaped is not None:
+            if threading.current_thread() is threading.main_thread():
+                raise escaped
+            logger.error(
+                "a done-callback of job %s raised %s; ignored, so that collection goes on",
+                self.name,
+                type(escaped).__name__,
+                exc_info=escaped,
+            )
         return failed

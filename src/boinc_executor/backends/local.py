@@ -65,6 +65,7 @@ from .local_worker import (
     SPARE_DIR,
     STDOUT_FD_ENV,
     WITHDRAW_SIGNAL,
+    explain_os_error,
     record_tag,
     slot_of_tag,
 )
@@ -514,7 +515,7 @@ class LocalBackend(Backend):
         except OSError as exc:
             error = JobFailedError(
                 f"{message} (and no error record could be written into "
-                f"{self._batch_dir / protocol.NEW} either: {exc})"
+                f"{self._batch_dir / protocol.NEW} either: {explain_os_error(exc)})"
             )
             if self._events.failed is None:
                 logger.error("%s", error)

@@ -59,7 +59,14 @@ from .. import protocol
 from ..protocol.fileio import rewrite_fd
 from ..protocol.inputpack import PackReader, check_pack_name
 
-__all__ = ["MAX_SPARES", "SPARE_DIR", "STDOUT_FD_ENV", "record_tag", "slot_of_tag"]
+__all__ = [
+    "MAX_SPARES",
+    "SPARE_DIR",
+    "STDOUT_FD_ENV",
+    "explain_os_error",
+    "record_tag",
+    "slot_of_tag",
+]
 
 STDOUT_FD_ENV = "BOINC_EXECUTOR_STDOUT_FD"  # the master's stdout, as the worker inherits it
 
@@ -325,7 +332,7 @@ class _Worker:
                 data = self._input(pack, int(offset), int(size))
                 self._slot.lay_out(job, program, data, attempt)
             except (OSError, protocol.ProtocolError) as exc:
-                reason = f"the local worker could not lay out job {job}: {_explain(exc)}"
+                reason = f"the local worker could not lay out job {job}: {explain_os_error(exc)}"
             else:
                 self._in_job = True
                 try:
@@ -335,7 +342,8 @@ class _Worker:
                 try:
                     write_result(self._slot.path, record)
                 except OSError as exc:
-                    reason = f"the runner could not write the result of job {job}: {_explain(exc)}"
+                    why = explain_os_error(exc)
+                    reason = f"the runner could not write the result of job {job}: {why}"
             self._deliver(job, attempt, 1 if reason else 0, reason)
             self._slot.take_spare()
 
@@ -368,8 +376,8 @@ class _Worker:
         self._say(f"D {job} {name}\n")
 
 
-def _explain(exc: BaseException) -> str:
-    """An OS error as a message; a full disk also says what to do."""
+def explain_os_error(exc: BaseException) -> str:
+    """An OS error as a message; a full disk also says what to do (worker and master alike)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return (
             f"{exc}. The disk is full: free space, then run the script again or "
