@@ -51,6 +51,7 @@ __all__ = ["Collector"]
 
 logger = logging.getLogger("boinc_executor")
 
+_HAND_OVER_WAIT = 0.05  # seconds a submit waits for the collector's flush to end
 _BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
 # Submitted jobs not yet handed over, at most (or twice the backend's hand-over size):
 # a submitting loop waits past that, as a producer waits on a bounded queue.
@@ -203,10 +204,13 @@ class Collector(RecordIntake):
 
         For a lone job that would start at once: the hop to the collector thread
         costs as much as the job's whole hand-over. Never on the collector's own
-        threads (a done-callback that submits), and never waiting for the lock,
-        so no thread can deadlock on it; the collector thread then does it.
+        threads (a done-callback that submits). The collector thread holds the
+        lock only around its own flush, which with nothing to hand over takes
+        microseconds, so the wait for it is short and bounded (a loaded machine
+        can preempt it there): no thread can deadlock on it, and past the bound
+        the collector thread does the hand-over.
         """
-        if self.on_own_thread() or not self._handing_over.acquire(blocking=False):
+        if self.on_own_thread() or not self._handing_over.acquire(timeout=_HAND_OVER_WAIT):
             return False
         try:
             self._flush(force=True)
