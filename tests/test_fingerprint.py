@@ -201,7 +201,8 @@ def test_unchanged_rerun_replays_in_new_processes_and_changes_are_refused(
     batch_dir, log = tmp_path / "batch", tmp_path / "log"
 
     def run(seed: str, order: str, scale: str, offset: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONHASHSEED=seed)
+        path = os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])  # this checkout's code
+        env = dict(os.environ, PYTHONPATH=path, PYTHONHASHSEED=seed)
         argv = [sys.executable, str(script), str(batch_dir), str(log), order, scale, offset]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
