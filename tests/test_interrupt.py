@@ -47,7 +47,8 @@ KEPT = re.compile(
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    # This checkout's src first: the scripts run its code even where another copy is installed.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)]))
 
 
 def _runs(log: Path) -> Counter[int]:
@@ -108,6 +109,28 @@ def _run(script: Path, *args: str) -> tuple[int, str]:
     match = re.search(r"BATCH (\d+) ", done.stdout)
     assert match, done.stdout
     return int(match.group(1)), done.stderr
+
+
+LOOP_SCRIPT = """
+import sys, time
+from boinc_executor import BoincExecutor
+from tests import jobs
+
+log, how = sys.argv[1:3]
+if __name__ == "__main__":
+    with BoincExecutor(max_workers=2) as ex:
+        print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
+        for n, _ in enumerate(ex.map(jobs.log_and_square, [log] * 40, range(40), [0.05] * 40)):
+            if n == 8 and how == "exit":
+                # Every call has finished: the batch is complete, its results unconsumed.
+                while sum(1 for _ in open(log)) < 40:
+                    time.sleep(0.02)
+                time.sleep(0.5)
+                sys.exit(3)
+            if n == 8 and how == "break":
+                break
+    print("DONE", flush=True)
+"""
 
 
 @pytest.fixture
@@ -199,3 +222,35 @@ def test_interactive_sessions_get_a_fresh_batch_unless_named(tmp_path: Path) -> 
     named = batch("analysis")
     assert batch("analysis") == named
     assert batch("other") != named
+
+
+def test_sys_exit_in_a_map_loop_keeps_the_batch_and_break_cancels(tmp_path: Path) -> None:
+    """``sys.exit()`` in the loop body closes the map iterator before ``__exit__`` sees the
+    exit: it still counts as an interrupt, and the results the loop never saw are kept
+    (here every call had finished). ``break`` keeps ProcessPoolExecutor's cancel."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP_SCRIPT)
+    log = tmp_path / "log"
+    done = subprocess.run(
+        [sys.executable, str(script), str(log), "exit"],
+        env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 3, done.stderr
+    match = KEPT.search(done.stderr)
+    assert match, done.stderr
+    batch_id, batch_dir = int(match.group(1)), Path(match.group(2))
+    assert f"BATCH {batch_id} {batch_dir}" in done.stdout and batch_dir.is_dir()
+    assert _runs(log) == Counter(range(N))
+
+    again, _ = _run(script, str(log), "run-through")
+    assert again == batch_id, "the re-run did not replay the batch sys.exit() left"
+    runs = _runs(log)
+    assert set(runs) == set(range(N))
+    assert all(n == 1 for n in runs.values()), {x: n for x, n in runs.items() if n > 1}
+    assert not batch_dir.exists()
+
+    log.unlink()
+    broke, stderr = _run(script, str(log), "break")
+    assert broke != batch_id and "is kept in" not in stderr
+    assert sum(_runs(log).values()) < N, "break did not cancel the calls that had not started"
+    assert not (batch_dir.parent / str(broke)).exists()

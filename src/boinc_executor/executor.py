@@ -13,7 +13,13 @@ batch it is, :mod:`boinc_executor.ownership`; what a replay compares,
 :mod:`boinc_executor.fingerprint`; retries, :mod:`boinc_executor.replay`. This
 module adds the interrupt path: ``__exit__`` and the exit hook tell a ^C,
 SIGTERM or early ``SystemExit`` (:mod:`boinc_executor.interrupts`) from a normal
-end, and then stop at once, cancel nothing and keep the batch.
+end, and then stop at once, cancel nothing and keep the batch. An exit within
+:data:`_EXIT_AFTER_CANCEL` seconds of giving results up counts as an interrupt
+too: a ``SystemExit`` raised in a ``for`` loop over ``map`` closes the iterator,
+which cancels the calls that have not started and drops the results it has not
+yielded, before ``__exit__`` or the exit hook sees the exit. Backends whose jobs
+cost volunteers' work hold such cancels back for longer (``Backend.cancel_delay``),
+so keeping the batch drops them unsent.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ T = TypeVar("T")
 ENV_BATCH_DIR = "BOINC_EXECUTOR_BATCH_DIR"
 _EXIT_FLUSH_SECONDS = 120.0
 _ABANDON_SECONDS = 10.0  # how long an interrupted executor waits for its thread
+#: an exit this soon after results were given up is taken for the interrupt that gave them up
+#: (less than the BOINC backends' cancel_delay, so those cancels are still unsent)
+_EXIT_AFTER_CANCEL = 1.0
 
 
 class BoincExecutor(Executor):
@@ -417,7 +426,11 @@ class BoincExecutor(Executor):
         stopping = isinstance(exc_val, KeyboardInterrupt) or (
             exc_val is not None and interrupts.interrupted()
         )
-        if stopping or (isinstance(exc_val, SystemExit) and not self._collector.complete):
+        collector = self._collector
+        if stopping or (
+            isinstance(exc_val, SystemExit)
+            and (not collector.complete or collector.given_up_within(_EXIT_AFTER_CANCEL))
+        ):
             self._keep_interrupted()
         else:
             self.shutdown(wait=True)
@@ -546,7 +559,14 @@ def _shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
     executor = ref()
     if executor is not None and not executor._kept:
         uncaught = getattr(sys, "last_value", None)  # set when a traceback was printed
-        if interrupts.interrupted() or isinstance(uncaught, KeyboardInterrupt):
+        if (
+            interrupts.interrupted()
+            or isinstance(uncaught, KeyboardInterrupt)
+            or (
+                not executor._collector.stopping
+                and executor._collector.given_up_within(_EXIT_AFTER_CANCEL)
+            )
+        ):
             executor._keep_interrupted()
             return
         # Locally, like ProcessPoolExecutor, finish the work. On BOINC the jobs keep
