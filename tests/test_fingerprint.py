@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from boinc_executor import fingerprint
+from boinc_executor.batch import Checkpoint, JournalEntry
 from boinc_executor.fingerprint import call_digest, function_digest, split_digest
+from boinc_executor.replay import mismatch_message
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,6 +170,21 @@ def test_cycles_and_shared_objects_are_deterministic() -> None:
     again.append(again)
     assert call_digest("f", [((cyclic,), {})]) == call_digest("f", [((again,), {})])
     assert not call_digest("f", [((cyclic,), {})])[1]  # a cycle is not plain data
+
+
+def test_mismatch_names_the_discard_that_fits_the_backend() -> None:
+    fn = _define(GLOBAL, SCALE=2)
+    old = JournalEntry("pyb_7_0", 0, 0, 1, call_digest(function_digest(fn), [((1,), {})])[0],
+                       "p", "d")
+    new = replace(old, digest=call_digest(function_digest(fn), [((2,), {})])[0])
+    url = "https://project.example.org/p/"
+    remote = mismatch_message(fn, old, new, Checkpoint(7, "remote", project_dir=url), Path("b"))
+    assert "its arguments changed" in remote
+    assert f"BoincExecutor.discard(7, server={url!r})" in remote
+    boinc = mismatch_message(fn, old, new, Checkpoint(7, "boinc", project_dir="/p"), Path("b"))
+    assert "BoincExecutor.discard(7, project_dir='/p')" in boinc
+    local = mismatch_message(fn, old, new, Checkpoint(7, "local"), Path("b"))
+    assert "BoincExecutor.discard(7)" in local and "name=" in local
 
 
 SCRIPT = """

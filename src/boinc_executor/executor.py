@@ -264,15 +264,25 @@ class BoincExecutor(Executor):
         return executor
 
     @classmethod
-    def discard(cls, batch_id: int, *, project_dir: str | os.PathLike[str] | None = None) -> Path:
+    def discard(
+        cls,
+        batch_id: int,
+        *,
+        project_dir: str | os.PathLike[str] | None = None,
+        server: str | None = None,
+        authenticator: str | None = None,
+    ) -> Path:
         """Remove a batch for good: cancel its unfinished jobs and delete its directory.
 
         The next run of the script that owned it starts a fresh batch. Refused
-        while an executor uses the batch.
+        while an executor uses the batch. A remotely submitted batch is also
+        retired on its server.
 
         Args:
             batch_id: the batch's ID.
             project_dir: the BOINC project (default ``$PYBOINC_DIR``; none: local).
+            server: the master URL of a remotely submitted batch (see ``__init__``).
+            authenticator: its account key (see ``__init__``).
 
         Returns:
             The directory that was removed.
@@ -282,9 +292,15 @@ class BoincExecutor(Executor):
             BatchLockedError: an executor is using it.
         """
         _check_batch_id(batch_id)
-        return discard_batch(
-            load_backend(resolve_project_dir(project_dir), max_workers=1), batch_id
+        backend = load_backend(
+            None
+            if server is not None and project_dir is None
+            else resolve_project_dir(project_dir),
+            max_workers=1,
+            server=server,
+            authenticator=authenticator,
         )
+        return discard_batch(backend, batch_id)
 
     # ------------------------------------------------------------------ public API
 
