@@ -26,13 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 40
 
 SCRIPT = """
-import json, sys
+import json, logging, sys
 from boinc_executor import BoincExecutor
 from tests import jobs
 
 log, out = sys.argv[1:3]
 name = sys.argv[3] if len(sys.argv) > 3 else None
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="LOG %(message)s")
     with BoincExecutor(max_workers=2, name=name) as ex:
         print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
         results = list(ex.map(jobs.log_and_square, [log] * 40, range(40), [0.05] * 40))
@@ -93,6 +94,11 @@ def _interrupt(
     batch_id, batch_dir = int(match.group(1)), Path(match.group(2))
     assert f"BATCH {batch_id} {batch_dir}" in stdout
     assert batch_dir.is_dir()
+    # The log line says the same: whose batch it is, where, and how to reattach.
+    opened = re.search(rf"LOG batch {batch_id} of (.+?) in (\S+) \(reattach with", stderr)
+    assert opened, stderr
+    owner = f"{script.resolve()}" + (f" (name={name!r})" if name else "")
+    assert opened.groups() == (owner, str(batch_dir))
     return batch_id, batch_dir
 
 
@@ -154,8 +160,9 @@ def test_interrupt_then_rerun_replays_and_runs_nothing_twice(
     assert 0 < sum(before.values()) < N
     assert all(n == 1 for n in before.values())
 
-    again, _ = _run(script, str(log), str(out))
+    again, stderr = _run(script, str(log), str(out))
     assert again == batch_id, "the re-run did not replay the script's batch"
+    assert f"LOG replaying batch {batch_id} of {script.resolve()} in {batch_dir}:" in stderr
     assert json.loads(out.read_text()) == [x * x for x in range(N)]
     runs = _runs(log)
     assert set(runs) == set(range(N))
