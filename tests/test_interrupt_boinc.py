@@ -24,6 +24,7 @@ import pytest
 from boinc_executor import BoincExecutor, protocol
 from boinc_executor.backends.boinc import BoincBackend
 from tests import jobs
+from tests.boinc_harness.common import DIDNT_NEED, WU_CANCELLED
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost
 
@@ -78,6 +79,17 @@ def _volunteer_env(monkeypatch: pytest.MonkeyPatch, pyboinc_project: Project) ->
 def _count(project: Project, batch_id: int, where: str = "1") -> int:
     rows = project.query(f"select count(*) as n from workunit where batch=%s and {where}", batch_id)
     return int(rows[0]["n"])
+
+
+def _cancel_traces(project: Project, batch_id: int) -> int:
+    """Work units cancelled (error_mask 16) plus results made DIDNT_NEED, as cancel_jobs does."""
+    rows = project.query(
+        "select count(*) as n from result r join workunit w on r.workunitid = w.id "
+        "where w.batch=%s and r.outcome=%s",
+        batch_id,
+        DIDNT_NEED,
+    )
+    return _count(project, batch_id, f"error_mask & {WU_CANCELLED}") + int(rows[0]["n"])
 
 
 def _runs(log: Path) -> Counter[int]:
@@ -135,7 +147,7 @@ def test_ctrl_c_keeps_work_units_and_rerun_creates_none(
         assert f"BATCH {batch_id} " in second.stdout, "the re-run did not replay the batch"
     assert json.loads(out.read_text()) == [x * x for x in range(N)]
     assert _count(pyboinc_project, batch_id) == N, "the re-run created work units"
-    assert _count(pyboinc_project, batch_id, "error_mask & 16") == 0, "work units were cancelled"
+    assert _cancel_traces(pyboinc_project, batch_id) == 0, "work units were cancelled"
     runs = _runs(log)
     assert set(runs) == set(range(N))
     assert all(n == 1 for n in runs.values()), {x: n for x, n in runs.items() if n > 1}
@@ -194,7 +206,7 @@ def test_sys_exit_in_a_map_loop_cancels_no_work_unit(
         batch_id = int(match.group(1))
         assert _count(pyboinc_project, batch_id) == N
         time.sleep(3)  # past cancel_delay: a cancel that was sent has reached the database
-        assert _count(pyboinc_project, batch_id, "error_mask & 16") == 0, "work units cancelled"
+        assert _cancel_traces(pyboinc_project, batch_id) == 0, "work units were cancelled"
         second = subprocess.run(
             [sys.executable, str(script), str(log), "through"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
@@ -202,7 +214,7 @@ def test_sys_exit_in_a_map_loop_cancels_no_work_unit(
         assert second.returncode == 0, second.stderr
         assert f"BATCH {batch_id} " in second.stdout, "the re-run did not replay the batch"
     assert _count(pyboinc_project, batch_id) == N, "the re-run created work units"
-    assert _count(pyboinc_project, batch_id, "error_mask & 16") == 0
+    assert _cancel_traces(pyboinc_project, batch_id) == 0
     runs = _runs(log)
     assert set(runs) == set(range(N))
     assert all(n == 1 for n in runs.values()), {x: n for x, n in runs.items() if n > 1}
