@@ -251,3 +251,13 @@ def test_cancels_wait_for_the_delay_and_an_exit_drops_them(
             raise SystemExit(2)
     assert cancelled(ex.batch_id) == 0
     assert (tmp_path / "b" / protocol.JOURNAL).is_file()
+
+    # So is an exception the script dies of: a map loop that raised has just cancelled.
+    with pytest.raises(ValueError):
+        with BoincExecutor(project_dir=pyboinc_project.root, batch_dir=tmp_path / "c") as ex:
+            futures = [ex.submit(jobs.square, i) for i in range(3)]
+            assert ex.flush(timeout=60)
+            _wait_for(lambda: _count(pyboinc_project, ex.batch_id) == 3)
+            assert all(f.cancel() for f in futures)
+            raise ValueError("the script's own bug")
+    assert cancelled(ex.batch_id) == 0

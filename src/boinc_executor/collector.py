@@ -60,6 +60,8 @@ _BUFFER_BYTES = 64 << 20  # ... or this much of their pickled inputs
 
 #: how the name of a `boinc-executor cancel` record ends
 _CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
+#: when a cancel that `boinc-executor cancel` asked for counts as asked: always due
+_OPERATOR_CANCEL = float("-inf")
 
 
 class Collector(RecordIntake):
@@ -491,6 +493,14 @@ class Collector(RecordIntake):
             return None
         return max(0.0, held[0][1] + self.backend.cancel_delay - time.monotonic())
 
+    def drop_held_cancels(self) -> None:
+        """Forget the cancels still held back: the exit that follows them must cost no work.
+
+        A cancel that `boinc-executor cancel` asked for is the operator's, and stays.
+        """
+        with self.lock:
+            self._to_cancel = [(n, a) for n, a in self._to_cancel if a == _OPERATOR_CANCEL]
+
     def give_up(self) -> None:
         """Note that a ``map`` iterator was closed with results it never yielded."""
         with self.lock:
@@ -544,7 +554,7 @@ class Collector(RecordIntake):
                     # `boinc-executor cancel` spoke for a job the backend may still
                     # hold: it must not run (its late record would only be set aside).
                     if job.record is not None and job.record.endswith(_CANCEL_SUFFIX):
-                        self._to_cancel.append((job.name, -1e9))  # asked long ago
+                        self._to_cancel.append((job.name, _OPERATOR_CANCEL))
         for job, values, error, running in live:
             self.failed_calls += job.settle(running, values, error)
 

@@ -184,6 +184,7 @@ class BoincExecutor(Executor):
         self._batch = batch
         self._checkpoint = checkpoint
         self._collector = collector
+        self._opened = opened
         owner = f" of {checkpoint.script}" if checkpoint.script else ""
         if checkpoint.name and opened.claim is not None and opened.claim.owner.name:
             owner += f" (name={checkpoint.name!r})"
@@ -449,7 +450,20 @@ class BoincExecutor(Executor):
         ):
             self._keep_interrupted()
         else:
+            if exc_val is not None:
+                self._keep_after(exc_val)
             self.shutdown(wait=True)
+
+    def _keep_after(self, exc: BaseException) -> None:
+        """The script ends with ``exc``: cancel no work unit on its account, keep the batch.
+
+        Waiting for the calls stays as in ``ProcessPoolExecutor``; but a ``map`` loop
+        that raised has just cancelled its pending calls, and whatever came back is
+        what the script never used. So the held-back cancels are dropped and the
+        completed batch is not removed: the fixed script's next run replays it.
+        """
+        self._collector.drop_held_cancels()
+        self._opened.kept_for = f"the script ended with {type(exc).__name__}"
 
     def _keep_interrupted(self, *, tell: bool = True) -> None:
         """Stop at once, for an interrupted master: cancel nothing, keep the batch, say where."""
@@ -585,6 +599,8 @@ def _shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
         ):
             executor._keep_interrupted()
             return
+        if uncaught is not None and not hasattr(sys, "ps1"):  # a script died of it
+            executor._keep_after(uncaught)
         # Locally, like ProcessPoolExecutor, finish the work. On BOINC the jobs keep
         # running on volunteers, so only make sure every call is handed over.
         local = executor.backend == "local"
