@@ -40,12 +40,13 @@ CLOSURE = "def make(k):\n    def job(x):\n        return x * k\n    return job\n
 DEFAULT = "def job(x, k=K):\n    return x * k\n"
 KWDEFAULT = "def job(x, *, k=K):\n    return x * k\n"
 NESTED = "def helper(x):\n    return x * K\ndef job(x):\n    return helper(x)\n"
+INNER = "def job(x):\n    def inner(y):\n        return y * K\n    return inner(x)\n"
 
 
 @pytest.mark.parametrize(
     "source",
-    [GLOBAL, CLOSURE, DEFAULT, KWDEFAULT, NESTED],
-    ids=["global", "closure", "default", "kwdefault", "nested-function"],
+    [GLOBAL, CLOSURE, DEFAULT, KWDEFAULT, NESTED, INNER],
+    ids=["global", "closure", "default", "kwdefault", "called-function", "inner-function"],
 )
 def test_each_captured_value_is_covered(source: str) -> None:
     same = function_digest(_define(source, SCALE=2, K=2))
@@ -77,6 +78,10 @@ def test_partial_and_bound_method_are_covered() -> None:
     )
     assert function_digest(functools.partial(base, 1)) != function_digest(
         functools.partial(base, 2)
+    )
+    other = _define("def job(x, k=K):\n    return x + k\n", K=1)  # the partial's function
+    assert function_digest(functools.partial(base, k=2)) != function_digest(
+        functools.partial(other, k=2)
     )
     assert function_digest(Scaler(2).run) == function_digest(Scaler(2).run)
     assert function_digest(Scaler(2).run) != function_digest(Scaler(3).run)
