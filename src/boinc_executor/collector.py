@@ -40,6 +40,7 @@ from typing import Any
 from . import protocol
 from .backends.base import Backend, JobState
 from .batch import BatchDir, Checkpoint, JournalEntry
+from .cancels import OPERATOR, HeldCancels
 from .config import JobParams
 from .decoder import RecordDecoder
 from .errors import BoincExecutorError, SubmissionError
@@ -60,8 +61,6 @@ _BUFFER_BYTES = 64 << 20  # ... or this much of their pickled inputs
 
 #: how the name of a `boinc-executor cancel` record ends
 _CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
-#: when a cancel that `boinc-executor cancel` asked for counts as asked: always due
-_OPERATOR_CANCEL = float("-inf")
 
 
 class Collector(RecordIntake):
@@ -135,9 +134,8 @@ class Collector(RecordIntake):
         self._buffered_bytes = 0
         self._buffer_jobs = max(_BUFFER_JOBS, 2 * backend.handover_size)
         self._resubmit: list[JournalEntry] = []
-        # Handed-over jobs to cancel at the backend, with when each was asked for: sent
-        # once backend.cancel_delay has passed (at once when stopping normally).
-        self._to_cancel: list[tuple[str, float]] = []
+        # Handed-over jobs to cancel at the backend, held back for cancel_delay (cancels.py).
+        self._to_cancel = HeldCancels(backend.cancel_delay)
         # Monotonic time results were last given up before stop(): a future cancelled, or
         # a map iterator closed with results it never yielded (see given_up_within).
         self._last_given_up = -1e9
@@ -364,7 +362,7 @@ class Collector(RecordIntake):
             if not self._stopping:  # shutdown(cancel_futures=True) is no interrupt's doing
                 self._last_given_up = asked
             if was_submitted and not self._abandoned:
-                self._to_cancel.append((job.name, asked))
+                self._to_cancel.add(job.name, asked)
         self.wake.set()
 
     def _decoder_idle(self) -> None:
@@ -479,27 +477,16 @@ class Collector(RecordIntake):
     def _cancel_pending(self) -> float | None:
         """Send the cancels that are due; returns seconds until the next one is, if any."""
         with self.lock:
-            if self._stopping and not self._abandoned:
-                names, self._to_cancel = [name for name, _ in self._to_cancel], []
-                held: list[tuple[str, float]] = []
-            else:
-                due = time.monotonic() - self.backend.cancel_delay
-                names = [name for name, asked in self._to_cancel if asked <= due]
-                held = [(name, asked) for name, asked in self._to_cancel if asked > due]
-                self._to_cancel = held
+            stopping = self._stopping and not self._abandoned  # a normal shutdown: all now
+            names, next_due = self._to_cancel.take_due(time.monotonic(), all_now=stopping)
         if names:
             self.backend.cancel(names)
-        if not held:
-            return None
-        return max(0.0, held[0][1] + self.backend.cancel_delay - time.monotonic())
+        return next_due
 
     def drop_held_cancels(self) -> None:
-        """Forget the cancels still held back: the exit that follows them must cost no work.
-
-        A cancel that `boinc-executor cancel` asked for is the operator's, and stays.
-        """
+        """Forget the cancels still held back: the exit that follows them must cost no work."""
         with self.lock:
-            self._to_cancel = [(n, a) for n, a in self._to_cancel if a == _OPERATOR_CANCEL]
+            self._to_cancel.drop_held()
 
     def give_up(self) -> None:
         """Note that a ``map`` iterator was closed with results it never yielded."""
@@ -554,7 +541,7 @@ class Collector(RecordIntake):
                     # `boinc-executor cancel` spoke for a job the backend may still
                     # hold: it must not run (its late record would only be set aside).
                     if job.record is not None and job.record.endswith(_CANCEL_SUFFIX):
-                        self._to_cancel.append((job.name, _OPERATOR_CANCEL))
+                        self._to_cancel.add(job.name, OPERATOR)
         for job, values, error, running in live:
             self.failed_calls += job.settle(running, values, error)
 
