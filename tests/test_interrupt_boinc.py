@@ -241,16 +241,20 @@ def test_cancels_wait_for_the_delay_and_an_exit_drops_them(
     assert time.monotonic() - started < 20
     assert cancelled(ex.batch_id) == 3
 
-    # An exit right after a cancel is taken for the interrupt that caused it: nothing is sent.
-    with pytest.raises(SystemExit):
-        with BoincExecutor(project_dir=pyboinc_project.root, batch_dir=tmp_path / "b") as ex:
-            futures = [ex.submit(jobs.square, i) for i in range(3)]
-            assert ex.flush(timeout=60)
-            _wait_for(lambda: _count(pyboinc_project, ex.batch_id) == 3)
-            assert futures[1].cancel()
-            raise SystemExit(2)
-    assert cancelled(ex.batch_id) == 0
-    assert (tmp_path / "b" / protocol.JOURNAL).is_file()
+    # An exit right after a cancel is taken for the interrupt that caused it: nothing is
+    # sent. KeyboardInterrupt raised by a SIGINT handler of the user's own, which the
+    # executor does not replace, reaches it the same way.
+    for exit_with in (SystemExit(2), KeyboardInterrupt()):
+        kind = type(exit_with).__name__
+        with pytest.raises(type(exit_with)):
+            with BoincExecutor(project_dir=pyboinc_project.root, batch_dir=tmp_path / kind) as ex:
+                futures = [ex.submit(jobs.square, i) for i in range(3)]
+                assert ex.flush(timeout=60)
+                _wait_for(lambda: _count(pyboinc_project, ex.batch_id) == 3)
+                assert futures[1].cancel()
+                raise exit_with
+        assert cancelled(ex.batch_id) == 0, kind
+        assert (tmp_path / kind / protocol.JOURNAL).is_file()
 
     # So is an exception the script dies of: a map loop that raised has just cancelled.
     with pytest.raises(ValueError):
