@@ -1,7 +1,7 @@
 """A function module whose own classes results hold: each kind the runner sends by reference.
 
-Used by the local-backend, launcher and BOINC-harness tests. ``Trap`` and ``Reducing``
-write a marker file (``MARKER``, set by the test) whenever any of their code runs, so a
+Used by the local-backend, launcher and BOINC-harness tests. ``Trap``, ``Reducing`` and
+``Stateful`` write a marker file (``MARKER``, set by the test) whenever any of their code runs, so a
 test can prove that decoding a hostile record ran none of it.
 """
 
@@ -14,7 +14,7 @@ import sys
 import typing
 from typing import Any
 
-MARKER = ""  # a path; set by tests that check nothing of Trap/Reducing runs
+MARKER = ""  # a path; set by tests that check nothing of Trap/Reducing/Stateful runs
 
 
 def _mark(what: str) -> None:
@@ -119,6 +119,17 @@ class Reducing:
         return (Reducing, (self.value,))
 
 
+class Stateful:
+    """Defines its own ``__setstate__``: never rebuilt without explicit trust."""
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _mark("Stateful.__setstate__")
+        self.__dict__.update(state)
+
+
 class ReducingError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (ReducingError, self.args)
@@ -148,6 +159,10 @@ def raise_reducing_error() -> None:
 
 def return_reducing() -> Reducing:
     return Reducing(1)
+
+
+def return_stateful() -> Stateful:
+    return Stateful(2)
 
 
 def chatty(n: int, out_chars: int = 0) -> int:

@@ -1,11 +1,13 @@
 """On the BOINC harness: the script's classes and exceptions come back, and output is readable.
 
 The volunteer runs our app version (launcher -> pyboinc.zip -> runner) under the
-harness's client; records travel through the real assimilator into BATCH_DIR/new/.
+harness's client; records travel through the real assimilator into BATCH_DIR/new/,
+or, submitted remotely, back over the project's web pages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,21 @@ def test_classes_exceptions_and_output_on_boinc(
         assert "raise_app_error" in str(info.value.__cause__)
         assert task_output(ex.batch_dir, 1) == TaskOutput("out 7\n", "err 7\n")
         assert task_output(ex.batch_dir, 0) == TaskOutput()
+
+
+def test_classes_exceptions_and_output_submitted_remotely(
+    remote_executor_factory: Callable[..., BoincExecutor], tmp_path: Path
+) -> None:
+    with remote_executor_factory(batch_dir=tmp_path / "b") as ex:
+        kinds = ex.submit(st.every_kind, 5)
+        chatty = ex.submit(st.chatty, 8)
+        failing = ex.submit(st.raise_app_error, 4)
+        value = kinds.result(timeout=120)
+        assert type(value["frozen"]) is st.Frozen and type(value["slotted"]) is st.Slotted
+        assert value["enums"][2] is st.Perm.READ | st.Perm.WRITE
+        assert chatty.result(timeout=120) == 8
+        assert ex.output(chatty) == TaskOutput("out 8\n", "err 8\n")
+        with pytest.raises(st.AppError) as info:
+            failing.result(timeout=120)
+        assert info.value.code == 4 and isinstance(info.value.__cause__, RemoteTraceback)
+        assert task_output(ex.batch_dir, 1) == TaskOutput("out 8\n", "err 8\n")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from boinc_executor import fingerprint
+from boinc_executor.batch import Checkpoint, JournalEntry
 from boinc_executor.fingerprint import call_digest, function_digest, split_digest
+from boinc_executor.replay import mismatch_message
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +40,13 @@ CLOSURE = "def make(k):\n    def job(x):\n        return x * k\n    return job\n
 DEFAULT = "def job(x, k=K):\n    return x * k\n"
 KWDEFAULT = "def job(x, *, k=K):\n    return x * k\n"
 NESTED = "def helper(x):\n    return x * K\ndef job(x):\n    return helper(x)\n"
+INNER = "def job(x):\n    def inner(y):\n        return y * K\n    return inner(x)\n"
 
 
 @pytest.mark.parametrize(
     "source",
-    [GLOBAL, CLOSURE, DEFAULT, KWDEFAULT, NESTED],
-    ids=["global", "closure", "default", "kwdefault", "nested-function"],
+    [GLOBAL, CLOSURE, DEFAULT, KWDEFAULT, NESTED, INNER],
+    ids=["global", "closure", "default", "kwdefault", "called-function", "inner-function"],
 )
 def test_each_captured_value_is_covered(source: str) -> None:
     same = function_digest(_define(source, SCALE=2, K=2))
@@ -74,6 +78,10 @@ def test_partial_and_bound_method_are_covered() -> None:
     )
     assert function_digest(functools.partial(base, 1)) != function_digest(
         functools.partial(base, 2)
+    )
+    other = _define("def job(x, k=K):\n    return x + k\n", K=1)  # the partial's function
+    assert function_digest(functools.partial(base, k=2)) != function_digest(
+        functools.partial(other, k=2)
     )
     assert function_digest(Scaler(2).run) == function_digest(Scaler(2).run)
     assert function_digest(Scaler(2).run) != function_digest(Scaler(3).run)
@@ -169,6 +177,21 @@ def test_cycles_and_shared_objects_are_deterministic() -> None:
     assert not call_digest("f", [((cyclic,), {})])[1]  # a cycle is not plain data
 
 
+def test_mismatch_names_the_discard_that_fits_the_backend() -> None:
+    fn = _define(GLOBAL, SCALE=2)
+    old = JournalEntry("pyb_7_0", 0, 0, 1, call_digest(function_digest(fn), [((1,), {})])[0],
+                       "p", "d")
+    new = replace(old, digest=call_digest(function_digest(fn), [((2,), {})])[0])
+    url = "https://project.example.org/p/"
+    remote = mismatch_message(fn, old, new, Checkpoint(7, "remote", project_dir=url), Path("b"))
+    assert "its arguments changed" in remote
+    assert f"BoincExecutor.discard(7, server={url!r})" in remote
+    boinc = mismatch_message(fn, old, new, Checkpoint(7, "boinc", project_dir="/p"), Path("b"))
+    assert "BoincExecutor.discard(7, project_dir='/p')" in boinc
+    local = mismatch_message(fn, old, new, Checkpoint(7, "local"), Path("b"))
+    assert "BoincExecutor.discard(7)" in local and "name=" in local
+
+
 SCRIPT = """
 import json, sys
 from boinc_executor import BoincExecutor
@@ -201,7 +224,8 @@ def test_unchanged_rerun_replays_in_new_processes_and_changes_are_refused(
     batch_dir, log = tmp_path / "batch", tmp_path / "log"
 
     def run(seed: str, order: str, scale: str, offset: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONHASHSEED=seed)
+        path = os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])  # this checkout's code
+        env = dict(os.environ, PYTHONPATH=path, PYTHONHASHSEED=seed)
         argv = [sys.executable, str(script), str(batch_dir), str(log), order, scale, offset]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 

@@ -26,13 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 40
 
 SCRIPT = """
-import json, sys
+import json, logging, sys
 from boinc_executor import BoincExecutor
 from tests import jobs
 
 log, out = sys.argv[1:3]
 name = sys.argv[3] if len(sys.argv) > 3 else None
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="LOG %(message)s")
     with BoincExecutor(max_workers=2, name=name) as ex:
         print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
         results = list(ex.map(jobs.log_and_square, [log] * 40, range(40), [0.05] * 40))
@@ -47,7 +48,8 @@ KEPT = re.compile(
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    # This checkout's src first: the scripts run its code even where another copy is installed.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)]))
 
 
 def _runs(log: Path) -> Counter[int]:
@@ -92,6 +94,11 @@ def _interrupt(
     batch_id, batch_dir = int(match.group(1)), Path(match.group(2))
     assert f"BATCH {batch_id} {batch_dir}" in stdout
     assert batch_dir.is_dir()
+    # The log line says the same: whose batch it is, where, and how to reattach.
+    opened = re.search(rf"LOG batch {batch_id} of (.+?) in (\S+) \(reattach with", stderr)
+    assert opened, stderr
+    owner = f"{script.resolve()}" + (f" (name={name!r})" if name else "")
+    assert opened.groups() == (owner, str(batch_dir))
     return batch_id, batch_dir
 
 
@@ -108,6 +115,30 @@ def _run(script: Path, *args: str) -> tuple[int, str]:
     match = re.search(r"BATCH (\d+) ", done.stdout)
     assert match, done.stdout
     return int(match.group(1)), done.stderr
+
+
+LOOP_SCRIPT = """
+import sys, time
+from boinc_executor import BoincExecutor
+from tests import jobs
+
+log, how = sys.argv[1:3]
+if __name__ == "__main__":
+    with BoincExecutor(max_workers=2) as ex:
+        print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
+        for n, _ in enumerate(ex.map(jobs.log_and_square, [log] * 40, range(40), [0.05] * 40)):
+            if n == 8 and how in ("exit", "raise"):
+                # Every call has finished: the batch is complete, its results unconsumed.
+                while sum(1 for _ in open(log)) < 40:
+                    time.sleep(0.02)
+                time.sleep(0.5)
+                if how == "exit":
+                    sys.exit(3)
+                raise ValueError("the script's own bug")
+            if n == 8 and how == "break":
+                break
+    print("DONE", flush=True)
+"""
 
 
 @pytest.fixture
@@ -131,8 +162,9 @@ def test_interrupt_then_rerun_replays_and_runs_nothing_twice(
     assert 0 < sum(before.values()) < N
     assert all(n == 1 for n in before.values())
 
-    again, _ = _run(script, str(log), str(out))
+    again, stderr = _run(script, str(log), str(out))
     assert again == batch_id, "the re-run did not replay the script's batch"
+    assert f"LOG replaying batch {batch_id} of {script.resolve()} in {batch_dir}:" in stderr
     assert json.loads(out.read_text()) == [x * x for x in range(N)]
     runs = _runs(log)
     assert set(runs) == set(range(N))
@@ -199,3 +231,83 @@ def test_interactive_sessions_get_a_fresh_batch_unless_named(tmp_path: Path) -> 
     named = batch("analysis")
     assert batch("analysis") == named
     assert batch("other") != named
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "kept"),
+    [
+        ("exit", 3, KEPT),
+        ("raise", 1, re.compile(r"batch (\d+) is kept in (\S+): the script ended with ValueError")),
+    ],
+    ids=["sys-exit", "exception"],
+)
+def test_leaving_a_map_loop_early_keeps_the_batch_and_break_cancels(
+    tmp_path: Path, how: str, status: int, kept: re.Pattern[str]
+) -> None:
+    """``sys.exit()`` or an exception in the loop body closes the map iterator before
+    ``__exit__`` sees why: the results the loop never used are kept (here every call had
+    finished) and the next run replays them. ``break`` keeps ProcessPoolExecutor's cancel."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP_SCRIPT)
+    log = tmp_path / "log"
+    done = subprocess.run(
+        [sys.executable, str(script), str(log), how],
+        env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == status, done.stderr
+    match = kept.search(done.stderr)
+    assert match, done.stderr
+    batch_id, batch_dir = int(match.group(1)), Path(match.group(2))
+    assert f"BATCH {batch_id} {batch_dir}" in done.stdout and batch_dir.is_dir()
+    assert _runs(log) == Counter(range(N))
+
+    again, _ = _run(script, str(log), "run-through")
+    assert again == batch_id, f"the re-run did not replay the batch {how} left"
+    runs = _runs(log)
+    assert set(runs) == set(range(N))
+    assert all(n == 1 for n in runs.values()), {x: n for x, n in runs.items() if n > 1}
+    assert not batch_dir.exists()
+
+    log.unlink()
+    broke, stderr = _run(script, str(log), "break")
+    assert broke != batch_id and "is kept in" not in stderr
+    assert sum(_runs(log).values()) < N, "break did not cancel the calls that had not started"
+    assert not (batch_dir.parent / str(broke)).exists()
+
+
+CRASH_SCRIPT = """
+import sys
+from concurrent.futures import wait
+from boinc_executor import BoincExecutor
+from tests import jobs
+
+log, how = sys.argv[1:3]
+if __name__ == "__main__":
+    ex = BoincExecutor(max_workers=2)  # no with block: the exit hook ends it
+    print("BATCH", ex.batch_id, ex.batch_dir, flush=True)
+    futures = [ex.submit(jobs.log_and_square, log, x) for x in range(5)]
+    wait(futures)
+    if how == "crash":
+        raise ValueError("the script's own bug, before it used a single result")
+    print(sum(f.result() for f in futures))
+"""
+
+
+def test_a_script_dying_of_an_exception_keeps_its_completed_batch(tmp_path: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    log = tmp_path / "log"
+    done = subprocess.run(
+        [sys.executable, str(script), str(log), "crash"],
+        env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and "ValueError" in done.stderr, done.stderr
+    kept = r"batch (\d+) is kept in (\S+): the script ended with ValueError"
+    match = re.search(kept, done.stderr)
+    assert match, done.stderr
+    batch_id, batch_dir = int(match.group(1)), Path(match.group(2))
+    assert batch_dir.is_dir() and _runs(log) == Counter(range(5))
+    again, _ = _run(script, str(log), "fixed")
+    assert again == batch_id
+    assert _runs(log) == Counter(range(5)), "the fixed script ran finished calls again"
+    assert not batch_dir.exists()

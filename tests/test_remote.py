@@ -578,3 +578,31 @@ def test_abort_and_retire_from_outside_the_executor(
     assert retire_remote_batch(batch_id, server=remote_web.url, authenticator=admin_key) == []
     (row,) = remote_project.query("select state from batch where id=%s", batch_id)
     assert row["state"] == 4
+
+
+def test_discard_a_remote_batch_aborts_its_jobs_and_removes_it(
+    remote_project: Project, remote_web: WebServer, admin_key: str, tmp_path: Path
+) -> None:
+    """What a BatchMismatchError of a remote batch says to run: discard(ID, server=URL)."""
+    script = tmp_path / "submit.py"
+    script.write_text(SUBMITTER)
+    env = dict(
+        os.environ, BOINC_EXECUTOR_SERVER=remote_web.url, BOINC_EXECUTOR_AUTHENTICATOR=admin_key
+    )
+    first = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "b"), "4"], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert first.stdout is not None
+        batch_id = int(first.stdout.readline())
+        wait_for(lambda: len(wu_names(remote_project)) == 4)
+    finally:
+        first.kill()
+        first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
+    removed = BoincExecutor.discard(batch_id, server=remote_web.url, authenticator=admin_key)
+    assert removed == tmp_path / "b" and not removed.exists()
+    assert ("abort_jobs", "") in remote_web.calls and ("retire_batch", "") in remote_web.calls
+    masks = [r["error_mask"] for r in remote_project.query("select error_mask from workunit")]
+    assert masks == [16, 16, 16, 16]

@@ -42,7 +42,8 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path) -> None:
     script = tmp_path / "master.py"
     script.write_text(SCRIPT)
     log, batch_dir, out = tmp_path / "log", tmp_path / "batch", tmp_path / "out.json"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
     argv = [sys.executable, str(script), str(log), str(batch_dir), str(out)]
 
     first = subprocess.Popen(argv, env=env, start_new_session=True)

@@ -197,13 +197,23 @@ def test_custom_exceptions_are_raised_as_themselves(tmp_path: Path) -> None:
             list(ex.map(st.raise_app_error, [1, 2], chunksize=2))
 
 
-def test_own_reduce_needs_explicit_trust(tmp_path: Path) -> None:
+def test_own_reduce_or_setstate_needs_explicit_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "ran"
+    monkeypatch.setattr(st, "MARKER", str(marker))
     with BoincExecutor(max_workers=1, batch_dir=tmp_path / "a") as ex:
-        refused = r"tests\.script_types\.Reducing.*trusted_types"
-        with pytest.raises(UnsafeResultError, match=refused):
-            ex.submit(st.return_reducing).result(timeout=60)
-    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b", trusted_types=[st.Reducing]) as ex:
+        for fn, name in ((st.return_reducing, "Reducing"), (st.return_stateful, "Stateful")):
+            refused = rf"tests\.script_types\.{name}.*trusted_types"
+            with pytest.raises(UnsafeResultError, match=refused):
+                ex.submit(fn).result(timeout=60)
+    assert not marker.exists(), marker.read_text()  # refused unbuilt: none of their code ran
+    trusted = [st.Reducing, st.Stateful]
+    with BoincExecutor(max_workers=1, batch_dir=tmp_path / "b", trusted_types=trusted) as ex:
         assert ex.submit(st.return_reducing).result(timeout=60).value == 1
+        stateful = ex.submit(st.return_stateful).result(timeout=60)
+        assert type(stateful) is st.Stateful and stateful.value == 2
+    assert "Stateful.__setstate__" in marker.read_text()  # explicit trust: pickle's own protocol
 
 
 def test_output_api_per_call_and_bounded(tmp_path: Path) -> None:
@@ -212,8 +222,20 @@ def test_output_api_per_call_and_bounded(tmp_path: Path) -> None:
         big = ex.submit(st.chatty, 2, protocol.OUTPUT_CHARS + 1000)
         flag = tmp_path / "flag"
         waiting = ex.submit(jobs.wait_for_file, str(flag))
+        queued = [ex.submit(st.chatty, n) for n in range(3, 9)]  # behind `waiting`
         with pytest.raises(ValueError, match="not done"):
             ex.output(waiting)
+        # While the call has no record yet, the batch directory says so with None.
+        assert ex.flush(timeout=60)
+        assert task_output(ex.batch_dir, 2) is None
+        assert queued[-1].cancel()  # one worker: the last cannot have been dealt to it
+        with pytest.raises(ValueError, match="cancelled"):
+            ex.output(queued[-1])
+        with BoincExecutor(max_workers=1, batch_dir=tmp_path / "other") as other:
+            theirs = other.submit(st.chatty, 4)
+            assert theirs.result(timeout=60) == 4
+            with pytest.raises(ValueError, match="another executor"):
+                ex.output(theirs)
         flag.write_text("")
         waiting.result(timeout=60)
         assert first.result(timeout=60) == 1
@@ -225,9 +247,10 @@ def test_output_api_per_call_and_bounded(tmp_path: Path) -> None:
         assert not out.stderr_truncated
         assert list(ex.map(st.chatty, [10, 11, 12], chunksize=3)) == [10, 11, 12]
         batch_dir = ex.batch_dir
-    # Without an executor, by call index (calls 0-2 were the three submits).
+    # Without an executor, by call index (calls 0-8 were the submits).
     assert task_output(batch_dir, 0) == TaskOutput("out 1\n", "err 1\n")
-    assert [task_output(batch_dir, c) for c in (3, 4, 5)] == [
+    assert task_output(batch_dir, 3) == TaskOutput("out 3\n", "err 3\n")
+    assert [task_output(batch_dir, c) for c in (9, 10, 11)] == [
         TaskOutput(f"out {n}\n", f"err {n}\n") for n in (10, 11, 12)
     ]
     with pytest.raises(ValueError, match="not in the journal"):

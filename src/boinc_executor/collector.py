@@ -40,6 +40,7 @@ from typing import Any
 from . import protocol
 from .backends.base import Backend, JobState
 from .batch import BatchDir, Checkpoint, JournalEntry
+from .cancels import OPERATOR, HeldCancels
 from .config import JobParams
 from .decoder import RecordDecoder
 from .errors import BoincExecutorError, SubmissionError
@@ -134,7 +135,11 @@ class Collector(RecordIntake):
         self._buffered_bytes = 0
         self._buffer_jobs = max(_BUFFER_JOBS, 2 * backend.handover_size)
         self._resubmit: list[JournalEntry] = []
-        self._to_cancel: list[str] = []
+        # Handed-over jobs to cancel at the backend, held back for cancel_delay (cancels.py).
+        self._to_cancel = HeldCancels(backend.cancel_delay)
+        # Monotonic time results were last given up before stop(): a future cancelled, or
+        # a map iterator closed with results it never yielded (see given_up_within).
+        self._last_given_up = -1e9
         self._staged_programs: set[str] = set()
         self.next_job = 0
         self.next_call = 0
@@ -364,8 +369,11 @@ class Collector(RecordIntake):
             was_submitted = job.state is JobState.SUBMITTED
             job.state = JobState.CANCELLED
             del self._jobs[job.name]
+            asked = time.monotonic()
+            if not self._stopping:  # shutdown(cancel_futures=True) is no interrupt's doing
+                self._last_given_up = asked
             if was_submitted and not self._abandoned:
-                self._to_cancel.append(job.name)
+                self._to_cancel.add(job.name, asked)
         self.wake.set()
 
     def _decoder_idle(self) -> None:
@@ -385,10 +393,11 @@ class Collector(RecordIntake):
             self.wake.clear()
             if self.abandoned:
                 break
+            cancel_due: float | None = None
             try:
                 with self._handing_over:
                     self._flush(force=self.stopping)
-                self._cancel_pending()
+                cancel_due = self._cancel_pending()
                 # A scan skips queued records by name, but still lists new/; while the
                 # decoder works through a backlog, list it only now and then.
                 now = time.monotonic()
@@ -407,9 +416,11 @@ class Collector(RecordIntake):
                 logger.exception("boinc-executor collector step failed; retrying")
                 time.sleep(min(backend.poll_interval, 1.0))
             with self.lock:
-                if self._stopping and not self._jobs and not self._buffer:
+                if self._stopping and not self._jobs and not self._buffer and not self._to_cancel:
                     break
                 timeout = backend.poll_interval
+                if cancel_due is not None:
+                    timeout = min(timeout, cancel_due)
                 if self._buffer:  # not yet due: come back when it is
                     age = time.monotonic() - self._buffered_since
                     timeout = max(0.0, min(timeout, backend.submit_delay - age))
@@ -474,11 +485,35 @@ class Collector(RecordIntake):
             for job in failed:
                 self._resolve(job, error=error)
 
-    def _cancel_pending(self) -> None:
+    def _cancel_pending(self) -> float | None:
+        """Send the cancels that are due; returns seconds until the next one is, if any."""
         with self.lock:
-            names, self._to_cancel = self._to_cancel, []
+            stopping = self._stopping and not self._abandoned  # a normal shutdown: all now
+            names, next_due = self._to_cancel.take_due(time.monotonic(), all_now=stopping)
         if names:
             self.backend.cancel(names)
+        return next_due
+
+    def drop_held_cancels(self) -> None:
+        """Forget the cancels still held back: the exit that follows them must cost no work."""
+        with self.lock:
+            self._to_cancel.drop_held()
+
+    def give_up(self) -> None:
+        """Note that a ``map`` iterator was closed with results it never yielded."""
+        with self.lock:
+            if not self._stopping:
+                self._last_given_up = time.monotonic()
+
+    def given_up_within(self, seconds: float) -> bool:
+        """Whether results were given up in the last ``seconds`` while the executor ran.
+
+        The executor asks at exit: a ``SystemExit`` raised in a ``for`` loop over
+        ``map`` closes the iterator (cancelling what has not started, dropping what
+        it has not yielded) a moment before the executor can see the exit.
+        """
+        with self.lock:
+            return time.monotonic() - self._last_given_up < seconds
 
     def _finish(self) -> None:
         try:  # a last look: late duplicates go now, so a finished batch leaves new/ empty
@@ -517,7 +552,7 @@ class Collector(RecordIntake):
                     # `boinc-executor cancel` spoke for a job the backend may still
                     # hold: it must not run (its late record would only be set aside).
                     if job.record is not None and job.record.endswith(_CANCEL_SUFFIX):
-                        self._to_cancel.append(job.name)
+                        self._to_cancel.add(job.name, OPERATOR)
         for job, values, error, running in live:
             self.failed_calls += job.settle(running, values, error)
 

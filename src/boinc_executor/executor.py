@@ -13,7 +13,13 @@ batch it is, :mod:`boinc_executor.ownership`; what a replay compares,
 :mod:`boinc_executor.fingerprint`; retries, :mod:`boinc_executor.replay`. This
 module adds the interrupt path: ``__exit__`` and the exit hook tell a ^C,
 SIGTERM or early ``SystemExit`` (:mod:`boinc_executor.interrupts`) from a normal
-end, and then stop at once, cancel nothing and keep the batch.
+end, and then stop at once, cancel nothing and keep the batch. An exit within
+:data:`_EXIT_AFTER_CANCEL` seconds of giving results up counts as an interrupt
+too: a ``SystemExit`` raised in a ``for`` loop over ``map`` closes the iterator,
+which cancels the calls that have not started and drops the results it has not
+yielded, before ``__exit__`` or the exit hook sees the exit. Backends whose jobs
+cost volunteers' work hold such cancels back for longer (``Backend.cancel_delay``),
+so keeping the batch drops them unsent.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ T = TypeVar("T")
 ENV_BATCH_DIR = "BOINC_EXECUTOR_BATCH_DIR"
 _EXIT_FLUSH_SECONDS = 120.0
 _ABANDON_SECONDS = 10.0  # how long an interrupted executor waits for its thread
+#: an exit this soon after results were given up is taken for the interrupt that gave them up
+#: (less than the BOINC backends' cancel_delay, so those cancels are still unsent)
+_EXIT_AFTER_CANCEL = 1.0
 
 
 class BoincExecutor(Executor):
@@ -175,6 +184,7 @@ class BoincExecutor(Executor):
         self._batch = batch
         self._checkpoint = checkpoint
         self._collector = collector
+        self._opened = opened
         owner = f" of {checkpoint.script}" if checkpoint.script else ""
         if checkpoint.name and opened.claim is not None and opened.claim.owner.name:
             owner += f" (name={checkpoint.name!r})"
@@ -255,15 +265,25 @@ class BoincExecutor(Executor):
         return executor
 
     @classmethod
-    def discard(cls, batch_id: int, *, project_dir: str | os.PathLike[str] | None = None) -> Path:
+    def discard(
+        cls,
+        batch_id: int,
+        *,
+        project_dir: str | os.PathLike[str] | None = None,
+        server: str | None = None,
+        authenticator: str | None = None,
+    ) -> Path:
         """Remove a batch for good: cancel its unfinished jobs and delete its directory.
 
         The next run of the script that owned it starts a fresh batch. Refused
-        while an executor uses the batch.
+        while an executor uses the batch. A remotely submitted batch is also
+        retired on its server.
 
         Args:
             batch_id: the batch's ID.
             project_dir: the BOINC project (default ``$PYBOINC_DIR``; none: local).
+            server: the master URL of a remotely submitted batch (see ``__init__``).
+            authenticator: its account key (see ``__init__``).
 
         Returns:
             The directory that was removed.
@@ -273,9 +293,15 @@ class BoincExecutor(Executor):
             BatchLockedError: an executor is using it.
         """
         _check_batch_id(batch_id)
-        return discard_batch(
-            load_backend(resolve_project_dir(project_dir), max_workers=1), batch_id
+        backend = load_backend(
+            None
+            if server is not None and project_dir is None
+            else resolve_project_dir(project_dir),
+            max_workers=1,
+            server=server,
+            authenticator=authenticator,
         )
+        return discard_batch(backend, batch_id)
 
     # ------------------------------------------------------------------ public API
 
@@ -419,10 +445,27 @@ class BoincExecutor(Executor):
         stopping = isinstance(exc_val, KeyboardInterrupt) or (
             exc_val is not None and interrupts.interrupted()
         )
-        if stopping or (isinstance(exc_val, SystemExit) and not self._collector.complete):
+        collector = self._collector
+        if stopping or (
+            isinstance(exc_val, SystemExit)
+            and (not collector.complete or collector.given_up_within(_EXIT_AFTER_CANCEL))
+        ):
             self._keep_interrupted()
         else:
+            if exc_val is not None:
+                self._keep_after(exc_val)
             self.shutdown(wait=True)
+
+    def _keep_after(self, exc: BaseException) -> None:
+        """The script ends with ``exc``: cancel no work unit on its account, keep the batch.
+
+        Waiting for the calls stays as in ``ProcessPoolExecutor``; but a ``map`` loop
+        that raised has just cancelled its pending calls, and whatever came back is
+        what the script never used. So the held-back cancels are dropped and the
+        completed batch is not removed: the fixed script's next run replays it.
+        """
+        self._collector.drop_held_cancels()
+        self._opened.kept_for = f"the script ended with {type(exc).__name__}"
 
     def _keep_interrupted(self, *, tell: bool = True) -> None:
         """Stop at once, for an interrupted master: cancel nothing, keep the batch, say where."""
@@ -548,9 +591,18 @@ def _shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
     executor = ref()
     if executor is not None and not executor._kept:
         uncaught = getattr(sys, "last_value", None)  # set when a traceback was printed
-        if interrupts.interrupted() or isinstance(uncaught, KeyboardInterrupt):
+        if (
+            interrupts.interrupted()
+            or isinstance(uncaught, KeyboardInterrupt)
+            or (
+                not executor._collector.stopping
+                and executor._collector.given_up_within(_EXIT_AFTER_CANCEL)
+            )
+        ):
             executor._keep_interrupted()
             return
+        if uncaught is not None and not hasattr(sys, "ps1"):  # a script died of it
+            executor._keep_after(uncaught)
         # Locally, like ProcessPoolExecutor, finish the work. On BOINC the jobs keep
         # running on volunteers, so only make sure every call is handed over.
         local = executor.backend == "local"

@@ -14,6 +14,10 @@ Design note. The batch contract, in one place:
 * **Interrupted** (^C, SIGTERM, ``SystemExit`` with work outstanding): nothing is
   cancelled, nothing removed, the claim stays, and one line on stderr says where
   the batch is (:func:`boinc_executor.interrupts.tell_kept`).
+* **Ending with an exception** (the ``with`` block raised, or the script died of an
+  uncaught one): the executor waits as ``ProcessPoolExecutor`` does, but the
+  results are what the script never got to use, so the batch and its claim stay
+  (:attr:`Opened.kept_for`) and the fixed script's next run replays them.
 * **Replaying and retrying** are in :mod:`boinc_executor.replay`.
 """
 
@@ -50,6 +54,8 @@ class Opened:
             the batch was created; ``resume`` of such a batch counts too).
         claim: the script's claim on it, if this run took it by the claim.
         root: the backend's batch root, where the claims live.
+        kept_for: why the batch must outlive its completion ("" if it need not),
+            set by the executor when the script ends with an exception.
     """
 
     batch: BatchDir
@@ -57,6 +63,7 @@ class Opened:
     chosen: bool
     claim: Claim | None
     root: Path
+    kept_for: str = ""
 
 
 def open_batch(
@@ -167,6 +174,17 @@ def when_finished(opened: Opened) -> Callable[[bool, bool, int], None]:
     def finished(complete: bool, abandoned: bool, failed: int) -> None:
         if abandoned or not complete:
             return  # the batch stays, claimed: the next run replays it
+        if opened.kept_for:
+            if opened.chosen:
+                logger.warning(
+                    "batch %d is kept in %s: %s; run the script again to replay its results, "
+                    "or BoincExecutor.resume(%d)",
+                    batch_id,
+                    path,
+                    opened.kept_for,
+                    batch_id,
+                )
+            return
         if opened.claim is not None:
             opened.claim.release(batch_id)
         elif opened.checkpoint.script or opened.checkpoint.name:

@@ -58,6 +58,7 @@ def map_results(
     Holds the executor only weakly: the iterator must not keep it alive.
     """
     stopped = False  # the process is being interrupted: cancel nothing
+    exhausted = False  # every result was yielded
     try:
         while pending:
             chunk = pending.popleft()
@@ -77,12 +78,19 @@ def map_results(
                 if not ok:
                     raise value
                 yield value
+        exhausted = True
     except BaseException as exc:
         stopped = interrupts.is_interrupt(exc)
         raise
     finally:
         # Closed by break/close() or failed: cancel the rest, as ProcessPoolExecutor
         # does. Closed because ^C or SIGTERM unwinds the caller: keep everything.
-        if not (stopped or interrupts.interrupted()):
+        if not (exhausted or stopped or interrupts.interrupted()):
+            # A SystemExit in the caller's loop closes us too, unseen: the executor
+            # takes an exit right after this for an interrupt (executor.py).
+            ex = executor()
+            if ex is not None:
+                ex._collector.give_up()
+            del ex
             for chunk in pending:
                 chunk.cancel()

@@ -225,7 +225,9 @@ def mismatch_message(
         what = "its arguments changed"
     calls = f"call {new.call}" if new.n == 1 else f"calls {new.call}-{new.call + new.n - 1}"
     batch_id = checkpoint.batch_id
-    where = f", project_dir={checkpoint.project_dir!r}" if checkpoint.project_dir else ""
+    # A remote checkpoint keeps the server's URL where a project directory would be.
+    option = "server" if checkpoint.backend == "remote" else "project_dir"
+    where = f", {option}={checkpoint.project_dir!r}" if checkpoint.project_dir else ""
     return (
         f"{calls} (job {journaled.job}) of batch {batch_id} in {batch_dir} differs from what "
         f"was journaled: {what}. Replaying would return results of the old inputs. To run "

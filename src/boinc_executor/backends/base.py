@@ -96,6 +96,12 @@ class Backend(abc.ABC):
     submit_delay: float = 0.0
     #: jobs staged, journaled and handed over together at most (later ones wait a pass)
     handover_size: int = 1024
+    #: seconds a cancel of a handed-over job waits before it reaches the backend, unless
+    #: the executor shuts down normally first; an interrupt or exit in that time drops it
+    #: (``sys.exit()`` in a ``for`` loop over ``map`` closes the iterator, which cancels,
+    #: before anything sees the ``SystemExit``). Engines whose jobs cost volunteers' work
+    #: set it; the embedded one cancels at once, as ``ProcessPoolExecutor`` does.
+    cancel_delay: float = 0.0
 
     @abc.abstractmethod
     def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:

@@ -50,6 +50,11 @@ Choices the module makes, and why:
   scheduler may send. It logs one warning naming the daemon and the commands that check it, and
   ``progress().stuck`` says the same (:mod:`.stuck`), so a future never waits in
   silence for a reason the database shows.
+* **Cancelling.** A cancelled future's work unit is cancelled :attr:`cancel_delay`
+  (2 s) later, or at once when the executor shuts down normally. A ``SystemExit``
+  raised in a ``for`` loop over ``map`` closes the iterator, which cancels, before
+  the executor sees the exit; the delay lets the exit drop those cancels, so an
+  exit never cancels work units volunteers may already be running.
 * **Submitting user.** ``user_id`` argument, else ``$BOINC_EXECUTOR_USER_ID``,
   else the project's user 1 (make_project's administrator) if it exists,
   else 0. It goes into ``batch.user_id`` and ``pyboinc_batch.user_id``.
@@ -128,6 +133,7 @@ class BoincBackend(Backend):
     # Hand over whole bulks: create_work runs them in parallel chunks, and a volunteer
     # job costs minutes of scheduling anyway, so nothing gains from early small slices.
     handover_size = 20_000
+    cancel_delay = 2.0
 
     def __init__(
         self,

@@ -116,6 +116,7 @@ class RemoteBackend(Backend):
     default_chunksize = 10
     submit_delay = 0.5
     handover_size = 5000
+    cancel_delay = 2.0
     #: seconds :meth:`wait_staged` waits for an unreachable server before failing the calls
     stage_patience = 600.0
 
