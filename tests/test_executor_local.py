@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -265,6 +266,28 @@ def test_a_full_submission_buffer_makes_submit_wait_but_never_a_callback(
         assert [f.result(timeout=60) for f in waiting] == [i * i for i in range(50)]
         assert blocker.result(timeout=60) == "first"
     assert [f.result(timeout=0) for f in chained] == [i * i for i in range(20)]
+
+
+def test_a_record_announced_to_an_idle_decoder_is_handled_on_the_announcing_thread(
+    tmp_path: Path,
+) -> None:
+    """Latency: a worker's record reaches an idle decoder without a thread hop; the
+    thread that read the worker's report decodes it, packs it and resolves the future.
+    Invariants: every result is right and packed, and the batch replays them."""
+    threads: list[str] = []
+    batch = tmp_path / "b"
+    with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
+        for i in range(20):  # one at a time: the decoder is idle whenever a record comes
+            fut = ex.submit(jobs.square, i)
+            fut.add_done_callback(lambda _f: threads.append(threading.current_thread().name))
+            assert fut.result(timeout=60) == i * i
+    # (A job resolved before its callback was added runs it on this thread.)
+    assert "boinc-executor-worker" in threads, threads
+    assert len(handled_records(batch)) == 20
+    with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
+        assert [ex.submit(jobs.square, i).result(timeout=60) for i in range(20)] == [
+            i * i for i in range(20)
+        ]
 
 
 def test_a_job_submitted_to_idle_workers_is_handed_over_before_submit_returns(

@@ -94,7 +94,7 @@ class RecordIntake:
         if job is None:
             self.request_scan()
             return
-        self._decoder.submit(job, name)
+        self._decoder.handle_or_submit(job, name)
 
     # ------------------------------------------------------------------ scanning new/
 
