@@ -68,6 +68,31 @@ def host(remote_project: Project, tmp_path: Path) -> VolunteerHost:
     )
 
 
+def _submit_then_kill(
+    project: Project, web: WebServer, key: str, batch_dir: Path, n: int
+) -> int:
+    """Run SUBMITTER for ``n`` calls until its ``n`` work units exist, then kill it.
+
+    Returns the batch ID it printed.
+    """
+    script = batch_dir.parent / "submit.py"
+    script.write_text(SUBMITTER)
+    env = dict(os.environ, BOINC_EXECUTOR_SERVER=web.url, BOINC_EXECUTOR_AUTHENTICATOR=key)
+    first = subprocess.Popen(
+        [sys.executable, str(script), str(batch_dir), str(n)], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert first.stdout is not None
+        batch_id = int(first.stdout.readline())
+        wait_for(lambda: len(wu_names(project)) == n)
+    finally:
+        first.kill()
+        first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
+    return batch_id
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -298,23 +323,7 @@ def test_resume_from_another_directory(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    script = tmp_path / "submit.py"
-    script.write_text(SUBMITTER)
-    env = dict(
-        os.environ, BOINC_EXECUTOR_SERVER=remote_web.url, BOINC_EXECUTOR_AUTHENTICATOR=admin_key
-    )
-    first = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "b"), "6"], env=env, stdout=subprocess.PIPE
-    )
-    try:
-        assert first.stdout is not None
-        batch_id = int(first.stdout.readline())
-        wait_for(lambda: len(wu_names(remote_project)) == 6)
-    finally:
-        first.kill()
-        first.wait()
-        assert first.stdout is not None
-        first.stdout.close()
+    batch_id = _submit_then_kill(remote_project, remote_web, admin_key, tmp_path / "b", 6)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -584,23 +593,7 @@ def test_discard_a_remote_batch_aborts_its_jobs_and_removes_it(
     remote_project: Project, remote_web: WebServer, admin_key: str, tmp_path: Path
 ) -> None:
     """What a BatchMismatchError of a remote batch says to run: discard(ID, server=URL)."""
-    script = tmp_path / "submit.py"
-    script.write_text(SUBMITTER)
-    env = dict(
-        os.environ, BOINC_EXECUTOR_SERVER=remote_web.url, BOINC_EXECUTOR_AUTHENTICATOR=admin_key
-    )
-    first = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "b"), "4"], env=env, stdout=subprocess.PIPE
-    )
-    try:
-        assert first.stdout is not None
-        batch_id = int(first.stdout.readline())
-        wait_for(lambda: len(wu_names(remote_project)) == 4)
-    finally:
-        first.kill()
-        first.wait()
-        assert first.stdout is not None
-        first.stdout.close()
+    batch_id = _submit_then_kill(remote_project, remote_web, admin_key, tmp_path / "b", 4)
     removed = BoincExecutor.discard(batch_id, server=remote_web.url, authenticator=admin_key)
     assert removed == tmp_path / "b" and not removed.exists()
     assert ("abort_jobs", "") in remote_web.calls and ("retire_batch", "") in remote_web.calls
