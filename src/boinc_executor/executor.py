@@ -36,22 +36,20 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import fingerprint, interrupts, protocol
+from . import interrupts, protocol
 from .backends.base import Backend, BackendEvents, JobState, load_backend
-from .batch import JournalEntry
 from .batchview import BatchView
 from .collector import Collector
 from .config import JobParams, resolve_project_dir
-from .errors import BatchError, BatchMismatchError, BatchNotFoundError, ConfigError
-from .job import Job
+from .errors import BatchError, BatchNotFoundError, ConfigError
 from .lifecycle import discard_batch, open_batch, when_finished
 from .mapping import batched, map_results
 from .protocol.decoding import TypePolicy
-from .replay import mismatch_message, record_failed, resume_jobs, retry_name
+from .replay import resume_jobs
+from .submission import Submitter
 
 if TYPE_CHECKING:
     from .progress import Progress
@@ -131,24 +129,28 @@ class BoincExecutor(Executor):
             )
         if job_params is not None and not isinstance(job_params, JobParams):
             raise ConfigError("job_params must be a boinc_executor.JobParams")
-        # An explicit server= outranks $PYBOINC_DIR (explicit arguments come first).
-        explicit_server = server is not None and project_dir is None
-        self._project_dir = None if explicit_server else resolve_project_dir(project_dir)
+        self._project_dir = _project(project_dir, server)
         self._backend = _backend or load_backend(
             self._project_dir, max_workers=max_workers, server=server, authenticator=authenticator
         )
         self._params = job_params or JobParams()
         self._policy = TypePolicy(trusted_types, trust_all=trust_results)
         self._max_result_bytes = max_result_bytes
-        self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
         self._resumed: list[Future[Any]] = []
         self._view: BatchView | None = None
         if self._backend.kind == "local":
             _announce_local()
         self._kept = False
-        self._retry_failed = retry_failed
         interrupts.install_handlers()
         self._open_batch(batch_dir, name, prefix)
+        self._submitter = Submitter(
+            self._collector,
+            self._batch,
+            self._checkpoint,
+            self._policy,
+            max_result_bytes=max_result_bytes,
+            retry_failed=retry_failed,
+        )
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
@@ -241,9 +243,7 @@ class BoincExecutor(Executor):
         """
         _check_batch_id(batch_id)
         backend = load_backend(
-            None
-            if server is not None and project_dir is None
-            else resolve_project_dir(project_dir),
+            _project(project_dir, server),
             max_workers=max_workers,
             server=server,
             authenticator=authenticator,
@@ -294,12 +294,7 @@ class BoincExecutor(Executor):
         """
         _check_batch_id(batch_id)
         backend = load_backend(
-            None
-            if server is not None and project_dir is None
-            else resolve_project_dir(project_dir),
-            max_workers=1,
-            server=server,
-            authenticator=authenticator,
+            _project(project_dir, server), max_workers=1, server=server, authenticator=authenticator
         )
         return discard_batch(backend, batch_id)
 
@@ -335,7 +330,7 @@ class BoincExecutor(Executor):
         """Schedule ``fn(*args, **kwargs)`` as one job; returns its future."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
-        return self._submit_calls(fn, [(args, kwargs)])[0]
+        return self._submitter.submit_calls(fn, [(args, kwargs)])[0]
 
     def map(
         self,
@@ -369,7 +364,7 @@ class BoincExecutor(Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         chunks = batched(zip(*iterables, strict=False), chunksize)
         window = chunks if buffersize is None else itertools.islice(chunks, buffersize)
-        pending = deque(self._submit_chunk(fn, c) for c in window)
+        pending = deque(self._submitter.submit_chunk(fn, c) for c in window)
         more = chunks if buffersize is not None else None
         return map_results(weakref.ref(self), fn, pending, more, end_time)
 
@@ -483,94 +478,10 @@ class BoincExecutor(Executor):
                 self.batch_id, self.batch_dir, script=bool(self._checkpoint.script)
             )
 
-    # ------------------------------------------------------------------ submission
 
-    def _program(self, fn: Callable[..., Any]) -> tuple[str, str, bytes]:
-        """The program file for ``fn``: (physical name, fingerprint, bytes), made once.
-
-        The fingerprint (:mod:`boinc_executor.fingerprint`) covers the function
-        and everything it captures, as they were when it was first pickled.
-        """
-        cached = self._programs.get(id(fn))
-        if cached is not None and cached[0] is fn:
-            return cached[1], cached[2], cached[3]
-        data = protocol.encode_program(fn, self._policy)
-        name = protocol.program_file_name(self._checkpoint.prefix, data)
-        digest = fingerprint.function_digest(fn)
-        if len(self._programs) >= 64:
-            self._programs.pop(next(iter(self._programs)))
-        self._programs[id(fn)] = (fn, name, digest, data)  # holds fn: its id stays unique
-        return name, digest, data
-
-    def _submit_chunk(
-        self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
-    ) -> Future[list[tuple[bool, Any]]]:
-        """One ``map`` job: its single future resolves to the calls' outcomes."""
-        return self._submit_calls(fn, [(args, {}) for args in chunk], chunk=True)[0]
-
-    def _submit_calls(
-        self,
-        fn: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        *,
-        chunk: bool = False,
-    ) -> list[Future[Any]]:
-        collector = self._collector
-        index, call = collector.allocate(len(calls))
-        name = protocol.job_name(self._checkpoint.prefix, self.batch_id, index)
-        futures: list[Future[Any]] = [Future() for _ in range(1 if chunk else len(calls))]
-        try:
-            program_name, fn_digest, program = self._program(fn)
-            digest, plain = fingerprint.call_digest(fn_digest, calls)
-            data = protocol.encode_data(name, calls, plain=plain)
-        except Exception as exc:
-            error = TypeError(
-                f"cannot send {getattr(fn, '__qualname__', fn)!r} or its arguments to a volunteer: "
-                f"they cannot be pickled ({type(exc).__name__}: {exc}); use module-level "
-                "functions and plain data, or make the objects picklable"
-            )
-            for fut in futures:
-                fut.set_running_or_notify_cancel()
-                fut.set_exception(error)
-            return futures
-        entry = JournalEntry(
-            job=name,
-            i=index,
-            call=call,
-            n=len(calls),
-            digest=digest,
-            program=program_name,
-            data=protocol.data_file_name(name),
-        )
-        journaled = collector.journal.get(index)
-        if journaled is not None and (journaled.digest, journaled.n) != (entry.digest, entry.n):
-            raise BatchMismatchError(
-                mismatch_message(fn, journaled, entry, self._checkpoint, self.batch_dir)
-            )
-        if (
-            journaled is not None
-            and self._retry_failed
-            and record_failed(
-                self._batch, journaled.job, journaled.n, self._policy, self._max_result_bytes
-            )
-        ):
-            name = retry_name(self._checkpoint, journaled.job, index)
-            entry = replace(
-                entry, job=name, data=protocol.data_file_name(name), program=program_name
-            )
-            data = protocol.encode_data(name, calls, plain=plain)
-            with collector.lock:
-                collector.journal[index] = entry
-            logger.info("retrying job %s as %s", journaled.job, name)
-            journaled = None
-        elif journaled is not None:
-            name = journaled.job  # a retried job carries its new name
-        job = Job(collector, name, futures, n=len(calls) if chunk else None)
-        if journaled is not None:
-            collector.register(job, journaled)
-        else:
-            collector.add(job, entry, program, data)
-        return futures
+def _project(project_dir: str | os.PathLike[str] | None, server: str | None) -> Path | None:
+    """The BOINC project to use; an explicit ``server=`` outranks ``$PYBOINC_DIR``."""
+    return None if server is not None and project_dir is None else resolve_project_dir(project_dir)
 
 
 def _check_batch_id(batch_id: object) -> None:

@@ -66,7 +66,7 @@ def map_results(
             if more is not None and ex is not None:
                 args = next(more, None)
                 if args is not None:
-                    pending.append(ex._submit_chunk(fn, args))
+                    pending.append(ex._submitter.submit_chunk(fn, args))
             del ex
             timeout = None if end_time is None else end_time - time.monotonic()
             outcomes = _result_or_cancel(chunk, timeout)
