@@ -80,12 +80,12 @@ from .. import protocol
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams, ProjectConfig
 from ..errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
+from ..protocol.names import APP_NAME
 from .base import Backend, BackendEvents
 from .db import BATCH_TABLE, Database
 from .rows import BatchCounts, FailedWorkunit
 from .stuck import StuckWatch
 from .workunits import (
-    APP_NAME,
     INPUT_TEMPLATE,
     OUTPUT_TEMPLATE,
     PARAM_TAGS,

@@ -51,6 +51,7 @@ from pathlib import Path
 from ..batch import BatchDir, Checkpoint, JournalEntry
 from ..config import JobParams
 from ..errors import ConfigError, SubmissionError
+from ..protocol.names import APP_NAME
 from .base import Backend, BackendEvents
 from .remote_delivery import Delivery
 from .remote_rpc import (
@@ -86,7 +87,6 @@ __all__ = [
 logger = logging.getLogger("boinc_executor")
 
 ENV_POLL_INTERVAL = "BOINC_EXECUTOR_POLL_INTERVAL"
-APP_NAME = "pyboinc"
 INPUT_TEMPLATE = "pyboinc_remote_in"
 OUTPUT_TEMPLATE = "pyboinc_remote_out"
 

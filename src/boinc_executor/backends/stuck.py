@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BoincExecutorError, ConfigError
+from ..protocol.names import APP_NAME
 from ..server.entries import DaemonEntry, read_entries
 from .db import Database
 from .rows import OUTCOME_SUCCESS, RESULT_OVER, RESULT_UNSENT, Stall
@@ -42,7 +43,6 @@ ENV_STUCK_AFTER = "BOINC_EXECUTOR_STUCK_AFTER"
 FACTOR = 5
 #: Never report sooner than this: a busy daemon may take one long pass.
 MIN_SECONDS = 60
-_APP = "pyboinc"
 #: What waits, per culprit, in the order work passes them (the first one is the one to fix).
 _WAITS_FOR = {
     "transitioner": "were due for the transitioner",
@@ -80,9 +80,9 @@ class Thresholds:
                 continue
             if e.program == "transitioner":
                 found.setdefault("transitioner", e)
-            elif e.app == _APP and e.program.endswith("validator"):
+            elif e.app == APP_NAME and e.program.endswith("validator"):
                 found.setdefault("validator", e)
-            elif e.app == _APP and e.program.endswith("assimilator"):
+            elif e.app == APP_NAME and e.program.endswith("assimilator"):
                 found.setdefault("assimilator", e)
         # No sleep interval governs the app version: the feeder re-reads app versions
         # when reread_db is touched, so a fix made now is seen within a pass or two.
@@ -113,7 +113,7 @@ def describe(stall: Stall, root: Path, thresholds: Thresholds) -> str:
     waits = f"{stall.workunits} work unit(s) {_WAITS_FOR[daemon]} for {stall.waited} s"
     if daemon == "app version":
         return (
-            f"{waits}: the app {_APP} has no app version the scheduler may send (none "
+            f"{waits}: the app {APP_NAME} has no app version the scheduler may send (none "
             "registered, every one deprecated, or the app itself deprecated), so no "
             f"volunteer gets them. Check on the BOINC server with `boinc-executor doctor "
             f"{root}`; `boinc-executor setup-project {root}` registers this release's"

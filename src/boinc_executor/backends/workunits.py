@@ -19,9 +19,9 @@ from pathlib import Path
 from ..batch import JournalEntry
 from ..config import JobParams, ProjectConfig
 from ..errors import SubmissionError
+from ..protocol.names import APP_NAME
 
 __all__ = [
-    "APP_NAME",
     "INPUT_TEMPLATE",
     "OUTPUT_TEMPLATE",
     "PARAM_TAGS",
@@ -31,7 +31,6 @@ __all__ = [
     "param_options",
 ]
 
-APP_NAME = "pyboinc"
 INPUT_TEMPLATE = f"templates/{APP_NAME}_in"
 OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
 

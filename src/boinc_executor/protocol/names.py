@@ -11,6 +11,7 @@ import hashlib
 import re
 
 __all__ = [
+    "APP_NAME",
     "CANCEL_TAG",
     "CHECKPOINT",
     "FINISH_FILE",
@@ -34,6 +35,9 @@ __all__ = [
     "quarantine_name",
     "record_file_name",
 ]
+
+#: the BOINC app every part of the product submits to, configures and checks
+APP_NAME = "pyboinc"
 
 # Batch directory layout.
 CHECKPOINT = "pyboinc_checkpoint"

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
+from ..protocol.names import APP_NAME
 
 __all__ = [
     "ALL_PLATFORMS",
-    "APP_NAME",
     "POSIX_PLATFORMS",
     "RUNNER_MODULES",
     "WINDOWS_PLATFORM",
@@ -52,7 +52,6 @@ __all__ = [
     "version_xml",
 ]
 
-APP_NAME = "pyboinc"
 POSIX_PLATFORMS = (
     "x86_64-pc-linux-gnu",
     "x86_64-apple-darwin",

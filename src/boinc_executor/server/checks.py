@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import __version__
+from ..protocol.names import APP_NAME
 from .access import User
-from .appversion import ALL_PLATFORMS, APP_NAME, version_num
+from .appversion import ALL_PLATFORMS, version_num
 from .daemonconf import DAEMON_SCRIPTS, daemon_files
 from .doctor import Context, Finding, check
 from .entries import DaemonEntry, collisions, is_locked

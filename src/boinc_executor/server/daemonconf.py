@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError
-from .appversion import APP_NAME
+from ..protocol.names import APP_NAME
 from .entries import DaemonEntry, entries_of
 
 __all__ = [

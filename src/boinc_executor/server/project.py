@@ -42,9 +42,9 @@ from ..config import ProjectConfig
 from ..errors import ConfigError
 from ..protocol import DEFAULT_MAX_RESULT_BYTES, OPEN_DATA, OPEN_PROGRAM, OPEN_RESULT
 from ..protocol.fileio import atomic_write
+from ..protocol.names import APP_NAME
 from .appversion import (
     ALL_PLATFORMS,
-    APP_NAME,
     AppFile,
     Interpreter,
     build_runner_zip,

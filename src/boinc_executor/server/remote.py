@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from ..config import ProjectConfig
 from ..errors import ConfigError
 from ..protocol.fileio import atomic_write
+from ..protocol.names import APP_NAME
 from .project import input_template, output_template
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ __all__ = [
     "setup_remote",
 ]
 
-APP_NAME = "pyboinc"
 REMOTE_IN = "pyboinc_remote_in"
 REMOTE_OUT = "pyboinc_remote_out"
 DIR_MODE = 0o2775

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..protocol.names import APP_NAME
 from .doctor import Context, Finding, check
-from .remote import APP_NAME, RemoteCheck, remote_checks
+from .remote import RemoteCheck, remote_checks
 
 __all__: list[str] = []
 
