@@ -125,7 +125,7 @@ class RecordDecoder(Generic[J]):
         # Held by whichever thread handles records or syncs the pack (the decoder
         # thread, or an announcing thread in handle_or_submit).
         self._work = threading.Lock()
-        self._inline = threading.local()  # .active: this thread handles records now
+        self._inline: threading.Thread | None = None  # an announcing thread handling one
         self._pending = 0  # records queued or being decoded
         self._unsynced: list[str] = []  # packed, their files still in new/
         self._sync_due = 0.0
@@ -149,7 +149,8 @@ class RecordDecoder(Generic[J]):
 
     def on_thread(self) -> bool:
         """Whether the caller handles records now (a future's done-callback runs there)."""
-        return threading.current_thread() is self._thread or getattr(self._inline, "active", False)
+        current = threading.current_thread()
+        return current is self._thread or current is self._inline
 
     @property
     def busy(self) -> bool:
@@ -211,13 +212,13 @@ class RecordDecoder(Generic[J]):
         if not idle or not self._work.acquire(blocking=False):
             self._queue.put((job, name))
             return
-        self._inline.active = True
+        self._inline = threading.current_thread()
         try:
             timed = bool(self._unsynced)  # else the thread may wait with no sync to time
             self._handle_batch([(job, name)])
             wake = not timed and bool(self._unsynced)
         finally:
-            self._inline.active = False
+            self._inline = None
             self._work.release()
         if wake:
             self._queue.put(_WAKE)

@@ -1,7 +1,8 @@
 """``BoincExecutor``: a ``concurrent.futures.Executor`` whose workers are BOINC volunteers.
 
 This module is the front end: argument checking, opening (or replaying) the
-batch directory, and turning ``submit``/``map`` calls into journaled jobs with
+batch directory, and handing ``submit``/``map`` calls to
+:mod:`boinc_executor.submission`, which turns them into journaled jobs with
 plain ``Future``s. Everything after that (bulk hand-over to the backend,
 reading records from ``new/``, resolving futures) belongs to the collector
 thread in :mod:`boinc_executor.collector`; the engines behind it are in

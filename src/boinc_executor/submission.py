@@ -52,7 +52,7 @@ class Submitter:
         self._retry_failed = retry_failed
         self._programs: dict[int, tuple[Callable[..., Any], str, str, bytes]] = {}
 
-    def program(self, fn: Callable[..., Any]) -> tuple[str, str, bytes]:
+    def _program(self, fn: Callable[..., Any]) -> tuple[str, str, bytes]:
         """The program file for ``fn``: (physical name, fingerprint, bytes), made once.
 
         The fingerprint (:mod:`boinc_executor.fingerprint`) covers the function
@@ -87,7 +87,7 @@ class Submitter:
         name = protocol.job_name(self._checkpoint.prefix, self._checkpoint.batch_id, index)
         futures: list[Future[Any]] = [Future() for _ in range(1 if chunk else len(calls))]
         try:
-            program_name, fn_digest, program = self.program(fn)
+            program_name, fn_digest, program = self._program(fn)
             digest, plain = fingerprint.call_digest(fn_digest, calls)
             data = protocol.encode_data(name, calls, plain=plain)
         except Exception as exc:
