@@ -46,6 +46,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench_collect import FEEDER  # noqa: E402 (the same renaming process)
+
 from boinc_executor import BoincExecutor, JobParams, protocol  # noqa: E402
 from boinc_executor.backends.boinc import BoincBackend  # noqa: E402
 from boinc_executor.backends.workunits import param_options  # noqa: E402
@@ -57,12 +59,6 @@ from tests.boinc_harness.mariadb import (  # noqa: E402
 from tests.boinc_harness.project import Project, make_project  # noqa: E402
 
 SPEEDUP_TARGET = 100.0
-_FEEDER = """
-import os, sys
-staging, new = sys.argv[1], sys.argv[2]
-for name in sorted(os.listdir(staging)):
-    os.rename(os.path.join(staging, name), os.path.join(new, name))
-"""
 COLLECT_TARGET = 10_000.0
 
 
@@ -159,7 +155,7 @@ def measure_collection(project: Project, n: int) -> tuple[float, float]:
     begin = time.perf_counter()
     # Another process renames them in (as the assimilator would), so its renames
     # do not share the master's GIL.
-    feeder = subprocess.Popen([sys.executable, "-c", _FEEDER, str(staging), str(new)])
+    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(staging), str(new), "0"])
     total = sum(results)
     if feeder.wait() != 0:
         raise RuntimeError("the renaming process failed")
