@@ -36,7 +36,12 @@ OUTPUT_TEMPLATE = f"templates/{APP_NAME}_out"
 
 _CREATE_WORK_CHUNK = 5000  # jobs per create_work process at most
 _CREATE_WORK_MIN_CHUNK = 500  # below this, one more process costs more than it saves
-_STAGE_THREADS = 16  # file creation is latency-bound: parallel writes hide the disk's latency
+# Two writers: one overlaps the disk's latency with the other's system calls, and the
+# executor keeps encoding meanwhile. More do not go faster on a local file system:
+# creating a file is kernel CPU work serialised on the journal, and 16 threads made
+# bench_boinc's bulk submission about 1.5x slower than 2 (for a data file and its .md5:
+# 190 us of system time against 135 us with 2 threads, and 10x the context switches).
+_STAGE_THREADS = 2
 _STAGE_BATCH = 64  # files written by one pool task
 _STAGE_WINDOW = 16  # pool tasks in flight before stage() waits for the older half
 _STDERR_TAIL = 2000
@@ -68,8 +73,8 @@ def param_options(params: JobParams) -> list[str]:
 class Stager:
     """Writes input files into the download hierarchy on a pool of threads.
 
-    Creating a file (and, the first time, its fan-out directory) is bound by the
-    disk's latency, not by bandwidth, so writes run in parallel while the
+    Creating a file (and, the first time, its fan-out directory) costs latency
+    and kernel time, not bandwidth, so writes run on a small pool while the
     executor keeps staging, a batch of files per task so the pool's own
     overhead stays small; :meth:`wait` is the barrier ``submit`` crosses before
     ``create_work`` reads the files. A failed write is reported by the next
