@@ -8,10 +8,12 @@ reported with its minimum and median:
   BoincExecutor whose backend runs nothing; their N result records are written
   beforehand into a staging directory on the same file system, then *another
   process* renames them into ``new/`` (so the renames do not share the master's
-  GIL) and the clock runs until every future is resolved. Two ways in:
-  ``scan`` (the collector finds the records by listing ``new/``, as with BOINC's
-  assimilator) and ``delivered`` (the renaming process names each record on a
-  pipe, and the master passes the name to ``BackendEvents.record_delivered``, as
+  GIL) and the clock runs until every future is resolved. Three ways in:
+  ``landed`` (the kernel names each record as it lands, through the collector's
+  inotify watch on ``new/``: the BOINC assimilator's deliveries on Linux),
+  ``scan`` (the collector finds the records by listing ``new/`` only, as where no
+  watch can be had) and ``delivered`` (the renaming process names each record on
+  a pipe, and the master passes the name to ``BackendEvents.record_delivered``, as
   the embedded backend's workers do). The *floor* does only the required steps
   for the same records in one thread (read, decode, set the result, pack, unlink)
   and the ratio says how close the collector comes to it.
@@ -105,6 +107,9 @@ def collect_child(records: int, mode: str, scratch: Path) -> dict[str, Any]:
     from boinc_executor import BoincExecutor, protocol
 
     backend = _null_backend()
+    # The collector watches new/ for backends that do not name their records; "scan"
+    # and "delivered" go without the watch.
+    backend.announces_records = mode != "landed"
     ex = BoincExecutor(batch_dir=scratch / "batch", _backend=backend)
     futures = [ex.submit(operator.neg, i) for i in range(records)]
     if not ex.flush(timeout=600):
@@ -383,10 +388,10 @@ def main() -> int:
 
 
 def _report_collection(args: argparse.Namespace, home: Path) -> None:
-    rates: dict[str, list[float]] = {"floor": [], "scan": [], "delivered": []}
+    rates: dict[str, list[float]] = {"floor": [], "landed": [], "scan": [], "delivered": []}
     for _ in range(args.repeat):  # interleaved, so drift hits every variant alike
         rates["floor"].append(_child(["floor", str(args.records)], home)["rate"])
-        for mode in ("scan", "delivered"):
+        for mode in ("landed", "scan", "delivered"):
             rates[mode].append(_child(["collect", str(args.records), mode], home)["rate"])
     print(
         f"\n## collection of {args.records:,} records (results/s; target >= {COLLECT_TARGET:,.0f})"

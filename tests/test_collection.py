@@ -179,6 +179,65 @@ def test_record_delivered_resolves_without_a_scan(tmp_path: Path) -> None:
     assert handled_records(ex.batch_dir)[job].name == name
 
 
+class _AssimilatedBackend(_SilentBackend):
+    """As a BOINC project: records only land in new/ (the assimilator), nobody names them."""
+
+    announces_records = False
+
+
+def test_records_that_land_in_new_resolve_without_a_scan(tmp_path: Path) -> None:
+    """Invariant: each future resolves exactly once, from a regular file named as its record.
+
+    With the periodic scan out of reach, the watch on new/ finds records renamed
+    in (as the assimilator delivers them) and written in place. A symlink or a FIFO
+    under a job's record name is left to the scan, which refuses it, and the job
+    waits for its real record.
+    """
+    backend = _AssimilatedBackend(max_workers=1)
+    ex = BoincExecutor(batch_dir=tmp_path / "batch", _backend=backend)
+    futures = [ex.submit(jobs.square, i) for i in range(3)]
+    assert ex.flush(timeout=30)
+    time.sleep(0.3)  # the first scan (at start-up) is over
+    new = ex.batch_dir / protocol.NEW
+    names = [protocol.job_name("pyb", ex.batch_id, i) for i in range(3)]
+    protocol.deliver_record(ex.batch_dir, names[0], "assim", _ok(names[0], 0))
+    (new / protocol.record_file_name(names[1], "inplace")).write_bytes(_ok(names[1], 1))
+    outside = tmp_path / "outside"
+    outside.write_bytes(_ok(names[2], -1))
+    (new / protocol.record_file_name(names[2], "link")).symlink_to(outside)
+    os.mkfifo(new / protocol.record_file_name(names[2], "fifo"))
+    assert [f.result(timeout=10) for f in futures[:2]] == [0, 1]
+    time.sleep(0.5)
+    assert not futures[2].done()  # neither the symlink nor the FIFO counted
+    protocol.deliver_record(ex.batch_dir, names[2], "assim", _ok(names[2], 4))
+    assert futures[2].result(timeout=10) == 4
+    ex.shutdown(wait=True)
+    assert sorted(handled_records(ex.batch_dir)) == sorted(names)
+
+
+def test_the_watch_names_landed_records_only_and_stops_at_once(tmp_path: Path) -> None:
+    """The inotify watch itself: record names of regular files, in batches; temp files,
+    strangers and directories are not named; close() returns promptly; a directory
+    that cannot be watched says so instead of failing."""
+    from boinc_executor.watch import NewRecordWatch
+
+    landed: list[str] = []
+    watch = NewRecordWatch(str(tmp_path), landed.extend, lambda: None, name="test-watch")
+    assert watch.start(), "inotify is available on Linux"
+    record = protocol.record_file_name("pyb_1_0", "a")
+    (tmp_path / ".tmp-pyb_1_1.a.result").write_bytes(b"x")  # a writer's temp file
+    os.rename(tmp_path / ".tmp-pyb_1_1.a.result", tmp_path / record)
+    (tmp_path / "stranger").write_bytes(b"x")
+    (tmp_path / protocol.record_file_name("pyb_1_2", "dir")).mkdir()
+    _wait_for("the record to be named", lambda: landed == [record], timeout=10)
+    start = time.monotonic()
+    watch.close()
+    assert time.monotonic() - start < 5
+    assert landed == [record]
+    missing = NewRecordWatch(str(tmp_path / "gone"), landed.extend, lambda: None, name="x")
+    assert not missing.start()
+
+
 def test_long_names_never_stop_the_scan(blocked: tuple[BoincExecutor, Path]) -> None:
     """Invariant: the collector never dies or stops collecting; names stay within NAME_MAX.
 

@@ -47,6 +47,7 @@ from .errors import BoincExecutorError, SubmissionError
 from .intake import RecordIntake
 from .job import Job
 from .protocol.decoding import TypePolicy
+from .watch import NewRecordWatch
 
 __all__ = ["Collector"]
 
@@ -157,12 +158,25 @@ class Collector(RecordIntake):
         self._thread = threading.Thread(
             target=self._run, name=f"boinc-executor-collector-{self.batch_id}", daemon=True
         )
+        # Records nobody announces (the assimilator's) are learned as they land.
+        self._watch = (
+            None
+            if backend.announces_records
+            else NewRecordWatch(
+                self._new,
+                self.records_landed,
+                self.request_scan,
+                name=f"boinc-executor-watch-{self.batch_id}",
+            )
+        )
 
     # ------------------------------------------------------------------ front-end side
 
     def start(self) -> None:
-        """Start the collector and decoder threads."""
+        """Start the collector and decoder threads, and the watch on ``new/`` if any."""
         self._decoder.start()
+        if self._watch is not None and not self._watch.start():
+            self._watch = None  # no inotify here: scans find every record
         self._thread.start()
 
     def allocate(self, n_calls: int) -> tuple[int, int]:
@@ -520,6 +534,8 @@ class Collector(RecordIntake):
             self._scan()
         except OSError as exc:
             logger.warning("the last scan of %s failed: %s", self._new, exc)
+        if self._watch is not None:
+            self._watch.close()
         self._decoder.close()
         abandoned = self.abandoned
         complete = self.complete and not abandoned

@@ -96,6 +96,20 @@ class RecordIntake:
             return
         self._decoder.handle_or_submit(job, name)
 
+    def records_landed(self, names: list[str]) -> None:
+        """Watch event: regular files with these record names landed in ``new/``.
+
+        Claimed exactly as a scan that found them would (``watch.py``), in one
+        lock round, without listing ``new/``.
+        """
+        queued = self._queued
+        found = []
+        for name in names:
+            parsed = protocol.parse_record_name(name)
+            if parsed is not None and name not in queued:
+                found.append((parsed[0], name))
+        self._claim(found)
+
     # ------------------------------------------------------------------ scanning new/
 
     def _scan(self) -> None:

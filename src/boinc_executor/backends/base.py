@@ -102,6 +102,9 @@ class Backend(abc.ABC):
     #: before anything sees the ``SystemExit``). Engines whose jobs cost volunteers' work
     #: set it; the embedded one cancels at once, as ``ProcessPoolExecutor`` does.
     cancel_delay: float = 0.0
+    #: whether the backend names every record it delivers (``BackendEvents.record_delivered``);
+    #: for the others, which only drop files into ``new/``, the collector watches it (``watch.py``)
+    announces_records: bool = False
 
     @abc.abstractmethod
     def create_batch(self, name: str, batch_dir: Path | None) -> tuple[int, Path]:

@@ -103,6 +103,7 @@ class LocalBackend(Backend):
     default_chunksize = 1
     # Small hand-overs: a worker starts on the first jobs while the rest are staged.
     handover_size = 64
+    announces_records = True  # each worker's D line names its record
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
