@@ -306,7 +306,7 @@ class CreateWork:
             raise
         rt = job.result_template_file
         rt_path = f"{self.config.root}/{rt}"
-        if not Path(rt_path).exists():
+        if not os.path.exists(rt_path):
             err(f"create_work: result template file {rt_path} doesn't exist")
             return False
         if len(rt) > 62:

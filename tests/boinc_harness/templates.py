@@ -84,9 +84,18 @@ def md5_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), path.stat().st_size
 
 
+# Files whose .md5 this process read and trusted: BOINC's physical names are immutable,
+# so a bulk create_work need not read the shared program's .md5 again for every job
+# (C++ does, at a cost the harness's Python would multiply).
+_TRUSTED_MD5: dict[str, tuple[str, float]] = {}
+
+
 def got_md5_info(path: Path) -> tuple[str, float] | None:
     """Read ``<path>.md5`` ("<md5> <nbytes>\\n") if it is newer than the file, else None."""
     cache = f"{path}.md5"
+    known = _TRUSTED_MD5.get(cache)
+    if known is not None:
+        return known
     try:
         file_mtime = int(os.stat(path).st_mtime)
         with open(cache, encoding="utf-8") as f:
@@ -101,7 +110,8 @@ def got_md5_info(path: Path) -> tuple[str, float] | None:
     if cache_mtime < file_mtime:
         os.unlink(cache)
         return None
-    return parts[0], atof(parts[1])
+    _TRUSTED_MD5[cache] = info = (parts[0], atof(parts[1]))
+    return info
 
 
 def write_md5_info(path: Path, md5: str, nbytes: float) -> None:
