@@ -79,6 +79,11 @@ KIND_PROGRAM = "program"
 KIND_DATA = "data"
 KIND_RESULT = "result"
 _DATA_MAGIC = _MAGIC_PREFIX + KIND_DATA.encode() + b"/"
+# Each kind's whole first line in this release's format, e.g. b"BOINC-EXECUTOR/result/1".
+_MAGIC_LINES = {
+    kind: b"%s%s/%d" % (_MAGIC_PREFIX, kind.encode(), FORMAT_VERSION)
+    for kind in (KIND_PROGRAM, KIND_DATA, KIND_RESULT)
+}
 
 
 def python_tag() -> str:
@@ -123,20 +128,26 @@ def decode_frame(data: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
         ProtocolError: not a framed file of ``kind``, an unknown version, or a bad header.
     """
     magic, nl, rest = data.partition(b"\n")
-    expected = _MAGIC_PREFIX + kind.encode() + b"/"
-    if not nl or not magic.startswith(expected):
+    if magic != _MAGIC_LINES.get(kind):  # (one comparison for every well-formed file)
+        expected = _MAGIC_PREFIX + kind.encode() + b"/"
+        if not nl or not magic.startswith(expected):
+            raise ProtocolError(f"not a boinc-executor {kind} file")
+        version = magic[len(expected) :]
+        if version != str(FORMAT_VERSION).encode():
+            raise ProtocolError(
+                f"{kind} file has format version {version.decode(errors='replace')!r}; "
+                f"this release reads version {FORMAT_VERSION}"
+            )
+    elif not nl:
         raise ProtocolError(f"not a boinc-executor {kind} file")
-    version = magic[len(expected) :]
-    if version != str(FORMAT_VERSION).encode():
-        raise ProtocolError(
-            f"{kind} file has format version {version.decode(errors='replace')!r}; "
-            f"this release reads version {FORMAT_VERSION}"
-        )
     line, nl, payload = rest.partition(b"\n")
     if not nl:
         raise ProtocolError(f"{kind} file is truncated inside its header")
     try:  # headers are written in ASCII; UTF-8 is all a reader need accept
-        header = _HEADER_DECODER.decode(line.decode("utf-8"))
+        text = line.decode("utf-8").lstrip()
+        header, end = _HEADER_DECODER.raw_decode(text)  # (decode() costs two regex matches)
+        if end != len(text) and text[end:].strip():
+            raise ValueError(f"extra data after the header's JSON object at column {end + 1}")
     except ValueError as exc:  # (UnicodeDecodeError included)
         raise ProtocolError(f"{kind} file header is not valid JSON: {exc}") from exc
     except RecursionError:  # a volunteer's header nested deeper than the parser's stack
@@ -429,7 +440,11 @@ def _needs_rebuild(outcomes: list[Any]) -> bool:
     entry is checked, and the list is rebuilt (failed calls get their
     exceptions decoded).
     """
-    if (
+    if len(outcomes) == 1:  # a chunksize-1 job: no sets to build
+        entry = outcomes[0]
+        if type(entry) is tuple and len(entry) == 2 and entry[0] is True:
+            return False
+    elif (
         set(map(type, outcomes)) <= {tuple}
         and set(map(len, outcomes)) <= {2}
         and set(map(type, oks := list(map(_first, outcomes)))) <= {bool}
