@@ -221,7 +221,7 @@ def test_the_watch_names_landed_records_only_and_stops_at_once(tmp_path: Path) -
     that cannot be watched says so instead of failing."""
     from boinc_executor.watch import NewRecordWatch
 
-    landed: list[str] = []
+    landed: list[tuple[str, str]] = []
     watch = NewRecordWatch(str(tmp_path), landed.extend, lambda: None, name="test-watch")
     assert watch.start(), "inotify is available on Linux"
     record = protocol.record_file_name("pyb_1_0", "a")
@@ -229,11 +229,11 @@ def test_the_watch_names_landed_records_only_and_stops_at_once(tmp_path: Path) -
     os.rename(tmp_path / ".tmp-pyb_1_1.a.result", tmp_path / record)
     (tmp_path / "stranger").write_bytes(b"x")
     (tmp_path / protocol.record_file_name("pyb_1_2", "dir")).mkdir()
-    _wait_for("the record to be named", lambda: landed == [record], timeout=10)
+    _wait_for("the record to be named", lambda: landed == [("pyb_1_0", record)], timeout=10)
     start = time.monotonic()
     watch.close()
     assert time.monotonic() - start < 5
-    assert landed == [record]
+    assert landed == [("pyb_1_0", record)]
     missing = NewRecordWatch(str(tmp_path / "gone"), landed.extend, lambda: None, name="x")
     assert not missing.start()
 

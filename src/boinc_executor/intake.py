@@ -96,19 +96,14 @@ class RecordIntake:
             return
         self._decoder.handle_or_submit(job, name)
 
-    def records_landed(self, names: list[str]) -> None:
-        """Watch event: regular files with these record names landed in ``new/``.
+    def records_landed(self, landed: list[tuple[str, str]]) -> None:
+        """Watch event: regular files with these ``(job, record name)`` landed in ``new/``.
 
         Claimed exactly as a scan that found them would (``watch.py``), in one
         lock round, without listing ``new/``.
         """
         queued = self._queued
-        found = []
-        for name in names:
-            parsed = protocol.parse_record_name(name)
-            if parsed is not None and name not in queued:
-                found.append((parsed[0], name))
-        self._claim(found)
+        self._claim([item for item in landed if item[1] not in queued])
 
     # ------------------------------------------------------------------ scanning new/
 

@@ -47,14 +47,15 @@ _COALESCE_SECONDS = 0.005  # after a read: the first record of a burst waits for
 
 
 class NewRecordWatch:
-    """Calls ``landed(names)`` with the record-named regular files that land in a directory.
+    """Calls ``landed(records)`` with the record-named regular files that land in a directory.
 
     Args:
         directory: the batch's ``new/``.
-        landed: called on the watch's thread with the names, one list per read of
-            the kernel's events, of the regular files (checked with ``lstat``) whose
-            name has a record's form (:func:`~.protocol.parse_record_name`). Anything
-            else, a symlink or FIFO under a record's name included, is left to scans.
+        landed: called on the watch's thread with ``(job, file name)`` of each regular
+            file (checked with ``lstat``) whose name has a record's form
+            (:func:`~.protocol.parse_record_name`), one list per read of the kernel's
+            events. Anything else, a symlink or FIFO under a record's name included,
+            is left to scans.
         overflowed: called when the kernel dropped events, so that a scan finds the rest.
         name: the thread's name.
     """
@@ -62,7 +63,7 @@ class NewRecordWatch:
     def __init__(
         self,
         directory: str,
-        landed: Callable[[list[str]], None],
+        landed: Callable[[list[tuple[str, str]]], None],
         overflowed: Callable[[], None],
         name: str,
     ) -> None:
@@ -127,7 +128,7 @@ class NewRecordWatch:
 
     def _dispatch(self, chunk: bytes) -> bool:
         """Hand on one read's events; True once the watch is gone."""
-        names: list[str] = []
+        records: list[tuple[str, str]] = []
         gone = False
         offset = 0
         while offset + _EVENT.size <= len(chunk):
@@ -141,14 +142,15 @@ class NewRecordWatch:
                 self._overflowed()
                 continue
             name = chunk[start:offset].rstrip(b"\0").decode("utf-8", "surrogateescape")
-            if parse_record_name(name) is not None and self._regular(name):
-                names.append(name)  # (a temp file or a stranger: the next scan deals with it)
-        if names:
+            parsed = parse_record_name(name)
+            if parsed is not None and self._regular(name):
+                records.append((parsed[0], name))  # (else the next scan deals with it)
+        if records:
             try:
-                self._landed(names)
+                self._landed(records)
             except Exception:  # never lose the watch; the scan finds what this missed
                 logger.exception(
-                    "handling %d records that landed in %s failed", len(names), self._directory
+                    "handling %d records that landed in %s failed", len(records), self._directory
                 )
         return gone
 
