@@ -54,6 +54,34 @@ def test_frames_reject_other_kinds_and_versions() -> None:
         protocol.decode_frame(b"BOINC-EXECUTOR/data/1\n{", "data")
 
 
+def test_a_record_with_nothing_printed_is_the_generic_encoding() -> None:
+    """Invariant: the runner's fast path for a run that printed nothing writes the very
+    bytes the generic header encoding does, so readers cannot tell the two apart."""
+    from boinc_executor.protocol import classref, records
+
+    for job, outcomes in (
+        ("pyb_1_5", [(True, 1.5)]),
+        ("pyb_22_7", [(True, "x"), (False, {"type": "ValueError", "message": "m"})]),
+        ("pyb_3_0", []),
+    ):
+        header = {
+            "job": job,
+            "status": "ok",
+            "calls": len(outcomes),
+            "host": protocol.host_name(),
+            "python": records.platform.python_version(),
+            "stdout": "",
+            "stderr": "",
+            "error": None,
+        }
+        generic = protocol.encode_frame(
+            protocol.KIND_RESULT, header, classref.dumps(list(outcomes))
+        )
+        assert protocol.encode_result(job, outcomes) == generic
+    printed = protocol.encode_result("pyb_1_5", [(True, 1)], stdout="hi\n")
+    assert protocol.decode_frame(printed, protocol.KIND_RESULT)[0]["stdout"] == "hi\n"
+
+
 def test_read_bounded(tmp_path: Path) -> None:
     regular = tmp_path / "r"
     regular.write_bytes(b"12345")
