@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,9 +145,10 @@ def test_a_job_asked_back_after_it_started_runs_to_its_record(
 def test_lent_records_become_output_files_and_unfit_ones_are_deleted(
     worker: WorkerPipe, tmp_path: Path
 ) -> None:
-    """A handled record lent back (R) leaves new/ at once and becomes the next job's
-    output file, rewritten in place; one with a second hard link, or over 1 MiB, is
-    deleted from new/ and never written; nothing but a record name in new/ is touched."""
+    """A handled record lent back (R) becomes the next job's output file, moved
+    straight out of new/ and rewritten in place; one with a second hard link, over
+    1 MiB, a symlink or a FIFO is deleted from new/ and never written, nor what it
+    points at; nothing but a record name in new/ is touched."""
     from boinc_executor.backends.local_worker import MAX_SPARE_BYTES
 
     new = worker.batch_dir / protocol.NEW
@@ -159,9 +161,16 @@ def test_lent_records_become_output_files_and_unfit_ones_are_deleted(
     good, big, linked = plant(10), plant(11, b"x" * (MAX_SPARE_BYTES + 1)), plant(12)
     outside = tmp_path / "outside"
     os.link(new / linked, outside)
+    target = tmp_path / "target"
+    target.write_bytes(b"not yours")
+    symlink = protocol.record_file_name(protocol.job_name("wt", 1, 13), "local-s0-0")
+    (new / symlink).symlink_to(target)
+    fifo = protocol.record_file_name(protocol.job_name("wt", 1, 14), "local-s0-0")
+    os.mkfifo(new / fifo)
     (tmp_path / "batch" / "victim").write_bytes(b"keep")
     inode = (new / good).stat().st_ino
-    worker.send("R\t" + "\t".join([good, big, linked, "../victim"]))
+    # Taken newest first: every unfit one is moved out of the way before the good one.
+    worker.send("R\t" + "\t".join([good, big, linked, fifo, symlink, "../victim"]))
     worker.send_job(LONG, jobs.square, 6)
     done = worker.report()
     assert done.startswith(f"D {LONG} "), done
@@ -172,4 +181,29 @@ def test_lent_records_become_output_files_and_unfit_ones_are_deleted(
     ).outcomes == [(True, 36)]
     assert sorted(os.listdir(new)) == [record.name]
     assert outside.read_bytes() == b"a handled record"  # never written through the link
+    assert target.read_bytes() == b"not yours"
     assert (tmp_path / "batch" / "victim").read_bytes() == b"keep"
+
+
+def test_an_idle_worker_moves_its_lent_records_out_of_new_and_reuses_them_later(
+    worker: WorkerPipe,
+) -> None:
+    """Lent records wait in new/ only while jobs keep coming: a worker with nothing to
+    run moves them to its spare directory, so an idle executor's new/ holds only
+    records to handle, and the next job still rewrites one of them."""
+    new = worker.batch_dir / protocol.NEW
+    names = [
+        protocol.record_file_name(protocol.job_name("wt", 1, i), "local-s0-0") for i in (20, 21)
+    ]
+    for name in names:
+        (new / name).write_bytes(b"a handled record")
+    inodes = {(new / name).stat().st_ino for name in names}
+    worker.send("R\t" + "\t".join(names))
+    deadline = time.monotonic() + 30
+    while os.listdir(new):
+        assert time.monotonic() < deadline, f"lent records stayed in new/: {os.listdir(new)}"
+        time.sleep(0.02)
+    worker.send_job(LONG, jobs.square, 7)
+    done = worker.report()
+    assert done.startswith(f"D {LONG} "), done
+    assert (new / done.split()[2]).stat().st_ino in inodes

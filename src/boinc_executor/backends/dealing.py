@@ -135,8 +135,8 @@ class WorkerSlot:
         self.running_since = 0.0  # when the first assigned job began (monotonic)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
-        # Handled records lent back for reuse (R), the last MAX_SPARES: the worker
-        # moves them out of new/ when it reads the line; until then a scan skips them.
+        # Handled records lent back for reuse (R), the last MAX_SPARES: they stay in
+        # new/ until the worker reuses (or deletes) them, and a scan skips them.
         self.lent: OrderedDict[str, None] = OrderedDict()
 
     def lend(self, names: list[str]) -> None:

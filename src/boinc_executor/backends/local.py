@@ -137,8 +137,8 @@ class LocalBackend(Backend):
     def reuse_records(self, names: list[str]) -> list[str]:
         """Lend each record back to the worker that delivered it (an ``R`` line per worker).
 
-        The worker moves the file out of ``new/`` itself, so reuse costs the
-        master no file operation (under the GIL, a rename and an lstat per
+        The worker moves the file out of ``new/`` itself when it reuses it, so
+        reuse costs the master no file operation (under the GIL, a rename and an lstat per
         record cost its decoder thread more than decoding the record). Records
         of another run, of a worker gone since, or written by the master are
         not taken.
@@ -280,7 +280,7 @@ class LocalBackend(Backend):
             self._pack.close()
         for w in workers:
             shutil.rmtree(os.path.join(self._root, "slots", w.slot), ignore_errors=True)
-            # Lent records a worker never read the R line of (killed): handled, packed.
+            # Lent records a worker did not reuse: handled and packed.
             # (Only a worker that ran has any, and workers run only once attached.)
             if w.lent and self._batch_dir is not None:
                 new = os.path.join(self._batch_dir, protocol.NEW)
@@ -482,7 +482,7 @@ class LocalBackend(Backend):
                 self._pending.put_back(job, dispatch)
             worker.assigned.clear()
             worker.withdrawing.clear()
-            worker.lent.clear()  # those it did not move out of new/: a scan deletes them
+            worker.lent.clear()  # those it did not reuse: a scan deletes them
             self._feed_all()
         self._announce()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
