@@ -202,7 +202,7 @@ class _Slot:
         rename then moves a file straight to ``result.pkl``, so a record's file
         costs two renames per job, into ``new/`` and back, and the master no
         file operation. (Through a spare directory it took three, and the
-        worker's CPU per trivial job was a third higher.) Beyond
+        worker's CPU per trivial job was about a tenth higher.) Beyond
         :data:`MAX_SPARES`, the oldest are deleted.
         """
         spares = self._spares
