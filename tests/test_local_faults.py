@@ -225,3 +225,26 @@ def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) -> Non
         assert not long_job.done()
         gate.touch()
         assert long_job.result(timeout=30) == "long"
+
+
+def test_a_bug_in_handling_a_worker_restarts_it_and_loses_no_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: a future never hangs. An exception in the master's own handling of a
+    worker (a bug: here one injected into dealing, right after the worker started)
+    kills and replaces that worker; the jobs dealt to it are dealt again."""
+    from boinc_executor.backends import local
+
+    original = local.LocalBackend._rebalance
+    failed: list[str] = []
+
+    def rebalance(self: local.LocalBackend) -> None:
+        if not failed and sys._getframe(1).f_code.co_name == "_run_worker":
+            failed.append("once")
+            raise RuntimeError("injected bug")
+        original(self)
+
+    monkeypatch.setattr(local.LocalBackend, "_rebalance", rebalance)
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        assert list(ex.map(jobs.square, range(20), timeout=120)) == [i * i for i in range(20)]
+    assert failed == ["once"]

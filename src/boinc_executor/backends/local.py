@@ -422,13 +422,16 @@ class LocalBackend(Backend):
                     logger.error("cannot start a local worker: %s", exc)
                     self._workers.remove(worker)
                     return
-                self._feed_all()
-                self._rebalance()
-            self._announce()
             try:
+                with self._lock:
+                    self._feed_all()
+                    self._rebalance()
+                self._announce()
                 self._read_reports(worker)
-            except Exception:  # never lose a worker's jobs to a bug in handling one line
-                logger.exception("reading local worker %s failed", worker.slot)
+            except Exception:  # never lose a worker's jobs to a bug in handling it
+                logger.exception("handling local worker %s failed; restarting it", worker.slot)
+                with contextlib.suppress(OSError):
+                    worker.proc.kill()  # its jobs are dealt again (_worker_died)
             if not self._worker_died(worker):
                 return
 
