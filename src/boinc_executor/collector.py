@@ -43,7 +43,7 @@ from .batch import BatchDir, Checkpoint, JournalEntry
 from .cancels import OPERATOR, HeldCancels
 from .config import JobParams
 from .decoder import RecordDecoder
-from .errors import BoincExecutorError, SubmissionError
+from .handover import BUFFER_JOBS, JobHandOver
 from .intake import RecordIntake
 from .job import Job
 from .protocol.decoding import TypePolicy
@@ -53,19 +53,14 @@ __all__ = ["Collector"]
 
 logger = logging.getLogger("boinc_executor")
 
-_HAND_OVER_WAIT = 0.05  # seconds a submit waits for the collector's flush to end
 _BUSY_SCAN_INTERVAL = 2.0  # seconds between scans of new/ while the decoder has a backlog
-# Submitted jobs not yet handed over, at most (or twice the backend's hand-over size):
-# a submitting loop waits past that, as a producer waits on a bounded queue.
-_BUFFER_JOBS = 1024
-_BUFFER_BYTES = 64 << 20  # ... or this much of their pickled inputs
 
 
 #: how the name of a `boinc-executor cancel` record ends
 _CANCEL_SUFFIX = f".{protocol.CANCEL_TAG}{protocol.RECORD_SUFFIX}"
 
 
-class Collector(RecordIntake):
+class Collector(JobHandOver, RecordIntake):
     """Owns the job table and the thread that submits jobs and resolves their futures.
 
 
@@ -134,7 +129,7 @@ class Collector(RecordIntake):
         self._buffer: deque[tuple[Job, JournalEntry, bytes | None, bytes]] = deque()
         self._buffered_since = 0.0
         self._buffered_bytes = 0
-        self._buffer_jobs = max(_BUFFER_JOBS, 2 * backend.handover_size)
+        self._buffer_jobs = max(BUFFER_JOBS, 2 * backend.handover_size)
         self._resubmit: list[JournalEntry] = []
         # Handed-over jobs to cancel at the backend, held back for cancel_delay (cancels.py).
         self._to_cancel = HeldCancels(backend.cancel_delay)
@@ -188,57 +183,6 @@ class Collector(RecordIntake):
             self.next_job += 1
             self.next_call += n_calls
         return index, call
-
-    def add(self, job: Job, entry: JournalEntry, program: bytes, data: bytes) -> None:
-        """Buffer a new job; it is journaled and handed over in bulk by the thread.
-
-        The buffer is bounded: a caller that fills it waits until the thread has
-        handed jobs over, so a loop of ``submit`` holds a few thousand jobs' inputs
-        in memory at most, not all of them (and costs less memory per pending job
-        than ``ProcessPoolExecutor``). A future's done-callback, which runs on
-        this collector's own threads, never waits.
-        """
-        for fut in job.futures:
-            fut.add_done_callback(job)
-        with self.lock:
-            self._jobs[job.name] = job
-            if not self._buffer:
-                self._buffered_since = time.monotonic()
-            new_program = entry.program not in self._staged_programs
-            self._staged_programs.add(entry.program)
-            self._buffer.append((job, entry, program if new_program else None, data))
-            self._buffered_bytes += len(data)
-            full = self._buffer_full()
-            lone = len(self._buffer) == 1 and not (self._flushing or self._stopping)
-        if lone and self.backend.wants_jobs_now() and self._hand_over_here():
-            return
-        self.wake.set()
-        if full and not self.on_own_thread():
-            with self._handed_over:
-                while self._buffer_full() and self._thread.is_alive() and not self._abandoned:
-                    self._handed_over.wait(0.5)
-
-    def _hand_over_here(self) -> bool:
-        """Hand the buffer over on the calling thread; False if another thread is at it.
-
-        For a lone job that would start at once: the hop to the collector thread
-        costs as much as the job's whole hand-over. Never on the collector's own
-        threads (a done-callback that submits). The collector thread holds the
-        lock only around its own flush, which with nothing to hand over takes
-        microseconds, so the wait for it is short and bounded (a loaded machine
-        can preempt it there): no thread can deadlock on it, and past the bound
-        the collector thread does the hand-over.
-        """
-        if self.on_own_thread() or not self._handing_over.acquire(timeout=_HAND_OVER_WAIT):
-            return False
-        try:
-            self._flush(force=True)
-        finally:
-            self._handing_over.release()
-        return True
-
-    def _buffer_full(self) -> bool:
-        return len(self._buffer) >= self._buffer_jobs or self._buffered_bytes >= _BUFFER_BYTES
 
     def register(self, job: Job, entry: JournalEntry) -> None:
         """Track a journaled job again: resolve it from its record, or ask the backend for it."""
@@ -318,28 +262,6 @@ class Collector(RecordIntake):
         deadlock or raise instead.
         """
         return threading.current_thread() is self._thread or self._decoder.on_thread()
-
-    def wait_handed_over(self, timeout: float | None = None) -> bool:
-        """Block until every buffered job is journaled and handed to the backend.
-
-        Returns:
-            False if ``timeout`` seconds passed first, if called on the collector
-            thread (which is the one doing the handing over) while jobs are still
-            buffered, or once the collector is abandoned (an interrupted master: what
-            is still buffered is never handed over, and waiting for it would never
-            end; on the decoder thread it would also hold up the collector, which
-            joins the decoder as it finishes).
-        """
-        self.wake.set()
-        if threading.current_thread() is self._thread:
-            timeout = 0
-
-        def pending() -> bool:
-            return bool(self._buffer or self._resubmit or self._flushing)
-
-        with self._handed_over:
-            self._handed_over.wait_for(lambda: self._abandoned or not pending(), timeout)
-            return not pending()
 
     def output(self, future: Future[Any]) -> protocol.TaskOutput | None:
         """What the call behind ``future`` printed, once its record was read (else None)."""
@@ -439,65 +361,6 @@ class Collector(RecordIntake):
                     age = time.monotonic() - self._buffered_since
                     timeout = max(0.0, min(timeout, backend.submit_delay - age))
         self._finish()
-
-    def _flush(self, force: bool) -> None:
-        """Stage, journal and hand over buffered jobs, in bulk."""
-        backend = self.backend
-        with self.lock:
-            due = (
-                force
-                or time.monotonic() - self._buffered_since >= backend.submit_delay
-                or self._buffer_full()
-            )
-            if not (self._buffer and due) and not self._resubmit:
-                return
-            # A slice at a time, so the first jobs run while later ones are still staged.
-            take = min(len(self._buffer), backend.handover_size) if due else 0
-            buffer = [self._buffer.popleft() for _ in range(take)]
-            self._buffered_bytes -= sum(len(item[3]) for item in buffer)
-            resubmit, self._resubmit = self._resubmit, []
-            self._flushing += 1
-        try:
-            self._hand_over(buffer, resubmit)
-        finally:
-            with self._handed_over:
-                self._flushing -= 1
-                self._handed_over.notify_all()
-
-    def _hand_over(
-        self,
-        buffer: list[tuple[Job, JournalEntry, bytes | None, bytes]],
-        resubmit: list[JournalEntry],
-    ) -> None:
-        backend = self.backend
-        live = [item for item in buffer if item[0].state is JobState.PENDING]
-        try:
-            entries = []
-            for _job, entry, program, data in live:
-                if program is not None:
-                    backend.stage(entry.program, program, shared=True)
-                entries.append(backend.stage_input(entry, data))
-            backend.wait_staged()  # journaled implies staged, whenever the master dies
-            if entries:
-                self.batch.append_journal(entries)
-            with self.lock:
-                for job, *_ in live:
-                    if job.state is JobState.PENDING:
-                        job.state = JobState.SUBMITTED
-            if entries or resubmit:
-                backend.submit(resubmit + entries, self.params)
-        except (BoincExecutorError, OSError) as exc:
-            logger.error("submitting %d jobs failed: %s", len(live) + len(resubmit), exc)
-            failed = [job for job, *_ in live]
-            with self.lock:
-                failed += [self._jobs[e.job] for e in resubmit if e.job in self._jobs]
-            error = SubmissionError(
-                f"could not hand the job to the {backend.kind} backend: {exc}. The job is "
-                f"journaled in {self.batch.path}; fix the cause and run again, or "
-                f"BoincExecutor.resume({self.batch_id})"
-            )
-            for job in failed:
-                self._resolve(job, error=error)
 
     def _cancel_pending(self) -> float | None:
         """Send the cancels that are due; returns seconds until the next one is, if any."""
