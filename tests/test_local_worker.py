@@ -149,7 +149,7 @@ def test_lent_records_become_output_files_and_unfit_ones_are_deleted(
     straight out of new/ and rewritten in place; one with a second hard link, over
     1 MiB, a symlink or a FIFO is deleted from new/ and never written, nor what it
     points at; nothing but a record name in new/ is touched."""
-    from boinc_executor.backends.local_worker import MAX_SPARE_BYTES
+    from boinc_executor.backends.local_slot import MAX_SPARE_BYTES
 
     new = worker.batch_dir / protocol.NEW
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..batch import JournalEntry
-from .local_worker import MAX_SPARES
+from .local_slot import MAX_SPARES
 
 __all__ = ["Dispatch", "PendingJobs", "WorkerSlot"]
 

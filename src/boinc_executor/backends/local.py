@@ -61,8 +61,8 @@ from ..protocol.inputpack import PackReader, PackWriter
 from . import registry
 from .base import Backend, BackendEvents
 from .dealing import Dispatch, PendingJobs, WorkerSlot
+from .local_slot import SPARE_DIR
 from .local_worker import (
-    SPARE_DIR,
     STDOUT_FD_ENV,
     WITHDRAW_SIGNAL,
     explain_os_error,
