@@ -22,7 +22,6 @@ machine, and it plays the runner's slot I/O (``volunteer/slotio.py``) with the
 descriptors it keeps: between two jobs every system call counts, since on a
 busy core each one runs with cold caches (ten fewer calls per job made a
 10 ms task's throughput about 1% higher).
-
 """
 
 from __future__ import annotations
