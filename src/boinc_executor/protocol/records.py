@@ -287,7 +287,6 @@ def _plain(value: Any, depth: int = 0) -> Any:
 
 
 @functools.cache
-@functools.cache
 def host_name() -> str:
     """This host's name, as recorded in results and error records (looked up once)."""
     return socket.gethostname() or platform.node()
