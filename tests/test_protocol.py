@@ -6,6 +6,7 @@ import datetime
 import decimal
 import os
 import pickle
+import platform
 from collections import OrderedDict
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_frames_reject_other_kinds_and_versions() -> None:
 def test_a_record_with_nothing_printed_is_the_generic_encoding() -> None:
     """Invariant: the runner's fast path for a run that printed nothing writes the very
     bytes the generic header encoding does, so readers cannot tell the two apart."""
-    from boinc_executor.protocol import classref, records
+    from boinc_executor.protocol import classref
 
     for job, outcomes in (
         ("pyb_1_5", [(True, 1.5)]),
@@ -69,7 +70,7 @@ def test_a_record_with_nothing_printed_is_the_generic_encoding() -> None:
             "status": "ok",
             "calls": len(outcomes),
             "host": protocol.host_name(),
-            "python": records.platform.python_version(),
+            "python": platform.python_version(),
             "stdout": "",
             "stderr": "",
             "error": None,

@@ -7,6 +7,7 @@ the standard library and ``boinc_executor.errors``, so it ships in the volunteer
 
 * :mod:`.names` -- batch-directory, slot, job and record names;
 * :mod:`.records` -- framing, input envelopes, result and error records;
+* :mod:`.errorinfo` -- exceptions and job failures described as plain data;
 * :mod:`.decoding` -- the allow-list unpickler that decodes untrusted payloads;
 * :mod:`.classref` -- the script's classes sent by reference and rebuilt without their code;
 * :mod:`.taskoutput` -- per-call captured output and its bounds;

@@ -19,10 +19,7 @@ import io
 import json
 import operator
 import pickle
-import platform
-import socket
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,8 @@ from typing import Any
 from ..errors import ProtocolError, ResultDecodeError
 from . import classref
 from .decoding import TypePolicy, decode_exception, safe_loads
+from .errorinfo import PYTHON_VERSION as _PYTHON_VERSION
+from .errorinfo import error_info, failure_info, host_name
 from .fileio import atomic_write, read_bounded
 from .names import NEW, parse_job_name, record_file_name
 from .taskoutput import JOB_OUTPUT_CHARS, OUTPUT_CHARS, TaskOutput, read_outputs
@@ -73,7 +72,6 @@ TAIL_CHARS = 4096
 
 _MAGIC_PREFIX = b"BOINC-EXECUTOR/"
 
-_PYTHON_VERSION = platform.python_version()  # recorded in every record: computed once
 
 KIND_PROGRAM = "program"
 KIND_DATA = "data"
@@ -270,48 +268,6 @@ def encode_data(
 def tail(text: str, chars: int = TAIL_CHARS) -> str:
     """The last ``chars`` characters of ``text``."""
     return text[-chars:]
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """Reduce exception args to JSON-able plain data; anything else becomes its repr."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)) and depth < 3:
-        return [_plain(v, depth + 1) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    try:
-        return repr(value)[:1000]
-    except Exception:
-        return f"<unrepresentable {type(value).__name__}>"
-
-
-@functools.cache
-def host_name() -> str:
-    """This host's name, as recorded in results and error records (looked up once)."""
-    return socket.gethostname() or platform.node()
-
-
-def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
-    """Describe an exception as plain data for an error record."""
-    cls = type(exc)
-    tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__)) if with_traceback else ""
-    return {
-        "type": cls.__qualname__,
-        "module": cls.__module__,
-        "args": _plain(exc.args),
-        "message": str(exc),
-        "traceback": tb,
-        "host": host_name(),
-        "python": _PYTHON_VERSION,
-    }
-
-
-def failure_info(kind: str, message: str, **extra: Any) -> dict[str, Any]:
-    """Describe a job-level failure (``JobFailedError``, ``JobLostError``, ``WorkunitError``)."""
-    info: dict[str, Any] = {"type": kind, "module": "boinc_executor", "message": message}
-    info.update({k: _plain(v) for k, v in extra.items()})
-    return info
 
 
 def encode_result(

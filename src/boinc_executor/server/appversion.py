@@ -70,6 +70,7 @@ RUNNER_MODULES = (
     "protocol",
     "protocol.names",
     "protocol.records",
+    "protocol.errorinfo",
     "protocol.fileio",
     "protocol.decoding",
     "protocol.bounded",
