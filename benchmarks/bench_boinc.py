@@ -22,6 +22,11 @@ database, then measures three things and prints one table:
   last future resolved through the executor's collector (decode, resolve, pack and
   remove from ``new/``).
 
+Before each bulk submission it also times creating 2,000 small files on the same file
+system, as context: staging creates two files per job, and on a VM that rate drifts
+threefold within a day and drops after mass deletions (the collection measure deletes
+its 100,000 records), so it says how much of a low bulk rate is the file system's.
+
 Each is repeated R times (``--repeat``, default 3), interleaved, in fresh batches of one
 project, and reported with its minimum and median. Targets: bulk >= 3,000 jobs/s and
 >= 100x the naive rate, collection >= 10,000 results/s; the verdicts use the medians.
@@ -110,6 +115,26 @@ def measure_bulk(project: Project, n: int) -> float:
     results.close()
     executor.shutdown(wait=True, cancel_futures=True)
     return end - start
+
+
+def measure_file_creation(directory: Path, n: int = 2000) -> float:
+    """Small files created per second in ``directory``, as staging creates them.
+
+    The bulk rate is bound by file creation (two files per job), whose cost on
+    this kind of VM drifts threefold within a day and rises after mass
+    deletions; this line says how fast the file system was when bulk ran. The
+    files stay until the end (deleting them would slow what follows).
+    """
+    directory.mkdir(parents=True)
+    subdirs = [directory / f"{i:x}" for i in range(64)]
+    for sub in subdirs:
+        sub.mkdir()
+    start = time.perf_counter()
+    for i in range(n):
+        fd = os.open(subdirs[i % 64] / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b"x" * 120)
+        os.close(fd)
+    return n / (time.perf_counter() - start)
 
 
 def measure_naive(project: Project, n: int) -> float:
@@ -219,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("PYBOINC_DIR", None)
     os.environ.pop("BOINC_EXECUTOR_BATCH_DIR", None)
     bulk: list[float] = []
+    creation: list[float] = []
     naive: list[float] = []
     submitted: list[float] = []
     collected: list[float] = []
     try:
         with bench_project(scratch) as project:
-            for _ in range(args.repeat):  # interleaved, so drift hits every measure alike
+            for r in range(args.repeat):  # interleaved, so drift hits every measure alike
+                creation.append(measure_file_creation(project.root / "bench-files" / str(r)))
                 bulk.append(sizes.jobs / measure_bulk(project, sizes.jobs))
                 naive.append(sizes.naive / measure_naive(project, sizes.naive))
                 sub, col = measure_collection(project, sizes.collect)
@@ -244,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         _row("bulk: map -> stage + batch + create_work --stdin", sizes.jobs, bulk,
              f">= {BULK_TARGET:,.0f}", bulk_ok)
     )  # fmt: skip
+    print(_row("(file system: small files created, just before)", 2000, creation))
     print(_row("naive: stage + one create_work per job (sample)", sizes.naive, naive))
     speedup = statistics.median(speedups)
     print(
