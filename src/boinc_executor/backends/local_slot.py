@@ -56,8 +56,16 @@ MAX_SPARES = 256
 MAX_SPARE_BYTES = 1 << 20
 
 
+def _fits(st: os.stat_result) -> bool:
+    """Whether a lent record's file may be reused: a lone regular file of at most 1 MiB.
+
+    (A second hard link would be written through; a larger file is not worth keeping.)
+    """
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= MAX_SPARE_BYTES
+
+
 def _reusable(path: str) -> tuple[int, int] | None:
-    """``path`` opened for writing, with its size, if it is a lone regular file of <= 1 MiB."""
+    """``path`` opened for writing, with its size, if it :func:`_fits`."""
     try:
         fd = os.open(path, _SPARE_FLAGS)
     except OSError:
@@ -66,9 +74,7 @@ def _reusable(path: str) -> tuple[int, int] | None:
         st = os.fstat(fd)
     except OSError:
         st = None
-    if st is None or not (
-        stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= MAX_SPARE_BYTES
-    ):
+    if st is None or not _fits(st):
         os.close(fd)
         return None
     return fd, st.st_size
@@ -187,13 +193,7 @@ class Slot:
             name = self._spares.popleft()
             path = os.path.join(self.new, name)
             try:
-                st = os.lstat(path)
-                if (
-                    stat.S_ISREG(st.st_mode)
-                    and st.st_nlink == 1
-                    and st.st_size <= MAX_SPARE_BYTES
-                    and len(self._stashed) < MAX_SPARES
-                ):
+                if _fits(os.lstat(path)) and len(self._stashed) < MAX_SPARES:
                     os.rename(path, os.path.join(self.spare_dir, name))
                     self._stashed.append(name)
                 else:
@@ -226,7 +226,7 @@ class Slot:
                 f"<project_dir>{self.project_dir}</project_dir>\n</app_init_data>\n"
             ).encode(),
         )
-        # Not finished yet: two NUL bytes where the runner writes "0\n" at the end,
+        # Not finished yet: two NUL bytes where write_output writes "0\n" at the end,
         # rewritten in place (the file is never emptied, see _rewrite).
         self._rewrite(self._finish, _NOT_FINISHED)
 
