@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from boinc_executor.backends.dealing import Dispatch, PendingJobs
+from typing import Any, cast
+
+from boinc_executor.backends.dealing import (
+    LONG_JOB,
+    PREFETCH,
+    Dispatch,
+    PendingJobs,
+    WorkerSlot,
+    deal,
+    job_to_withdraw,
+)
 from boinc_executor.batch import JournalEntry
 
 
@@ -64,3 +74,39 @@ def test_a_name_dropped_after_it_was_dealt_does_not_cancel_its_return() -> None:
     queue.drop(["a"])
     queue.put_back("a", Dispatch("prog", "inputs.pack", 0, 10, 1))
     assert _drain(queue) == ["a", "b"]
+
+
+def _workers(n: int) -> list[WorkerSlot]:
+    workers = [WorkerSlot(f"s{i}") for i in range(n)]
+    for worker in workers:
+        worker.proc = cast(Any, object())  # live (the dispatcher only asks whether it is)
+    return workers
+
+
+def test_jobs_go_to_the_least_busy_worker_at_most_prefetch_deep() -> None:
+    workers = _workers(2)
+    queue = PendingJobs()
+    queue.extend(_entries("a b c d e"))
+    dealt: list[str] = []
+    lines = deal(workers, queue, 100.0, dealt)
+    assert dealt == ["a", "b", "c", "d"][: 2 * PREFETCH]
+    assert [list(w.assigned) for w in workers] == [["a", "c"], ["b", "d"]]
+    assert lines[workers[0]][0] == Dispatch("prog", "inputs.pack", 0, 10, 0).line("a")
+    assert _drain(queue) == ["e"]
+    assert job_to_withdraw(workers, 100.0) is None  # no worker is idle
+
+
+def test_no_job_is_queued_behind_a_long_one_and_an_idle_worker_asks_for_it() -> None:
+    busy, idle = _workers(2)
+    queue = PendingJobs()
+    queue.extend(_entries("a b"))
+    deal([busy], queue, 100.0, [])  # both on one worker, before the other started
+    assert list(busy.assigned) == ["a", "b"]
+    assert job_to_withdraw([busy, idle], 100.0 + LONG_JOB / 2) is None  # not long yet
+    later = 100.0 + 2 * LONG_JOB
+    assert job_to_withdraw([busy, idle], later) == (busy, "b")
+    busy.withdrawing.add("b")
+    assert job_to_withdraw([busy, idle], later) is None  # one request at a time
+    queue.extend(_entries("c"))
+    deal([busy, idle], queue, later, [])
+    assert list(idle.assigned) == ["c"]  # not behind the long job

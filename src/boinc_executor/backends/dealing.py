@@ -12,7 +12,8 @@ The few jobs that come back (from a worker that died, or one that gave a job
 back) go ahead of the rest, with their attempt count, in a small ordered dict.
 
 :class:`WorkerSlot` is the dispatcher's view of one worker: the jobs dealt to it
-and not yet reported, and the handled records lent back to it.
+and not yet reported, and the handled records lent back to it. :func:`deal`
+and :func:`job_to_withdraw` are the dispatcher's two decisions, on that view.
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ from typing import NamedTuple
 from ..batch import JournalEntry
 from .local_slot import MAX_SPARES
 
-__all__ = ["Dispatch", "PendingJobs", "WorkerSlot"]
+__all__ = [
+    "LONG_JOB",
+    "PREFETCH",
+    "Dispatch",
+    "PendingJobs",
+    "WorkerSlot",
+    "deal",
+    "job_to_withdraw",
+]
+
+PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
+LONG_JOB = 0.05  # seconds after which a running job no longer gets a job queued behind it
 
 
 class Dispatch(NamedTuple):
@@ -159,3 +171,54 @@ class WorkerSlot:
         dispatch = self.assigned.pop(job, None)
         self.running_since = now
         return dispatch
+
+
+def deal(
+    workers: Sequence[WorkerSlot], pending: PendingJobs, now: float, dealt: list[str]
+) -> dict[WorkerSlot, list[str]]:
+    """Deal pending jobs to the least busy live workers; returns each worker's ``J`` lines.
+
+    A worker holds at most :data:`PREFETCH` jobs (the one it runs and those
+    queued behind it), and none is queued behind a job that has run for
+    :data:`LONG_JOB` or more: an idle worker takes it instead. The names of
+    the jobs dealt are appended to ``dealt``.
+    """
+    lines: dict[WorkerSlot, list[str]] = {}
+    while True:
+        ready = [
+            w
+            for w in workers
+            if w.proc is not None
+            and len(w.assigned) < PREFETCH
+            and not (w.assigned and w.busy_for(now) >= LONG_JOB)
+        ]
+        if not ready:
+            return lines
+        taken = pending.pop()
+        if taken is None:
+            return lines
+        job, dispatch = taken
+        worker = min(ready, key=lambda w: len(w.assigned))
+        if not worker.assigned:
+            worker.running_since = now
+        worker.assigned[job] = dispatch
+        dealt.append(job)
+        lines.setdefault(worker, []).append(dispatch.line(job))
+
+
+def job_to_withdraw(workers: Sequence[WorkerSlot], now: float) -> tuple[WorkerSlot, str] | None:
+    """A job queued behind a long one to ask back for an idle worker: (its worker, job).
+
+    The last queued job of the first worker busy for :data:`LONG_JOB` or more
+    that is not already giving one back; None while no worker is idle or none
+    has such a job. One request at a time: its answer deals the job.
+    """
+    if not any(w.proc is not None and not w.assigned for w in workers):
+        return None
+    for busy in workers:
+        if busy.withdrawing or busy.busy_for(now) < LONG_JOB:
+            continue
+        queued = busy.queued()
+        if queued:
+            return busy, queued[-1]
+    return None

@@ -16,8 +16,8 @@ In the steady state no file is created or deleted per job except the record the
 protocol needs in ``new/`` (see :mod:`.local_worker`). Each worker is started
 by the thread that reads it, and the thread lives as long as its worker, so
 ``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
-the least busy worker, at most ``_PREFETCH`` deep, never behind a job that has
-run for a while, and an idle worker takes a queued job back from a busy one:
+the least busy worker, at most ``PREFETCH`` deep, never behind a job that has
+run for a while (``dealing.deal``), and an idle worker takes a queued job back from a busy one:
 the busy worker is asked for it (``X``, then a signal so that it reads the
 request while its long job runs) and the job is dealt again only once
 that worker has given it back (``W``), never on the dispatcher's view of what
@@ -60,7 +60,7 @@ from ..errors import JobFailedError
 from ..protocol.inputpack import PackReader, PackWriter
 from . import registry
 from .base import Backend, BackendEvents
-from .dealing import Dispatch, PendingJobs, WorkerSlot
+from .dealing import Dispatch, PendingJobs, WorkerSlot, deal, job_to_withdraw
 from .local_slot import SPARE_DIR
 from .local_worker import (
     STDOUT_FD_ENV,
@@ -74,9 +74,7 @@ __all__ = ["LocalBackend"]
 
 logger = logging.getLogger("boinc_executor")
 
-_PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
 _MAX_ATTEMPTS = 2  # a job whose worker dies is retried once
-_LONG_JOB = 0.05  # seconds after which a running job no longer gets a job queued behind it
 _WORKER_MODULE = "boinc_executor.backends.local_worker"
 
 
@@ -327,31 +325,10 @@ class LocalBackend(Backend):
                 os.close(user_out)
 
     def _feed_all(self) -> None:
-        """Deal pending jobs to the least busy workers, at most ``_PREFETCH`` deep each."""
+        """Deal pending jobs (:func:`~.dealing.deal`) and send each worker its lines."""
         if not self._pending:
             return
-        now = time.monotonic()
-        lines: dict[WorkerSlot, list[str]] = {}
-        while True:
-            ready = [
-                w
-                for w in self._workers
-                if w.proc is not None
-                and len(w.assigned) < _PREFETCH
-                and not (w.assigned and w.busy_for(now) >= _LONG_JOB)
-            ]
-            if not ready:
-                break
-            taken = self._pending.pop()
-            if taken is None:
-                break
-            job, dispatch = taken
-            worker = min(ready, key=lambda w: len(w.assigned))
-            if not worker.assigned:
-                worker.running_since = now
-            worker.assigned[job] = dispatch
-            self._dealt.append(job)
-            lines.setdefault(worker, []).append(dispatch.line(job))
+        lines = deal(self._workers, self._pending, time.monotonic(), self._dealt)
         for worker, batch in lines.items():
             self._send(worker, "".join(batch))
 
@@ -373,22 +350,15 @@ class LocalBackend(Backend):
         """
         if self._pending:
             return
-        now = time.monotonic()
-        for idle in self._workers:
-            if idle.proc is None or idle.assigned:
-                continue
-            for busy in self._workers:
-                if busy.withdrawing or busy.busy_for(now) < _LONG_JOB:
-                    continue
-                queued = busy.queued()
-                if not queued:
-                    continue
-                busy.withdrawing.add(queued[-1])
-                self._send(busy, f"X\t{queued[-1]}\n")
-                if WITHDRAW_SIGNAL is not None and busy.proc is not None:
-                    with contextlib.suppress(OSError):  # it died: its thread re-queues the jobs
-                        busy.proc.send_signal(WITHDRAW_SIGNAL)  # read it now, not after the job
-                return  # one request at a time: its answer deals the job
+        asked = job_to_withdraw(self._workers, time.monotonic())
+        if asked is None:
+            return
+        busy, job = asked
+        busy.withdrawing.add(job)
+        self._send(busy, f"X\t{job}\n")
+        if WITHDRAW_SIGNAL is not None and busy.proc is not None:
+            with contextlib.suppress(OSError):  # it died: its thread re-queues the jobs
+                busy.proc.send_signal(WITHDRAW_SIGNAL)  # read it now, not after the job
 
     def _given_back(self, worker: WorkerSlot, job: str) -> None:
         """A worker gave a queued job back: deal it first to the least busy worker."""
