@@ -26,9 +26,10 @@ reported with its minimum and median:
   consumed (constant memory: the second half adds nothing), for both
   executors, of the Python heap (``tracemalloc``, which the verdict uses: at
   most ``MAP_HEAP_SLACK`` in the second half, where anything kept per job would
-  add hundreds of KiB) and of the RSS (in separate children). The RSS moves by
-  hundreds of KiB either way from run to run: the C allocator's arenas, one per
-  thread, grow and shrink with no Python object behind them.
+  add hundreds of KiB) and of the RSS (in separate children). The RSS of the
+  second half moves between about 50 KiB and 1 MiB from run to run while the
+  heap shrinks: no Python object is behind it, and one C-allocator arena
+  (``MALLOC_ARENA_MAX=1``) does not change it.
 * **A finished batch's footprint** (target <= 1 KiB and <= 0.2 files per call
   beyond the results' own bytes): a 3,000-call batch with an explicit
   ``batch_dir``, once, after a clean shutdown.
