@@ -21,7 +21,7 @@ import pytest
 from boinc_executor import protocol
 from boinc_executor.errors import ConfigError
 from boinc_executor.protocol.decoding import TypePolicy
-from boinc_executor.server import appversion
+from boinc_executor.server import appversion, runnerzip
 
 LINUX = "x86_64-pc-linux-gnu"
 
@@ -36,7 +36,7 @@ def lay_out(tmp_path: Path, fn, calls, *, soft_links: bool, job: str = "pyb_3_1"
     slot = tmp_path / "client/slots/0"
     proj.mkdir(parents=True)
     slot.mkdir(parents=True)
-    files = appversion.version_files(LINUX, "0.1.0", appversion.build_runner_zip("0.1.0"),
+    files = appversion.version_files(LINUX, "0.1.0", runnerzip.build_runner_zip("0.1.0"),
                                      interpreter)
     for f in files:
         if f.data is not None:
@@ -120,15 +120,15 @@ def test_launcher_without_the_zip_is_a_broken_app_version(tmp_path: Path) -> Non
 def test_runner_zip_is_self_contained(tmp_path: Path) -> None:
     """With no site-packages at all (-I -S), the zip alone runs the job, and the runner
     loads only the shipped modules: no MySQLdb, no executor, no backend."""
-    data = appversion.build_runner_zip("0.1.0")
-    assert data == appversion.build_runner_zip("0.1.0"), "deterministic bytes"
+    data = runnerzip.build_runner_zip("0.1.0")
+    assert data == runnerzip.build_runner_zip("0.1.0"), "deterministic bytes"
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "__main__.py" in names and "cloudpickle/__init__.py" in names
     assert any(n.startswith("cloudpickle-LICENSE") for n in names)
     assert {n for n in names if n.startswith("boinc_executor/")} == {
         "boinc_executor/__init__.py",
-        *(f"boinc_executor/{appversion.runner_module_path(m).relative_to(PACKAGE).as_posix()}"
-          for m in appversion.RUNNER_MODULES)}
+        *(f"boinc_executor/{runnerzip.runner_module_path(m).relative_to(PACKAGE).as_posix()}"
+          for m in runnerzip.RUNNER_MODULES)}
     slot = tmp_path / "slot"
     slot.mkdir()
     (slot / "pyboinc.zip").write_bytes(data)
@@ -147,7 +147,7 @@ def test_runner_zip_is_self_contained(tmp_path: Path) -> None:
     ((ok, (modules, cloudpickle_file)),) = record.outcomes
     assert ok, record
     assert modules == sorted(["boinc_executor", *(f"boinc_executor.{m}" for m in
-                                                   appversion.RUNNER_MODULES)])
+                                                   runnerzip.RUNNER_MODULES)])
     assert cloudpickle_file.startswith(str(slot / "pyboinc.zip"))
 
 

@@ -161,7 +161,8 @@ def test_rerun_without_calls_marker_replays_make_calls(tmp_path: Path) -> None:
 
 def test_slave_runs_from_the_volunteers_runner_zip(tmp_path: Path) -> None:
     """What a volunteer has: pyboinc.zip (runner, protocol modules, cloudpickle), no more."""
-    from boinc_executor.server.appversion import ZIP_LOGICAL_NAME, build_runner_zip
+    from boinc_executor.server.appversion import ZIP_LOGICAL_NAME
+    from boinc_executor.server.runnerzip import build_runner_zip
 
     work, env = _example_copy(tmp_path, counting=False)
     assert _run_master(work, env).stdout.strip() == ANSWER

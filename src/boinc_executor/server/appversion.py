@@ -8,9 +8,9 @@ into that directory, for every platform we serve:
 * the **launcher**, the main program: a ``/bin/sh`` script (Linux, macOS) or a ``.bat``
   file (Windows) that finds a Python interpreter and runs ``<python> pyboinc.zip``
   with cwd = the slot directory, so the runner's exit code is the task's exit code;
-* ``pyboinc.zip`` (logical name, ``<copy_file/>``): the runner, the modules it
-  imports (protocol, fileio, decoding, errors), the ``cloudpickle`` package and a
-  ``__main__.py``. Nothing server-side: a volunteer needs no ``MySQLdb``;
+* ``pyboinc.zip`` (logical name, ``<copy_file/>``; built by ``runnerzip.py``): the
+  runner, the modules it imports, the ``cloudpickle`` package and a ``__main__.py``.
+  Nothing server-side: a volunteer needs no ``MySQLdb``;
 * optionally a relocatable interpreter the operator supplies for a platform, as an
   archive the launcher unpacks into the slot (the design's "what if the Windows box
   has no Python").
@@ -22,11 +22,7 @@ a changed runner always gets a new name, and the same release always the same by
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib.metadata
-import importlib.util
-import io
 import re
 import tarfile
 import zipfile
@@ -40,12 +36,10 @@ from ..protocol.names import APP_NAME
 __all__ = [
     "ALL_PLATFORMS",
     "POSIX_PLATFORMS",
-    "RUNNER_MODULES",
     "WINDOWS_PLATFORM",
     "ZIP_LOGICAL_NAME",
     "AppFile",
     "Interpreter",
-    "build_runner_zip",
     "version_dir_name",
     "version_files",
     "version_num",
@@ -60,30 +54,10 @@ POSIX_PLATFORMS = (
 )
 WINDOWS_PLATFORM = "windows_x86_64"
 ALL_PLATFORMS = (*POSIX_PLATFORMS, WINDOWS_PLATFORM)
-ZIP_LOGICAL_NAME = "pyboinc.zip"
-# The runner and exactly the package modules it imports; build_runner_zip checks the
-# closure so a new import in one of them fails here, on the server, not on volunteers.
-RUNNER_MODULES = (
-    "volunteer",
-    "volunteer.runner",
-    "volunteer.slotio",
-    "protocol",
-    "protocol.names",
-    "protocol.records",
-    "protocol.errorinfo",
-    "protocol.fileio",
-    "protocol.decoding",
-    "protocol.bounded",
-    "protocol.classref",
-    "protocol.taskoutput",
-    "errors",
-)
-
+ZIP_LOGICAL_NAME = "pyboinc.zip"  # the runner zip's open name in the slot (runnerzip.py)
 EXIT_NO_PYTHON = 127  # the shell's "command not found"
 EXIT_BROKEN = 126  # the app version itself is unusable on this host
 
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same release gives the same bytes
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _HASH_CHARS = 10
 _RELEASE_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar")
@@ -227,120 +201,6 @@ def _file_hash(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:_HASH_CHARS]
-
-
-# --------------------------------------------------------------------------- the runner zip
-
-
-def runner_module_path(module: str) -> Path:
-    """The file of package module ``module`` (dotted, relative to ``boinc_executor``)."""
-    base = _PACKAGE_DIR.joinpath(*module.split("."))
-    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
-
-
-def _package_imports(source: str, module: str) -> set[str]:
-    """Modules of this package that ``module``'s ``source`` imports, as dotted names.
-
-    Relative imports are resolved against the module's own package; ``from pkg import
-    name`` counts ``pkg.name`` when that is a module, else ``pkg`` itself.
-    """
-    path = runner_module_path(module)
-    here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    found: set[str] = set()
-
-    def add(parts: list[str], names: list[str]) -> None:
-        for name in names:
-            candidate = [*parts, name]
-            if runner_module_path(".".join(candidate)).exists():
-                found.add(".".join(candidate))
-            elif parts:
-                found.add(".".join(parts))
-
-    for node in ast.walk(ast.parse(source, str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = here[: len(here) - (node.level - 1)]
-            if node.module:
-                found.add(".".join([*base, *node.module.split(".")]))
-            else:
-                add(base, [alias.name for alias in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("boinc_executor."):
-            found.add(str(node.module).split(".", 1)[1])
-        elif isinstance(node, ast.Import):
-            found.update(
-                a.name.split(".", 1)[1] for a in node.names if a.name.startswith("boinc_executor.")
-            )
-    return found
-
-
-def _cloudpickle_files() -> list[tuple[str, bytes]]:
-    spec = importlib.util.find_spec("cloudpickle")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "cloudpickle is not installed for this interpreter; install boinc-executor's "
-            "dependencies (pip install boinc-executor) before running setup-project"
-        )
-    root = Path(next(iter(spec.submodule_search_locations)))
-    files = [
-        (f"cloudpickle/{p.relative_to(root).as_posix()}", p.read_bytes())
-        for p in sorted(root.rglob("*.py"))
-        if "__pycache__" not in p.parts
-    ]
-    # cloudpickle is BSD-licensed: ship its licence with it.
-    try:
-        dist_files = importlib.metadata.distribution("cloudpickle").files or []
-    except importlib.metadata.PackageNotFoundError:
-        dist_files = []
-    for entry in dist_files:
-        if PurePosixPath(str(entry)).name.upper().startswith(("LICENSE", "LICENCE", "COPYING")):
-            located = Path(str(entry.locate()))
-            if located.is_file():
-                files.append((f"cloudpickle-{located.name}", located.read_bytes()))
-    return files
-
-
-def build_runner_zip(release: str) -> bytes:
-    """``pyboinc.zip``: the runner, its protocol modules, cloudpickle and ``__main__.py``.
-
-    Deterministic (sorted entries, fixed timestamps), so the same installation always
-    builds the same bytes and a re-run of setup-project registers nothing new.
-
-    Raises:
-        ConfigError: cloudpickle is missing, or a runner module imports a package module
-            outside :data:`RUNNER_MODULES` (it would fail on every volunteer).
-    """
-    entries: list[tuple[str, bytes]] = []
-    for module in RUNNER_MODULES:
-        path = runner_module_path(module)
-        source = path.read_bytes()
-        extra = _package_imports(source.decode(), module) - set(RUNNER_MODULES)
-        if extra:
-            raise ConfigError(
-                f"boinc_executor.{module} imports {', '.join(sorted(extra))}, which the "
-                "volunteer-side zip does not ship; the runner must import only "
-                f"{', '.join(RUNNER_MODULES)}"
-            )
-        entries.append((f"boinc_executor/{path.relative_to(_PACKAGE_DIR).as_posix()}", source))
-    init = (
-        '"""boinc-executor, volunteer side: the runner and the protocol modules it needs."""\n'
-        f"__version__ = {release!r}\n"
-    )
-    entries.append(("boinc_executor/__init__.py", init.encode()))
-    main = (
-        '"""Entry point of pyboinc.zip: run the job laid out in the current directory."""\n'
-        "import sys\n\n"
-        "from boinc_executor.volunteer.runner import main\n\n"
-        "sys.exit(main())\n"
-    )
-    entries.append(("__main__.py", main.encode()))
-    entries += _cloudpickle_files()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in sorted(entries):
-            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- launchers

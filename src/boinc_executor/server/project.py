@@ -47,7 +47,6 @@ from .appversion import (
     ALL_PLATFORMS,
     AppFile,
     Interpreter,
-    build_runner_zip,
     version_dir_name,
     version_files,
     version_num,
@@ -57,6 +56,7 @@ from .daemonconf import DAEMON_SCRIPTS, daemon_commands, daemon_script, daemon_s
 from .doctor import DoctorReport, run_checks
 from .entries import short_hostname
 from .restart import restart_advice
+from .runnerzip import build_runner_zip
 from .tools import run_tool
 
 if TYPE_CHECKING:
