@@ -28,7 +28,7 @@ from boinc_executor import errors, protocol
 from boinc_executor.backends.db import Database
 from boinc_executor.config import ProjectConfig
 from boinc_executor.protocol.decoding import TypePolicy
-from boinc_executor.server.project import input_template, output_template
+from boinc_executor.server.templates import input_template, output_template
 from tests.boinc_harness.backend import output_files
 from tests.boinc_harness.project import Project
 from tests.boinc_harness.volunteer import VolunteerHost

@@ -28,7 +28,8 @@ import boinc_executor
 from boinc_executor import ConfigError, DatabaseError, protocol
 from boinc_executor.server import appversion
 from boinc_executor.server.daemonconf import daemon_commands
-from boinc_executor.server.project import input_template, output_template, setup_project
+from boinc_executor.server.project import setup_project
+from boinc_executor.server.templates import input_template, output_template
 from tests.boinc_harness.mariadb import DbServer, create_boinc_database, drop_database
 from tests.boinc_harness.project import Project, make_project
 from tests.boinc_harness.start_stop import running_daemons

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..config import ProjectConfig
 from ..errors import ConfigError
-from ..protocol import DEFAULT_MAX_RESULT_BYTES, OPEN_DATA, OPEN_PROGRAM, OPEN_RESULT
 from ..protocol.fileio import atomic_write
 from ..protocol.names import APP_NAME
 from .appversion import (
@@ -57,68 +56,13 @@ from .doctor import DoctorReport, run_checks
 from .entries import short_hostname
 from .restart import restart_advice
 from .runnerzip import build_runner_zip
+from .templates import input_template, output_template
 from .tools import run_tool
 
 if TYPE_CHECKING:
     from ..backends.db import Database
 
-__all__ = [
-    "SetupReport",
-    "input_template",
-    "output_template",
-    "setup_project",
-]
-
-
-def input_template() -> str:
-    """``templates/pyboinc_in``: program file (shared, ``<no_delete/>``) and data file.
-
-    No ``rsc_*``, ``delay_bound`` or quorum values: template values would override the
-    executor's ``JobParams`` on create_work's command line (boinc-facts §3).
-    """
-    return f"""<input_template>
-    <file_info>
-        <number>0</number>
-        <no_delete/>
-    </file_info>
-    <file_info>
-        <number>1</number>
-    </file_info>
-    <workunit>
-        <file_ref>
-            <file_number>0</file_number>
-            <open_name>{OPEN_PROGRAM}</open_name>
-            <copy_file/>
-        </file_ref>
-        <file_ref>
-            <file_number>1</file_number>
-            <open_name>{OPEN_DATA}</open_name>
-            <copy_file/>
-        </file_ref>
-    </workunit>
-</input_template>
-"""
-
-
-def output_template() -> str:
-    """``templates/pyboinc_out``: one output, ``result.pkl``, capped at the record size limit."""
-    return f"""<output_template>
-    <file_info>
-        <name><OUTFILE_0/></name>
-        <generated_locally/>
-        <upload_when_present/>
-        <max_nbytes>{DEFAULT_MAX_RESULT_BYTES}</max_nbytes>
-        <url><UPLOAD_URL/></url>
-    </file_info>
-    <result>
-        <file_ref>
-            <file_name><OUTFILE_0/></file_name>
-            <open_name>{OPEN_RESULT}</open_name>
-            <copy_file/>
-        </file_ref>
-    </result>
-</output_template>
-"""
+__all__ = ["SetupReport", "setup_project"]
 
 
 @dataclass

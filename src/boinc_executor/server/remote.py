@@ -40,7 +40,7 @@ from ..config import ProjectConfig
 from ..errors import ConfigError
 from ..protocol.fileio import atomic_write
 from ..protocol.names import APP_NAME
-from .project import input_template, output_template
+from .templates import input_template, output_template
 
 if TYPE_CHECKING:
     from ..backends.db import Database
