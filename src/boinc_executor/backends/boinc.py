@@ -72,7 +72,6 @@ import logging
 import os
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -82,13 +81,11 @@ from ..config import JobParams, ProjectConfig
 from ..errors import BatchNotFoundError, ConfigError, SubmissionError, describe_error_mask
 from ..protocol.names import APP_NAME
 from .base import Backend, BackendEvents
-from .db import BATCH_TABLE, Database
+from .boinc_checks import check_layout, check_setup, resolve_user
+from .db import Database
 from .rows import BatchCounts, FailedWorkunit
 from .stuck import StuckWatch
 from .workunits import (
-    INPUT_TEMPLATE,
-    OUTPUT_TEMPLATE,
-    PARAM_TAGS,
     Stager,
     create_work,
 )
@@ -98,7 +95,6 @@ __all__ = ["APP_NAME", "BoincBackend", "Progress"]
 logger = logging.getLogger("boinc_executor")
 
 BATCHES_DIR = "pyboinc_batches"
-ENV_USER_ID = "BOINC_EXECUTOR_USER_ID"
 ENV_POLL_INTERVAL = "BOINC_EXECUTOR_POLL_INTERVAL"
 SUBMIT_LOCK = ".submit.lock"
 
@@ -145,13 +141,13 @@ class BoincBackend(Backend):
         self.config = ProjectConfig.load(Path(project_dir))
         self.root = self.config.root.resolve()
         self.poll_interval = _poll_interval(poll_interval)
-        self._check_layout()
+        check_layout(self.config)
         self._stuck = StuckWatch(self.root, logger, self.poll_interval)
         self._db_lock = threading.Lock()
         self._db = Database(self.config)
         try:
-            self.app_id = self._check_setup()
-            self.user_id = self._resolve_user(user_id)
+            self.app_id = check_setup(self._db, self.root)
+            self.user_id = resolve_user(self._db, self.root, user_id)
         except BaseException:
             self._db.close()
             raise
@@ -165,71 +161,6 @@ class BoincBackend(Backend):
         self._sent_watermark = 0
         self._submitted = False
         self._next_poll = 0.0
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_layout(self) -> None:
-        setup = f"run 'boinc-executor setup-project {self.root}'"
-        create_work = self.root / "bin" / "create_work"
-        if not os.access(create_work, os.X_OK):
-            raise ConfigError(
-                f"{self.root} has no executable bin/create_work; point project_dir at the root "
-                "of a BOINC server project (make_project installs the tools)"
-            )
-        for template in (INPUT_TEMPLATE, OUTPUT_TEMPLATE):
-            if not (self.root / template).is_file():
-                raise ConfigError(f"{self.root} has no {template}; {setup}")
-        self._warn_template_params()
-        download = self.config.download_dir
-        if not download.is_dir() or not os.access(download, os.W_OK | os.X_OK):
-            raise ConfigError(
-                f"cannot write into the download directory {download}; run as the project's "
-                "user or give your group write access to it (and its fan-out directories)"
-            )
-
-    def _warn_template_params(self) -> None:
-        path = self.root / INPUT_TEMPLATE
-        try:
-            workunit = ET.parse(path).getroot().find("workunit")  # noqa: S314 - operator's file
-        except (OSError, ET.ParseError) as exc:
-            raise ConfigError(f"cannot read the input template {path}: {exc}") from exc
-        fixed = [t for t in PARAM_TAGS if workunit is not None and workunit.find(t) is not None]
-        if fixed:
-            logger.warning(
-                "%s sets %s; BOINC lets template values override create_work's options, so "
-                "JobParams cannot change them. Remove them from the template to use JobParams",
-                path,
-                ", ".join(fixed),
-            )
-
-    def _check_setup(self) -> int:
-        setup = f"run 'boinc-executor setup-project {self.root}'"
-        app_id = self._db.app_id(APP_NAME)
-        if app_id is None:
-            raise ConfigError(f"the project at {self.root} has no app {APP_NAME!r}; {setup}")
-        if not self._db.has_table(BATCH_TABLE):
-            raise ConfigError(f"the project at {self.root} has no {BATCH_TABLE} table; {setup}")
-        return app_id
-
-    def _resolve_user(self, user_id: int | None) -> int:
-        source = "user_id"
-        if user_id is None:
-            raw = os.environ.get(ENV_USER_ID)
-            if not raw:
-                return 1 if self._db.user_exists(1) else 0
-            source = ENV_USER_ID
-            try:
-                user_id = int(raw)
-            except ValueError:
-                raise ConfigError(f"{ENV_USER_ID}={raw!r} is not a BOINC user ID") from None
-        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 0:
-            raise ConfigError(f"{source} must be a BOINC user ID (an integer >= 0)")
-        if user_id and not self._db.user_exists(user_id):
-            raise ConfigError(
-                f"{source} names BOINC user {user_id}, who does not exist in the project at "
-                f"{self.root}; use an existing user's ID (or 0)"
-            )
-        return user_id
 
     # ------------------------------------------------------------------ batches
 
