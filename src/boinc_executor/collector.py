@@ -11,6 +11,9 @@ Data flow::
                  ─▶ resolve the job's futures (job.py) ─▶ unlink (or quarantine/)
           poll:  backend.poll() (outcomes that leave no file become error records)
 
+The hand-over (buffer, flush) is in ``handover.py``, the intake of records from
+``new/`` (scan, claim) in ``intake.py``: both are mixins of :class:`Collector`.
+
 Everything that touches the batch directory or the backend after ``submit``
 returns happens on this thread; callers' threads only pickle their calls and
 append to the buffer, so an unpicklable call fails at once and a journaled
