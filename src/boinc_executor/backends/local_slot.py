@@ -64,6 +64,14 @@ def _fits(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= MAX_SPARE_BYTES
 
 
+def _listing(directory: str) -> list[str]:
+    """The names in ``directory``, none if it does not exist."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
 def _reusable(path: str) -> tuple[int, int] | None:
     """``path`` opened for writing, with its size, if it :func:`_fits`."""
     try:
@@ -94,12 +102,12 @@ class Slot:
         # and those moved to this slot's spare directory while the worker was idle.
         self._spares: deque[str] = deque()
         self.spare_dir = os.path.join(local, SPARE_DIR, name)
-        self._stashed: deque[str] = deque()
+        # (a dead predecessor's stash, if any, is reused too: checked again when taken)
+        self._stashed: deque[str] = deque(_listing(self.spare_dir))
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
-        # A spare moved to result.pkl for the next job: its descriptor and size.
-        self._spare_in_place: tuple[int, int] | None = None
-        self._output: tuple[int, int] | None = None  # the same, once the job's
+        # A spare moved to result.pkl, until the next record is written over it.
+        self._output: tuple[int, int] | None = None
         self._sizes: dict[int, int] = {}  # fd -> the size this worker last gave the file
         self._data = self._open(protocol.OPEN_DATA)
         self._init = self._open("init_data.xml")
@@ -160,7 +168,7 @@ class Slot:
         worker calls this as soon as a job's output has left the slot, so that
         the rename is done while it waits for the next job, not on that job's way.
         """
-        while self._spare_in_place is None and (self._spares or self._stashed):
+        while self._output is None and (self._spares or self._stashed):
             if self._spares:
                 path = os.path.join(self.new, self._spares.pop())
             else:
@@ -171,8 +179,8 @@ class Slot:
                 continue  # dropped meanwhile
             except OSError:
                 return  # the output is created as usual
-            self._spare_in_place = _reusable(self.result)
-            if self._spare_in_place is None:
+            self._output = _reusable(self.result)
+            if self._output is None:
                 self._remove_result()
 
     @property
@@ -204,7 +212,6 @@ class Slot:
     def lay_out(self, job: str, program: str, data: bytes, attempt: int) -> None:
         """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
         self.take_spare()
-        self._output, self._spare_in_place = self._spare_in_place, None  # the job's now
         if program != self._program:
             target = os.path.join(self.path, protocol.OPEN_PROGRAM)
             with contextlib.suppress(FileNotFoundError):
