@@ -17,9 +17,9 @@ protocol needs in ``new/`` (see :mod:`.local_worker`). Each worker is started
 by the thread that reads it, and the thread lives as long as its worker, so
 ``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
 the least busy worker, at most ``PREFETCH`` deep, never behind a job that has
-run for a while (``dealing.deal``), and an idle worker takes a queued job back from a busy one:
-the busy worker is asked for it (``X``, then a signal so that it reads the
-request while its long job runs) and the job is dealt again only once
+run for a while (``dealing.deal``), and an idle worker takes a queued job back
+from a busy one: the busy worker is asked for it (``X``, then a signal so that
+it reads the request while its long job runs) and the job is dealt again only once
 that worker has given it back (``W``), never on the dispatcher's view of what
 has started, which lags behind the worker's (that would run a job twice).
 
@@ -136,8 +136,8 @@ class LocalBackend(Backend):
         """Lend each record back to the worker that delivered it (an ``R`` line per worker).
 
         The worker moves the file out of ``new/`` itself when it reuses it, so
-        reuse costs the master no file operation (under the GIL, a rename and an lstat per
-        record cost its decoder thread more than decoding the record). Records
+        reuse costs the master no file operation (under the GIL, a rename and an
+        lstat per record cost its decoder thread more than decoding the record). Records
         of another run, of a worker gone since, or written by the master are
         not taken.
         """

@@ -72,7 +72,6 @@ TAIL_CHARS = 4096
 
 _MAGIC_PREFIX = b"BOINC-EXECUTOR/"
 
-
 KIND_PROGRAM = "program"
 KIND_DATA = "data"
 KIND_RESULT = "result"
