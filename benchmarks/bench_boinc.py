@@ -20,7 +20,7 @@ database, then measures three things and prints one table:
   ``BATCH_DIR/new/`` in a tight loop by another process (so the renames do not
   share the master's GIL); the clock runs from the first rename to the
   last future resolved through the executor's collector (decode, resolve, pack and
-  remove from ``new/``).
+  remove from ``new/``). The renaming process's own rate is printed beside it.
 
 Before each bulk submission it also times creating 2,000 small files on the same file
 system, as context: staging creates two files per job, and on a VM that rate drifts

@@ -16,7 +16,9 @@ reported with its minimum and median:
   a pipe, and the master passes the name to ``BackendEvents.record_delivered``, as
   the embedded backend's workers do). The *floor* does only the required steps
   for the same records in one thread (read, decode, set the result, pack, unlink)
-  and the ratio says how close the collector comes to it.
+  and the ratio says how close the collector comes to it. The renaming process
+  reports its own rate too (``(landing)``): no way in can resolve records faster
+  than they land.
 * **Memory per pending job** (target <= ProcessPoolExecutor's): one worker is
   blocked, N trivial calls are submitted, and the master's RSS growth and
   ``tracemalloc`` heap growth per pending job are compared with
