@@ -3,7 +3,7 @@
 ``__exit__`` and the exit hook (:func:`shutdown_at_exit`) tell a ^C, SIGTERM or
 early ``SystemExit`` (:mod:`boinc_executor.interrupts`) from a normal end, and
 then stop at once, cancel nothing and keep the batch. An exit within
-:data:`EXIT_AFTER_CANCEL` seconds of giving results up counts as an interrupt
+:data:`_EXIT_AFTER_CANCEL` seconds of giving results up counts as an interrupt
 too: a ``SystemExit`` raised in a ``for`` loop over ``map`` closes the iterator,
 which cancels the calls that have not started and drops the results it has not
 yielded, before ``__exit__`` or the exit hook sees the exit. Backends whose jobs
@@ -30,14 +30,14 @@ if TYPE_CHECKING:
     from .executor import BoincExecutor
     from .lifecycle import Opened
 
-__all__ = ["EXIT_AFTER_CANCEL", "ExecutorEnding", "shutdown_at_exit"]
+__all__ = ["ExecutorEnding", "shutdown_at_exit"]
 
 logger = logging.getLogger("boinc_executor")
 _EXIT_FLUSH_SECONDS = 120.0
 _ABANDON_SECONDS = 10.0  # how long an interrupted executor waits for its thread
 #: an exit this soon after results were given up is taken for the interrupt that gave them up
 #: (less than the BOINC backends' cancel_delay, so those cancels are still unsent)
-EXIT_AFTER_CANCEL = 1.0
+_EXIT_AFTER_CANCEL = 1.0
 
 
 class ExecutorEnding:
@@ -67,7 +67,7 @@ class ExecutorEnding:
         collector = self._collector
         if stopping or (
             isinstance(exc_val, SystemExit)
-            and (not collector.complete or collector.given_up_within(EXIT_AFTER_CANCEL))
+            and (not collector.complete or collector.given_up_within(_EXIT_AFTER_CANCEL))
         ):
             self._keep_interrupted()
         else:
@@ -113,7 +113,7 @@ def shutdown_at_exit(ref: weakref.ReferenceType[BoincExecutor]) -> None:
             or isinstance(uncaught, KeyboardInterrupt)
             or (
                 not executor._collector.stopping
-                and executor._collector.given_up_within(EXIT_AFTER_CANCEL)
+                and executor._collector.given_up_within(_EXIT_AFTER_CANCEL)
             )
         ):
             executor._keep_interrupted()
