@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 from boinc_executor.backends.dealing import (
+    AHEAD,
     LONG_JOB,
+    MAX_PREFETCH,
     PREFETCH,
     Dispatch,
     PendingJobs,
@@ -110,3 +112,54 @@ def test_no_job_is_queued_behind_a_long_one_and_an_idle_worker_asks_for_it() -> 
     queue.extend(_entries("c"))
     deal([busy, idle], queue, later, [])
     assert list(idle.assigned) == ["c"]  # not behind the long job
+
+
+def _paced(worker: WorkerSlot, seconds_per_job: float, jobs: int = 40) -> None:
+    """Let ``worker`` report ``jobs`` jobs, each taking ``seconds_per_job``."""
+    now = 0.0
+    for i in range(jobs):
+        worker.assigned[f"p{i}"] = Dispatch("prog", "inputs.pack", 0, 10, 0)
+        worker.running_since = now
+        now += seconds_per_job
+        worker.done(f"p{i}", now)
+
+
+def test_short_jobs_are_dealt_deeper_long_ones_no_deeper_than_prefetch() -> None:
+    short, long, fresh = _workers(3)
+    _paced(short, AHEAD / 100)
+    _paced(long, AHEAD)
+    assert (short.depth, long.depth, fresh.depth) == (MAX_PREFETCH, PREFETCH, PREFETCH)
+    queue = PendingJobs()
+    queue.extend(_entries(" ".join(f"j{i}" for i in range(20))))
+    dealt: list[str] = []
+    lines = deal([short], queue, 100.0, dealt)
+    assert len(dealt) == MAX_PREFETCH == len(short.assigned)
+    assert len(lines[short]) == MAX_PREFETCH  # one write carries them all
+
+
+def test_a_deep_worker_is_topped_up_only_once_half_its_jobs_are_done() -> None:
+    (worker,) = _workers(1)
+    _paced(worker, AHEAD / 100)
+    queue = PendingJobs()
+    queue.extend(_entries(" ".join(f"j{i}" for i in range(40))))
+    deal([worker], queue, 100.0, [])
+    for k in range(MAX_PREFETCH // 2 - 1):  # still more than half held: nothing dealt
+        worker.done(f"j{k}", 100.0 + k * 1e-4)
+        assert deal([worker], queue, 100.0 + k * 1e-4, []) == {}
+    now = 100.0 + MAX_PREFETCH // 2 * 1e-4
+    worker.done(f"j{MAX_PREFETCH // 2 - 1}", now)
+    dealt: list[str] = []
+    deal([worker], queue, now, dealt)
+    assert len(dealt) == MAX_PREFETCH // 2 and len(worker.assigned) == MAX_PREFETCH
+
+
+def test_the_pace_is_learned_from_the_running_job_only() -> None:
+    (worker,) = _workers(1)
+    worker.assigned.update(
+        (name, Dispatch("prog", "inputs.pack", 0, 10, 0)) for name in ("a", "b", "c")
+    )
+    worker.running_since = 100.0
+    worker.done("c", 100.5)  # a queued job reported out of turn (given back): no pace
+    assert worker.pace == 0.0
+    worker.done("a", 101.0)
+    assert worker.pace == 0.5

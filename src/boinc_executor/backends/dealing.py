@@ -30,7 +30,9 @@ from ..batch import JournalEntry
 from .local_slot import MAX_SPARES
 
 __all__ = [
+    "AHEAD",
     "LONG_JOB",
+    "MAX_PREFETCH",
     "PREFETCH",
     "Dispatch",
     "PendingJobs",
@@ -39,7 +41,14 @@ __all__ = [
     "job_to_withdraw",
 ]
 
-PREFETCH = 2  # jobs queued per worker, so a worker never waits on a round trip
+PREFETCH = 2  # jobs a worker holds at least, so it never waits on a round trip
+#: ... and at most: short jobs are dealt this deep, so that a worker reads several
+#: ``J`` lines per wake-up and the master writes them in one go (with two, a trivial
+#: job cost a quarter more CPU, and the master and worker woke each other per job)
+MAX_PREFETCH = 8
+#: how much work, in seconds at the worker's recent pace, a worker holds at most
+#: beyond the job it runs: what an idle worker may wait for at the end of a map
+AHEAD = 0.004
 LONG_JOB = 0.05  # seconds after which a running job no longer gets a job queued behind it
 
 
@@ -145,6 +154,7 @@ class WorkerSlot:
         # Dealt and not yet reported, in order: the first one runs, the rest wait.
         self.assigned: OrderedDict[str, Dispatch] = OrderedDict()
         self.running_since = 0.0  # when the first assigned job began (monotonic)
+        self.pace = 0.0  # seconds per job lately (a moving average; 0 until a job ended)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
         # Handled records lent back for reuse (R), the last MAX_SPARES: they stay in
@@ -166,8 +176,18 @@ class WorkerSlot:
         """The jobs dealt behind the running one that may still be asked back."""
         return [j for j in list(self.assigned)[1:] if j not in self.withdrawing]
 
+    @property
+    def depth(self) -> int:
+        """How many jobs this worker may hold: :data:`AHEAD` worth, within the bounds."""
+        if not self.pace:
+            return PREFETCH
+        return max(PREFETCH, min(MAX_PREFETCH, int(AHEAD / self.pace)))
+
     def done(self, job: str, now: float) -> Dispatch | None:
         """The worker reported ``job``: the next job dealt to it runs from now."""
+        if self.assigned and job == next(iter(self.assigned)):
+            took = now - self.running_since
+            self.pace = took if not self.pace else self.pace + (took - self.pace) / 8
         dispatch = self.assigned.pop(job, None)
         self.running_since = now
         return dispatch
@@ -178,22 +198,22 @@ def deal(
 ) -> dict[WorkerSlot, list[str]]:
     """Deal pending jobs to the least busy live workers; returns each worker's ``J`` lines.
 
-    A worker holds at most :data:`PREFETCH` jobs (the one it runs and those
-    queued behind it), and none is queued behind a job that has run for
-    :data:`LONG_JOB` or more: an idle worker takes it instead. The names of
-    the jobs dealt are appended to ``dealt``.
+    A worker holds at most its :attr:`~WorkerSlot.depth` of jobs (the one it
+    runs and those queued behind it), and none is queued behind a job that has
+    run for :data:`LONG_JOB` or more: an idle worker takes it instead. A worker
+    is topped up once it holds half its depth or less, so that deep dealing
+    sends several lines at a time rather than one per finished job. The names
+    of the jobs dealt are appended to ``dealt``.
     """
     lines: dict[WorkerSlot, list[str]] = {}
-    while True:
-        ready = [
-            w
-            for w in workers
-            if w.proc is not None
-            and len(w.assigned) < PREFETCH
-            and not (w.assigned and w.busy_for(now) >= LONG_JOB)
-        ]
-        if not ready:
-            return lines
+    ready = {
+        w: w.depth
+        for w in workers
+        if w.proc is not None
+        and len(w.assigned) <= w.depth // 2
+        and not (w.assigned and w.busy_for(now) >= LONG_JOB)
+    }
+    while ready:
         taken = pending.pop()
         if taken is None:
             return lines
@@ -204,6 +224,9 @@ def deal(
         worker.assigned[job] = dispatch
         dealt.append(job)
         lines.setdefault(worker, []).append(dispatch.line(job))
+        if len(worker.assigned) >= ready[worker]:
+            del ready[worker]
+    return lines
 
 
 def job_to_withdraw(workers: Sequence[WorkerSlot], now: float) -> tuple[WorkerSlot, str] | None:

@@ -16,12 +16,13 @@ In the steady state no file is created or deleted per job except the record the
 protocol needs in ``new/`` (see :mod:`.local_worker`). Each worker is started
 by the thread that reads it, and the thread lives as long as its worker, so
 ``PR_SET_PDEATHSIG`` ties the worker's life to its master's. Jobs are dealt to
-the least busy worker, at most ``PREFETCH`` deep, never behind a job that has
-run for a while (``dealing.deal``), and an idle worker takes a queued job back
-from a busy one: the busy worker is asked for it (``X``, then a signal so that
-it reads the request while its long job runs) and the job is dealt again only once
-that worker has given it back (``W``), never on the dispatcher's view of what
-has started, which lags behind the worker's (that would run a job twice).
+the least busy worker, a few milliseconds of work deep at its recent pace (two
+to eight jobs), never behind a job that has run for a while (``dealing.deal``),
+and an idle worker takes a queued job back from a busy one: the busy worker is
+asked for it (``X``, then a signal so that it reads the request while its long
+job runs) and the job is dealt again only once that worker has given it back
+(``W``), never on the dispatcher's view of what has started, which lags behind
+the worker's (that would run a job twice).
 
 A dealt job counts as started (its futures run and can no longer be
 cancelled), as ``ProcessPoolExecutor`` counts a call moved to its call queue:
