@@ -227,6 +227,23 @@ def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) -> Non
         assert long_job.result(timeout=30) == "long"
 
 
+def test_jobs_dealt_deep_behind_a_job_that_turns_long_all_move_to_the_idle_worker(
+    tmp_path: Path,
+) -> None:
+    """Invariant: after a run of short jobs, a worker holds several jobs at once (dealt
+    deep); when the one it runs turns long, every job queued behind it is taken back,
+    one after the other, by the worker that is idle, and none waits for the long one."""
+    gate = tmp_path / "gate"
+    with BoincExecutor(max_workers=2, batch_dir=tmp_path / "b") as ex:
+        assert list(ex.map(jobs.square, range(300))) == [i * i for i in range(300)]
+        long_job = ex.submit(jobs.wait_for_file, str(gate), "long")
+        queued = [ex.submit(jobs.square, i) for i in range(16)]
+        assert [f.result(timeout=30) for f in queued] == [i * i for i in range(16)]
+        assert not long_job.done()
+        gate.touch()
+        assert long_job.result(timeout=30) == "long"
+
+
 def test_a_bug_in_handling_a_worker_restarts_it_and_loses_no_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
