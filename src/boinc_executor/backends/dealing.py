@@ -43,8 +43,8 @@ __all__ = [
 
 PREFETCH = 2  # jobs a worker holds at least, so it never waits on a round trip
 #: ... and at most: short jobs are dealt this deep, so that a worker reads several
-#: ``J`` lines per wake-up and the master writes them in one go (with two, a trivial
-#: job cost a quarter more CPU, and the master and worker woke each other per job)
+#: ``J`` lines per wake-up and the master writes them in one go (with two, master and
+#: worker woke each other per job, and a trivial job cost about 15% more CPU)
 MAX_PREFETCH = 8
 #: how much work, in seconds at the worker's recent pace, a worker holds at most
 #: beyond the job it runs: what an idle worker may wait for at the end of a map
@@ -206,13 +206,15 @@ def deal(
     of the jobs dealt are appended to ``dealt``.
     """
     lines: dict[WorkerSlot, list[str]] = {}
-    ready = {
-        w: w.depth
-        for w in workers
-        if w.proc is not None
-        and len(w.assigned) <= w.depth // 2
-        and not (w.assigned and w.busy_for(now) >= LONG_JOB)
-    }
+    ready: dict[WorkerSlot, int] = {}  # the workers to top up, and their depths
+    for w in workers:
+        depth = w.depth
+        if (
+            w.proc is not None
+            and len(w.assigned) <= depth // 2
+            and not (w.assigned and w.busy_for(now) >= LONG_JOB)
+        ):
+            ready[w] = depth
     while ready:
         taken = pending.pop()
         if taken is None:
