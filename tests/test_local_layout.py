@@ -12,6 +12,15 @@ import sys
 from pathlib import Path
 
 from boinc_executor import BoincExecutor, protocol
+from boinc_executor.backends.dealing import WorkerSlot
+from boinc_executor.backends.local_slot import (
+    MAX_LENT,
+    MAX_SPARE_BYTES,
+    MAX_SPARES,
+    SPARE_DIR,
+    Slot,
+    lent_cap,
+)
 from boinc_executor.protocol.inputpack import PACK_NAME
 from boinc_executor.protocol.pack import RecordPack, handled_records
 from tests import jobs
@@ -187,3 +196,70 @@ def test_resume_reuses_the_pack(tmp_path: Path) -> None:
     assert pack.stat().st_size == size
     assert len(_journal(batch)) == lines
     shutil.rmtree(batch)
+
+
+def _handled_records(new: Path, first: int, count: int, size: int = 100) -> list[str]:
+    """``count`` records of ``size`` bytes in ``new/``, as the worker in slot s0 delivered them."""
+    names = []
+    for i in range(first, first + count):
+        name = protocol.record_file_name(protocol.job_name("wt", 1, i), "local-s0-0")
+        with open(new / name, "wb") as fh:
+            fh.truncate(size)  # sparse: the size counts, not the disk
+        names.append(name)
+    return names
+
+
+def test_a_busy_worker_keeps_twice_its_largest_lend_as_spares_and_the_master_agrees(
+    tmp_path: Path,
+) -> None:
+    """Invariant: records lent in one go are all kept while jobs keep coming (a sync late
+    enough to lend more than 256 at once must not cost a file deletion now and a file
+    creation per job later), up to MAX_LENT; beyond the cap the oldest go, and the
+    master's view of what is lent (which its scans leave alone) names exactly the rest."""
+    assert [lent_cap(MAX_SPARES, 100), lent_cap(MAX_SPARES, 300), lent_cap(600, 100)] == [
+        MAX_SPARES,
+        600,
+        600,
+    ]
+    assert lent_cap(MAX_SPARES, 10 * MAX_LENT) == MAX_LENT
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    slot, view = Slot(str(tmp_path), "s0"), WorkerSlot("s0")
+    for first, count in ((0, 300), (300, 400)):  # a cap of 600, then of 800
+        names = _handled_records(new, first, count)
+        slot.lend(names)
+        view.lend(names)
+    assert len(os.listdir(new)) == 700 == len(view.lent)
+    fresh_slot, fresh_view = Slot(str(tmp_path), "s1"), WorkerSlot("s1")
+    shutil.rmtree(new)
+    new.mkdir()
+    for first in (0, 100, 200):  # three lends of 100 stay within the 256 of a fresh worker
+        names = _handled_records(new, first, 100)
+        fresh_slot.lend(names)
+        fresh_view.lend(names)
+    kept = set(os.listdir(new))
+    assert len(kept) == MAX_SPARES and kept == set(fresh_view.lent)
+    oldest = protocol.record_file_name(protocol.job_name("wt", 1, 0), "local-s0-0")
+    assert names[-1] in kept and oldest not in kept
+
+
+def test_an_idle_worker_keeps_as_many_spares_as_it_was_lent_within_256_mib(
+    tmp_path: Path,
+) -> None:
+    """Invariant: a worker that goes idle keeps the spares its next burst will need (as
+    many as its busiest lend asked for, not a fixed 256, so a loop of maps does not
+    re-create them at every map), but never more than 256 MiB of them on disk."""
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    slot = Slot(str(tmp_path), "s0")
+    slot.lend(_handled_records(new, 0, 400))  # small records: a cap of 800
+    slot.stash_spares()
+    stash = tmp_path / "local" / SPARE_DIR / "s0"
+    assert len(os.listdir(stash)) == 400 and not os.listdir(new)
+    large = _handled_records(new, 400, 300, size=MAX_SPARE_BYTES)
+    slot.lend(large)
+    slot.stash_spares()
+    kept = set(os.listdir(stash))
+    stashed_bytes = sum((stash / name).stat().st_size for name in kept)
+    assert stashed_bytes <= MAX_SPARES * MAX_SPARE_BYTES < stashed_bytes + MAX_SPARE_BYTES
+    assert not os.listdir(new)  # the rest was deleted

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..batch import JournalEntry
-from .local_slot import MAX_SPARES
+from .local_slot import MAX_SPARES, lent_cap
 
 __all__ = [
     "AHEAD",
@@ -157,16 +157,23 @@ class WorkerSlot:
         self.pace = 0.0  # seconds per job lately (a moving average; 0 until a job ended)
         self.withdrawing: set[str] = set()  # asked back (X), not yet given back (W)
         self.thread: threading.Thread | None = None
-        # Handled records lent back for reuse (R), the last MAX_SPARES: they stay in
-        # new/ until the worker reuses (or deletes) them, and a scan skips them.
+        # Handled records lent back for reuse (R), the last lent_cap of them: they stay
+        # in new/ until the worker reuses (or deletes) them, and a scan skips them.
         self.lent: OrderedDict[str, None] = OrderedDict()
+        self._lent_cap = MAX_SPARES
 
     def lend(self, names: list[str]) -> None:
-        """Note records lent back to this worker."""
+        """Note records lent back to this worker (it keeps as many, see ``lent_cap``)."""
         lent = self.lent
+        self._lent_cap = lent_cap(self._lent_cap, len(names))
         lent.update(dict.fromkeys(names))
-        while len(lent) > MAX_SPARES:
+        while len(lent) > self._lent_cap:
             lent.popitem(last=False)
+
+    def forget_lent(self) -> None:
+        """The worker is gone: what it was lent is no longer kept (a scan deletes it)."""
+        self.lent.clear()
+        self._lent_cap = MAX_SPARES
 
     def busy_for(self, now: float) -> float:
         """Seconds the running job has run (0 when none runs)."""

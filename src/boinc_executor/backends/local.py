@@ -286,7 +286,7 @@ class LocalBackend(Backend):
                 for name in w.lent:
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(new, name))
-            w.lent.clear()
+            w.forget_lent()
         shutil.rmtree(os.path.join(self._root, SPARE_DIR), ignore_errors=True)
 
     # -- dispatching (called with self._lock held)
@@ -456,7 +456,7 @@ class LocalBackend(Backend):
                 self._pending.put_back(job, dispatch)
             worker.assigned.clear()
             worker.withdrawing.clear()
-            worker.lent.clear()  # those it did not reuse: a scan deletes them
+            worker.forget_lent()  # those it did not reuse: a scan deletes them
             self._feed_all()
         self._announce()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"

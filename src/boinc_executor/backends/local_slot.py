@@ -36,7 +36,7 @@ from .. import protocol
 from ..protocol.fileio import rewrite_fd
 from ..volunteer.slotio import read_program
 
-__all__ = ["MAX_SPARES", "MAX_SPARE_BYTES", "SPARE_DIR", "Slot"]
+__all__ = ["MAX_LENT", "MAX_SPARES", "MAX_SPARE_BYTES", "SPARE_DIR", "Slot", "lent_cap"]
 
 _NOT_FINISHED = b"\0\0"  # boinc_finish_called before the job has finished
 _FINISHED = b"0\n"  # what boinc_finish_called holds once it has (the BOINC API writes it)
@@ -49,11 +49,28 @@ _SPARE_FLAGS = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBL
 
 #: under ``local/``: each slot's lent records while its worker is idle
 SPARE_DIR = "spare"
-#: handled records lent to a worker for reuse at most; it deletes further ones
+#: handled records a worker keeps for reuse at least (when they fit, see _fits)
 MAX_SPARES = 256
+#: ... and a busy one: twice the most records one lend brought so far, up to this
+#: many, so that its spares last from one lend to the next. (Capped at 256, a sync
+#: late by some 50 ms at 3,000 jobs/s per worker left a worker short: it created a
+#: file per job until the next lend, then deleted as many.)
+MAX_LENT = 4096
 # Larger records are deleted, not reused: creating their file costs little next to
-# writing them, and this bounds the disk spares take (MAX_SPARES x 1 MiB per worker).
+# writing them, and this bounds the disk spares take.
 MAX_SPARE_BYTES = 1 << 20
+# An idle worker's spares, in all: as many as MAX_SPARES records of the largest size.
+# (A busy one keeps at most twice what one sync of the pack handed back.)
+_MAX_STASH_BYTES = MAX_SPARES * MAX_SPARE_BYTES
+
+
+def lent_cap(cap: int, lent: int) -> int:
+    """How many lent records a worker keeps once ``lent`` more came in one lend.
+
+    The master keeps the same count of names as lent (so that its scans leave
+    them alone), from the same lends: both sides apply this to every ``R`` line.
+    """
+    return min(MAX_LENT, max(cap, 2 * lent))
 
 
 def _fits(st: os.stat_result) -> bool:
@@ -101,9 +118,15 @@ class Slot:
         # Names in new/ of handled records the master lent back (R), newest last,
         # and those moved to this slot's spare directory while the worker was idle.
         self._spares: deque[str] = deque()
+        self._cap = MAX_SPARES  # how many of them are kept (lent_cap)
         self.spare_dir = os.path.join(local, SPARE_DIR, name)
-        # (a dead predecessor's stash, if any, is reused too: checked again when taken)
-        self._stashed: deque[str] = deque(_listing(self.spare_dir))
+        # (name, size) of each; a dead predecessor's stash, if any, is reused too
+        # (each file is checked again when taken).
+        self._stashed: deque[tuple[str, int]] = deque()
+        self._stashed_bytes = 0
+        for left in _listing(self.spare_dir):
+            with contextlib.suppress(OSError):
+                self._keep_stashed(left, os.lstat(os.path.join(self.spare_dir, left)).st_size)
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
         # A spare moved to result.pkl, until the next record is written over it.
@@ -148,12 +171,13 @@ class Slot:
         costs two renames per job, into ``new/`` and back, and the master no
         file operation. (Through a spare directory it took three, and the
         worker's CPU per trivial job was about a tenth higher.) Beyond
-        :data:`MAX_SPARES`, the oldest are deleted.
+        :func:`lent_cap`, the oldest are deleted.
         """
         spares = self._spares
+        self._cap = lent_cap(self._cap, len(names))
         # Only ever a record name: nothing outside new/ is touched.
         spares.extend(n for n in names if protocol.parse_record_name(n) is not None)
-        while len(spares) > MAX_SPARES:
+        while len(spares) > self._cap:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.new, spares.popleft()))
 
@@ -172,7 +196,9 @@ class Slot:
             if self._spares:
                 path = os.path.join(self.new, self._spares.pop())
             else:
-                path = os.path.join(self.spare_dir, self._stashed.pop())
+                name, size = self._stashed.pop()
+                self._stashed_bytes -= size
+                path = os.path.join(self.spare_dir, name)
             try:
                 os.rename(path, self.result)
             except FileNotFoundError:
@@ -193,21 +219,31 @@ class Slot:
 
         Called when the worker has had nothing to do for a moment, so that an
         idle executor's ``new/`` holds only records still to be handled, and the
-        next burst of jobs still finds files to reuse. A lone regular file of at
-        most 1 MiB is kept, up to :data:`MAX_SPARES`; anything else is deleted.
+        next burst of jobs still finds files to reuse (as many as the last one
+        needed). A lone regular file of at most 1 MiB is kept, up to the worker's
+        :func:`lent_cap` and 256 MiB in all; anything else is deleted.
         """
         os.makedirs(self.spare_dir, exist_ok=True)
         while self._spares:
             name = self._spares.popleft()
             path = os.path.join(self.new, name)
             try:
-                if _fits(os.lstat(path)) and len(self._stashed) < MAX_SPARES:
+                st = os.lstat(path)
+                if _fits(st) and self._room_for(st.st_size):
                     os.rename(path, os.path.join(self.spare_dir, name))
-                    self._stashed.append(name)
+                    self._keep_stashed(name, st.st_size)
                 else:
                     os.unlink(path)
             except OSError:
                 continue  # gone already; or not removable, and then a scan deals with it
+
+    def _room_for(self, size: int) -> bool:
+        """Whether the spare directory may keep one more file of ``size`` bytes."""
+        return len(self._stashed) < self._cap and self._stashed_bytes + size <= _MAX_STASH_BYTES
+
+    def _keep_stashed(self, name: str, size: int) -> None:
+        self._stashed.append((name, size))
+        self._stashed_bytes += size
 
     def lay_out(self, job: str, program: str, data: bytes, attempt: int) -> None:
         """Lay a job out as the BOINC client does in ``<copy_file/>`` mode (boinc-facts §6)."""
