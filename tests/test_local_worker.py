@@ -207,3 +207,39 @@ def test_an_idle_worker_moves_its_lent_records_out_of_new_and_reuses_them_later(
     done = worker.report()
     assert done.startswith(f"D {LONG} "), done
     assert (new / done.split()[2]).stat().st_ino in inodes
+
+
+def test_a_withdrawal_signal_is_never_lost_while_the_pipe_is_read_or_a_job_laid_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the master asks for one queued job at a time, each with an ``X`` line
+    and a signal. A signal that came while the handler of the previous one still read the
+    pipe (CPython runs it nested, between the handler's steps), or while the next job was
+    being laid out, was dropped: its ``X`` stayed unread until the long job ended, and no
+    other job moved meanwhile. Each must lead to one more read of the pipe."""
+    from boinc_executor.backends.local_worker import _Worker
+
+    (tmp_path / protocol.NEW).mkdir()
+    report_r, report_w = os.pipe()
+    worker = _Worker(str(tmp_path), "s0", os.getpid(), report_w)
+    reads: list[bool] = []
+    nested = [signal.SIGURG]  # one signal arrives while the first read runs
+
+    def read(block: bool) -> None:
+        reads.append(block)
+        if nested:
+            worker.on_withdraw_signal(nested.pop(), None)
+
+    monkeypatch.setattr(worker, "_read", read)
+    worker._in_job = True  # the job's own code runs
+    worker.on_withdraw_signal(signal.SIGURG, None)
+    assert reads == [False, False] and worker._in_job
+    reads.clear()
+    worker._in_job = False  # the next job is being laid out
+    worker.on_withdraw_signal(signal.SIGURG, None)
+    assert reads == []
+    worker._in_job = True
+    worker._answer_signals()  # as the job's code starts
+    assert reads == [False]
+    os.close(report_r)
+    os.close(report_w)

@@ -105,6 +105,9 @@ class _Worker:
         # True only while the job's code runs: the one time the handler may read
         # (elsewhere this thread is in the middle of reading or reporting itself).
         self._in_job = False
+        # A withdrawal signal came when the pipe could not be read: read it as soon
+        # as it can (see _answer_signals).
+        self._signalled = False
 
     def _read(self, block: bool) -> None:
         """Read what the master sent; without ``block`` only what is already there."""
@@ -132,8 +135,23 @@ class _Worker:
 
     def on_withdraw_signal(self, _signum: int, _frame: FrameType | None) -> None:
         """:data:`WITHDRAW_SIGNAL`: answer a withdrawal now if a job's code runs."""
+        self._signalled = True
         if self._in_job:
-            self._in_job = False  # not re-entered by a second signal
+            self._answer_signals()
+
+    def _answer_signals(self) -> None:
+        """Read the pipe until no signal is left unanswered (called while a job's code runs).
+
+        A signal is never lost: one that comes while the pipe is being read
+        (the handler runs again inside the handler, between two of its steps) or
+        while the next job is being laid out only marks itself, and is answered
+        by the loop here, or once the job's code starts. (Dropped, it left the
+        master's ``X`` unread until the long job ended: the master asks for one
+        job at a time, so no other job moved either.)
+        """
+        while self._signalled:
+            self._signalled = False
+            self._in_job = False  # a nested signal only marks itself
             try:
                 self._read(block=False)
             finally:
@@ -181,6 +199,7 @@ class _Worker:
             else:
                 self._in_job = True
                 try:
+                    self._answer_signals()  # any that came while the job was laid out
                     record = execute(self._slot.program_bytes, data, functools.partial(str, job))
                 finally:
                     self._in_job = False
