@@ -242,6 +242,7 @@ class Slot:
         return len(self._stashed) < self._cap and self._stashed_bytes + size <= _MAX_STASH_BYTES
 
     def _keep_stashed(self, name: str, size: int) -> None:
+        """Note a file now in the spare directory, with its size (for the 256 MiB bound)."""
         self._stashed.append((name, size))
         self._stashed_bytes += size
 
