@@ -16,7 +16,7 @@ from boinc_executor.backends.dealing import WorkerSlot
 from boinc_executor.backends.local_slot import (
     MAX_LENT,
     MAX_SPARE_BYTES,
-    MAX_SPARES,
+    MIN_SPARES,
     SPARE_DIR,
     Slot,
     lent_cap,
@@ -216,12 +216,12 @@ def test_a_busy_worker_keeps_twice_its_largest_lend_as_spares_and_the_master_agr
     enough to lend more than 256 at once must not cost a file deletion now and a file
     creation per job later), up to MAX_LENT; beyond the cap the oldest go, and the
     master's view of what is lent (which its scans leave alone) names exactly the rest."""
-    assert [lent_cap(MAX_SPARES, 100), lent_cap(MAX_SPARES, 300), lent_cap(600, 100)] == [
-        MAX_SPARES,
+    assert [lent_cap(MIN_SPARES, 100), lent_cap(MIN_SPARES, 300), lent_cap(600, 100)] == [
+        MIN_SPARES,
         600,
         600,
     ]
-    assert lent_cap(MAX_SPARES, 10 * MAX_LENT) == MAX_LENT
+    assert lent_cap(MIN_SPARES, 10 * MAX_LENT) == MAX_LENT
     new = tmp_path / protocol.NEW
     new.mkdir()
     slot, view = Slot(str(tmp_path), "s0"), WorkerSlot("s0")
@@ -238,7 +238,7 @@ def test_a_busy_worker_keeps_twice_its_largest_lend_as_spares_and_the_master_agr
         fresh_slot.lend(names)
         fresh_view.lend(names)
     kept = set(os.listdir(new))
-    assert len(kept) == MAX_SPARES and kept == set(fresh_view.lent)
+    assert len(kept) == MIN_SPARES and kept == set(fresh_view.lent)
     oldest = protocol.record_file_name(protocol.job_name("wt", 1, 0), "local-s0-0")
     assert names[-1] in kept and oldest not in kept
 
@@ -261,5 +261,5 @@ def test_an_idle_worker_keeps_as_many_spares_as_it_was_lent_within_256_mib(
     slot.stash_spares()
     kept = set(os.listdir(stash))
     stashed_bytes = sum((stash / name).stat().st_size for name in kept)
-    assert stashed_bytes <= MAX_SPARES * MAX_SPARE_BYTES < stashed_bytes + MAX_SPARE_BYTES
+    assert stashed_bytes <= MIN_SPARES * MAX_SPARE_BYTES < stashed_bytes + MAX_SPARE_BYTES
     assert not os.listdir(new)  # the rest was deleted

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..batch import JournalEntry
-from .local_slot import MAX_SPARES, lent_cap
+from .local_slot import MIN_SPARES, lent_cap
 
 __all__ = [
     "AHEAD",
@@ -160,7 +160,7 @@ class WorkerSlot:
         # Handled records lent back for reuse (R), the last lent_cap of them: they stay
         # in new/ until the worker reuses (or deletes) them, and a scan skips them.
         self.lent: OrderedDict[str, None] = OrderedDict()
-        self._lent_cap = MAX_SPARES
+        self._lent_cap = MIN_SPARES
 
     def lend(self, names: list[str]) -> None:
         """Note records lent back to this worker (it keeps as many, see ``lent_cap``)."""
@@ -173,7 +173,7 @@ class WorkerSlot:
     def forget_lent(self) -> None:
         """The worker is gone: what it was lent is no longer kept (a scan deletes it)."""
         self.lent.clear()
-        self._lent_cap = MAX_SPARES
+        self._lent_cap = MIN_SPARES
 
     def busy_for(self, now: float) -> float:
         """Seconds the running job has run (0 when none runs)."""

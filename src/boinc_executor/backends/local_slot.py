@@ -36,7 +36,7 @@ from .. import protocol
 from ..protocol.fileio import rewrite_fd
 from ..volunteer.slotio import read_program
 
-__all__ = ["MAX_LENT", "MAX_SPARES", "MAX_SPARE_BYTES", "SPARE_DIR", "Slot", "lent_cap"]
+__all__ = ["MAX_LENT", "MAX_SPARE_BYTES", "MIN_SPARES", "SPARE_DIR", "Slot", "lent_cap"]
 
 _NOT_FINISHED = b"\0\0"  # boinc_finish_called before the job has finished
 _FINISHED = b"0\n"  # what boinc_finish_called holds once it has (the BOINC API writes it)
@@ -49,8 +49,8 @@ _SPARE_FLAGS = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBL
 
 #: under ``local/``: each slot's lent records while its worker is idle
 SPARE_DIR = "spare"
-#: handled records a worker keeps for reuse at least (when they fit, see _fits)
-MAX_SPARES = 256
+#: handled records a worker keeps for reuse at least, when they fit (see _fits)
+MIN_SPARES = 256
 #: ... and a busy one: twice the most records one lend brought so far, up to this
 #: many, so that its spares last from one lend to the next. (Capped at 256, a sync
 #: late by some 50 ms at 3,000 jobs/s per worker left a worker short: it created a
@@ -59,9 +59,9 @@ MAX_LENT = 4096
 # Larger records are deleted, not reused: creating their file costs little next to
 # writing them, and this bounds the disk spares take.
 MAX_SPARE_BYTES = 1 << 20
-# An idle worker's spares, in all: as many as MAX_SPARES records of the largest size.
+# An idle worker's spares, in all: as many as MIN_SPARES records of the largest size.
 # (A busy one keeps at most twice what one sync of the pack handed back.)
-_MAX_STASH_BYTES = MAX_SPARES * MAX_SPARE_BYTES
+_MAX_STASH_BYTES = MIN_SPARES * MAX_SPARE_BYTES
 
 
 def lent_cap(cap: int, lent: int) -> int:
@@ -118,7 +118,7 @@ class Slot:
         # Names in new/ of handled records the master lent back (R), newest last,
         # and those moved to this slot's spare directory while the worker was idle.
         self._spares: deque[str] = deque()
-        self._cap = MAX_SPARES  # how many of them are kept (lent_cap)
+        self._cap = MIN_SPARES  # how many of them are kept (lent_cap)
         self.spare_dir = os.path.join(local, SPARE_DIR, name)
         # (name, size) of each; a dead predecessor's stash, if any, is reused too
         # (each file is checked again when taken).
