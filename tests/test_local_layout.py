@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from boinc_executor import BoincExecutor, protocol
 from boinc_executor.backends.dealing import WorkerSlot
 from boinc_executor.backends.local_slot import (
@@ -66,30 +68,37 @@ def test_no_file_per_job_but_the_record(tmp_path: Path) -> None:
     assert len(handled_records(batch)) == 50
 
 
-def result_inode(batch_dir: str, pause: float) -> int:
-    """Job function: the inode of the output file the runner is about to rewrite (or 0)."""
+def output_inode(batch_dir: str, pause: float) -> int:
+    """Job function: the inode of the spare the worker will write this job's record over
+    (a file it holds open in new/ or the spare directory), or 0 if it holds none."""
     import time
 
     time.sleep(pause)  # let the master hand a few records back as spares
-    (slot,) = Path(batch_dir, "local", "slots").iterdir()
-    try:
-        return os.stat(slot / protocol.OPEN_RESULT).st_ino
-    except FileNotFoundError:
-        return 0
+    places = (os.path.join(batch_dir, protocol.NEW), os.path.join(batch_dir, "local", SPARE_DIR))
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(places):
+            return os.fstat(int(fd)).st_ino
+    return 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 def test_handled_records_come_back_as_output_files(tmp_path: Path) -> None:
-    """Steady state: the runner rewrites a handled record's file instead of creating one;
-    a planted hard link is never rewritten; no spare outlives the run."""
+    """Steady state: a job's record is written over a handled record's file where it
+    lies, not into a new file; a planted hard link is never written through; no
+    spare outlives the run."""
     batch = tmp_path / "b"
     with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
-        first = list(ex.map(result_inode, [str(batch)] * 6, [0.3] * 6))
+        first = list(ex.map(output_inode, [str(batch)] * 6, [0.3] * 6))
         new = batch / protocol.NEW
         outside = tmp_path / "outside"
         outside.write_bytes(b"not a record")
         os.link(outside, new / "linked")  # the decoder refuses it: not a record name
-        rest = list(ex.map(result_inode, [str(batch)] * 20, [0.05] * 20))
-    assert first[0] == 0  # nothing to reuse yet: the runner creates its output
+        rest = list(ex.map(output_inode, [str(batch)] * 20, [0.05] * 20))
+    assert first[0] == 0  # nothing to reuse yet: the worker creates its output
     # Spares appear once a sync made records durable, and a worker that found none
     # looks again only after a few jobs: so only some of the 26 outputs are reused.
     assert sum(1 for ino in first + rest if ino) >= 5, "no record file came back for reuse"
@@ -263,3 +272,98 @@ def test_an_idle_worker_keeps_as_many_spares_as_it_was_lent_within_256_mib(
     stashed_bytes = sum((stash / name).stat().st_size for name in kept)
     assert stashed_bytes <= MIN_SPARES * MAX_SPARE_BYTES < stashed_bytes + MAX_SPARE_BYTES
     assert not os.listdir(new)  # the rest was deleted
+
+
+def _record(job: str, value: int) -> bytes:
+    return protocol.encode_result(job, [(True, value)])
+
+
+def test_a_record_is_written_over_a_lent_file_where_it_lies_and_renamed_once(
+    tmp_path: Path,
+) -> None:
+    """Invariant: a lent record's file is reused in new/ itself (one rename per job, no
+    file created); once the worker goes idle, the spare it holds open leaves new/ too."""
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    slot = Slot(str(tmp_path), "s0")
+    (lent,) = _handled_records(new, 0, 1, size=4096)
+    slot.lend([lent])
+    inode = (new / lent).stat().st_ino
+    slot.take_spare()
+    job = protocol.job_name("wt", 1, 7)
+    name = protocol.record_file_name(job, "local-s0-0")
+    slot.write_output(_record(job, 7))
+    slot.deliver(name, _record(job, 7))
+    assert os.listdir(new) == [name] and (new / name).stat().st_ino == inode
+    assert (new / name).read_bytes() == _record(job, 7)  # the old, longer bytes are cut off
+    assert not os.path.exists(slot.result)
+    (second,) = _handled_records(new, 1, 1)
+    slot.lend([second])
+    slot.take_spare()  # held open for the next job ...
+    slot.stash_spares()  # ... and moved out of new/ with the rest when the worker idles
+    assert os.listdir(new) == [name]
+    assert os.listdir(tmp_path / "local" / SPARE_DIR / "s0") == [second]
+
+
+def test_a_spare_deleted_under_the_record_costs_a_new_file_not_the_record(
+    tmp_path: Path,
+) -> None:
+    """Regression: the master's scan may delete a lent name once it has fallen out of its
+    count of what is lent; the record, still in hand, is then delivered from a new file."""
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    slot = Slot(str(tmp_path), "s0")
+    (lent,) = _handled_records(new, 0, 1)
+    slot.lend([lent])
+    slot.take_spare()
+    job = protocol.job_name("wt", 1, 8)
+    name = protocol.record_file_name(job, "local-s0-0")
+    slot.write_output(_record(job, 8))
+    os.unlink(new / lent)  # the scan's deletion, under the open file
+    slot.deliver(name, _record(job, 8))
+    assert os.listdir(new) == [name]
+    assert (new / name).read_bytes() == _record(job, 8)
+    assert not os.path.exists(slot.result)
+
+
+def test_a_record_that_cannot_be_delivered_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Invariant: a failed delivery (here: new/ is gone) removes what was written, so the
+    next job's record never lands on a leftover."""
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    slot = Slot(str(tmp_path), "s0")
+    job = protocol.job_name("wt", 1, 9)
+    slot.write_output(_record(job, 9))
+    shutil.rmtree(new)
+    try:
+        slot.deliver(protocol.record_file_name(job, "local-s0-0"), _record(job, 9))
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("delivering into a missing new/ succeeded")
+    assert not os.path.exists(slot.result)
+
+
+def test_planted_files_under_lent_names_are_never_written_through(tmp_path: Path) -> None:
+    """Hostile case: a directory, a symlink and a second hard link put under lent names
+    are not reused (the record goes to a new file); the links' targets are untouched."""
+    new = tmp_path / protocol.NEW
+    new.mkdir()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret")
+    names = [
+        protocol.record_file_name(protocol.job_name("wt", 1, i), "local-s0-0") for i in range(3)
+    ]
+    (new / names[0]).mkdir()
+    (new / names[1]).symlink_to(outside)
+    os.link(outside, new / names[2])
+    slot = Slot(str(tmp_path), "s0")
+    slot.lend(names)
+    slot.take_spare()
+    job = protocol.job_name("wt", 1, 5)
+    name = protocol.record_file_name(job, "local-s0-0")
+    slot.write_output(_record(job, 5))
+    slot.deliver(name, _record(job, 5))
+    assert outside.read_bytes() == b"secret" and outside.stat().st_nlink == 1
+    assert sorted(os.listdir(new)) == sorted([names[0], name])  # the directory: for the scan
+    assert (new / name).read_bytes() == _record(job, 5)

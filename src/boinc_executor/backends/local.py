@@ -7,7 +7,7 @@ to a real project unchanged::
              ──stage_input──▶ BATCH_DIR/local/inputs.pack          (appended; offsets journaled)
              ──submit───────▶ dispatcher ──"J job program pack offset size attempt"──▶ worker
     worker (local_worker.py): lay out BATCH_DIR/local/slots/<run>-<k>/ as the BOINC
-            client does, run the real runner in it, rename its result.pkl into new/
+            client does, run the real runner in it, rename its record into new/
     worker ──"D job record" / "F job why"──▶ reader thread
             ──▶ events.record_delivered / error record or events.failed
     dispatcher ──"X job"──▶ worker ──"W job"──▶ reader thread ──▶ dealt to another worker

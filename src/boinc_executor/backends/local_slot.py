@@ -12,10 +12,12 @@ In the steady state, per job, nothing is created or deleted but the record itsel
   linked while the job's program is the same; its bytes are read once then;
 * the runner's :func:`~boinc_executor.volunteer.runner.execute` runs the job on
   the bytes just laid out, so an input is read once (out of the pack), not a
-  second time out of the slot; its record is written as ``result.pkl`` (over a
-  handled record's file, or created), and the worker renames that file into
-  ``BATCH_DIR/new/<job>.local-<slot>-<attempt>.result``: the one file per job
-  the protocol needs, since results are learned only from records in ``new/``.
+  second time out of the slot; its record is written in place over a handled
+  record's file where that file lies (lent back to this worker, see
+  :meth:`Slot.lend`), or into a new ``result.pkl`` in the slot when none is left,
+  and one rename moves it to ``BATCH_DIR/new/<job>.local-<slot>-<attempt>.result``:
+  the one file per job the protocol needs, since results are learned only from
+  records in ``new/``.
 
 The worker is the runner's host here, as the BOINC client is on a volunteer's
 machine, and it plays the runner's slot I/O (``volunteer/slotio.py``) with the
@@ -129,8 +131,9 @@ class Slot:
                 self._keep_stashed(left, os.lstat(os.path.join(self.spare_dir, left)).st_size)
         self.result = os.path.join(self.path, protocol.OPEN_RESULT)
         self._remove_result()  # left by a worker that died mid-job in this slot
-        # A spare moved to result.pkl, until the next record is written over it.
-        self._output: tuple[int, int] | None = None
+        # A spare opened for the next record, until it is written over: (fd, size, path).
+        self._output: tuple[int, int, str] | None = None
+        self._written = ""  # where the record just written lies, until delivered
         self._sizes: dict[int, int] = {}  # fd -> the size this worker last gave the file
         self._data = self._open(protocol.OPEN_DATA)
         self._init = self._open("init_data.xml")
@@ -166,12 +169,11 @@ class Slot:
 
         They are packed and synced, so their files in ``new/`` may be reused or
         deleted. While jobs keep coming they stay in ``new/`` (the master's
-        scans leave lent records alone) until a job needs an output file: one
-        rename then moves a file straight to ``result.pkl``, so a record's file
-        costs two renames per job, into ``new/`` and back, and the master no
-        file operation. (Through a spare directory it took three, and the
-        worker's CPU per trivial job was about a tenth higher.) Beyond
-        :func:`lent_cap`, the oldest are deleted.
+        scans leave lent records alone), and the next record is written over one
+        where it lies, then renamed to its own name: a record's file costs one
+        rename per job and the master no file operation. (Moved back to the
+        slot's ``result.pkl`` first, it cost two; through a spare directory, three.)
+        Beyond :func:`lent_cap`, the oldest are deleted.
         """
         spares = self._spares
         self._cap = lent_cap(self._cap, len(names))
@@ -182,15 +184,16 @@ class Slot:
                 os.unlink(os.path.join(self.new, spares.popleft()))
 
     def take_spare(self) -> None:
-        """Move a lent record's file to ``result.pkl`` for the next job, if none is there.
+        """Open a lent record's file for the next job's record, if none is open.
 
         The record is then written over an existing file in place (truncating
         what is left of the old one) instead of into a new file per job: on ext4
         a creation costs up to 30x a rewrite. Only a lone regular file of at
-        most 1 MiB is kept; anything else is removed from the slot once moved
-        there (so a file with a second hard link is never written through). The
-        worker calls this as soon as a job's output has left the slot, so that
-        the rename is done while it waits for the next job, not on that job's way.
+        most 1 MiB is kept; anything else is unlinked (so a file with a second
+        hard link is never written through; a directory stays for the master's
+        scan to quarantine). The worker calls this as soon as a job's record has
+        been delivered, so that the open is done while it waits for the next job,
+        not on that job's way.
         """
         while self._output is None and (self._spares or self._stashed):
             if self._spares:
@@ -199,15 +202,12 @@ class Slot:
                 name, size = self._stashed.pop()
                 self._stashed_bytes -= size
                 path = os.path.join(self.spare_dir, name)
-            try:
-                os.rename(path, self.result)
-            except FileNotFoundError:
-                continue  # dropped meanwhile
-            except OSError:
-                return  # the output is created as usual
-            self._output = _reusable(self.result)
-            if self._output is None:
-                self._remove_result()
+            opened = _reusable(path)
+            if opened is None:
+                with contextlib.suppress(OSError):  # gone meanwhile, or a directory
+                    os.unlink(path)
+                continue
+            self._output = (*opened, path)
 
     @property
     def lent_in_new(self) -> bool:
@@ -224,6 +224,15 @@ class Slot:
         :func:`lent_cap` and 256 MiB in all; anything else is deleted.
         """
         os.makedirs(self.spare_dir, exist_ok=True)
+        if self._output is not None and os.path.dirname(self._output[2]) == self.new:
+            fd, size, path = self._output  # the one opened for the next record: it moves too
+            target = os.path.join(self.spare_dir, os.path.basename(path))
+            try:
+                os.rename(path, target)
+                self._output = (fd, size, target)
+            except OSError:
+                os.close(fd)  # left to the master's scan
+                self._output = None
         while self._spares:
             name = self._spares.popleft()
             path = os.path.join(self.new, name)
@@ -275,27 +284,59 @@ class Slot:
         self._rewrite(self._finish, _NOT_FINISHED)
 
     def write_output(self, record: bytes) -> None:
-        """Write the job's record as ``result.pkl``, then mark it finished.
+        """Write the job's record, then mark it finished.
 
         What the runner's ``write_result`` does on a volunteer's host, in place
-        over the spare laid there (or a new file), and through the descriptor
-        of ``boinc_finish_called`` kept open.
+        over the spare opened for it (or into a new ``result.pkl``), and through
+        the descriptor of ``boinc_finish_called`` kept open.
         """
         output, self._output = self._output, None
-        fd, size = output if output is not None else (os.open(self.result, _OUTPUT_FLAGS, 0o666), 0)
+        if output is None:
+            output = (os.open(self.result, _OUTPUT_FLAGS, 0o666), 0, self.result)
+        fd, size, self._written = output
         try:
             rewrite_fd(fd, record, size)
         finally:
             os.close(fd)
         self._rewrite(self._finish, _FINISHED)
 
-    def deliver(self, record_name: str) -> None:
-        """Move the runner's output into ``new/``, as the assimilator would."""
-        os.rename(self.result, os.path.join(self.new, record_name))
+    def deliver(self, record_name: str, record: bytes) -> None:
+        """Move the record just written into ``new/`` under its name, as the assimilator would.
+
+        A spare that vanished under the record (deleted by the master's scan,
+        which may do so once the name has fallen out of what it counts as lent)
+        is no loss: the record, still in hand, is written into a new file instead.
+
+        Raises:
+            OSError: the record could not be delivered; nothing of it is left behind.
+        """
+        target = os.path.join(self.new, record_name)
+        written, self._written = self._written, ""
+        try:
+            os.rename(written, target)
+            return
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(written)
+            if written == self.result or not isinstance(exc, FileNotFoundError):
+                raise
+        try:
+            fd = os.open(self.result, _OUTPUT_FLAGS, 0o666)
+            try:
+                rewrite_fd(fd, record, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+            os.rename(self.result, target)
+        except OSError:
+            self._remove_result()
+            raise
 
     def discard_output(self) -> None:
-        """Drop a partial or unusable output, so the next job starts without one."""
-        if self._output is not None:
-            os.close(self._output[0])
-            self._output = None
-        self._remove_result()
+        """Drop a partial or unusable record, so the next job starts without one.
+
+        A spare opened but not yet written over is kept for the next job.
+        """
+        written, self._written = self._written, ""
+        if written:
+            with contextlib.suppress(OSError):
+                os.unlink(written)

@@ -191,6 +191,7 @@ class _Worker:
             _, job, program, pack, offset, size, attempt_text = self._queue.popleft()
             attempt = int(attempt_text)
             reason = ""
+            record = b""
             try:
                 data = self._input(pack, int(offset), int(size))
                 self._slot.lay_out(job, program, data, attempt)
@@ -208,7 +209,7 @@ class _Worker:
                 except OSError as exc:
                     why = explain_os_error(exc)
                     reason = f"the runner could not write the result of job {job}: {why}"
-            self._deliver(job, attempt, reason)
+            self._deliver(job, attempt, record, reason)
             self._slot.take_spare()
 
     def _input(self, pack: str, offset: int, size: int) -> bytes:
@@ -218,7 +219,7 @@ class _Worker:
         path = os.path.join(self._slot.download, check_pack_name(pack))
         return protocol.read_bounded(Path(path), 2**31)
 
-    def _deliver(self, job: str, attempt: int, failure: str) -> None:
+    def _deliver(self, job: str, attempt: int, record: bytes, failure: str) -> None:
         """Move the record into ``new/`` and say so; with ``failure``, deliver an error record."""
         if os.getppid() != self._master_pid:
             os._exit(0)  # orphaned: this job is no longer ours to report
@@ -226,7 +227,7 @@ class _Worker:
         name = protocol.record_file_name(job, tag)
         try:
             if not failure:
-                self._slot.deliver(name)
+                self._slot.deliver(name, record)
                 self._say(f"D {job} {name}\n")
                 return
             self._slot.discard_output()
