@@ -119,9 +119,14 @@ def measure_naive(project: Project, web: WebServer, key: str, n: int) -> float:
         data_jf = "jf_" + hashlib.md5(data).hexdigest()
         if rpc.query_files([data_jf]):
             rpc.upload_files([(data_jf, data)])
-        rpc.submit_batch(batch_id, "pyboinc", [(job, [program_jf, data_jf])],
-                         input_template="pyboinc_remote_in",
-                         output_template="pyboinc_remote_out", job_params={})
+        rpc.submit_batch(
+            batch_id,
+            "pyboinc",
+            [(job, [program_jf, data_jf])],
+            input_template="pyboinc_remote_in",
+            output_template="pyboinc_remote_out",
+            job_params={},
+        )
     return time.perf_counter() - start
 
 
@@ -131,11 +136,17 @@ def instant_volunteer(project: Project, batch_id: int) -> None:
     conn = config.connect()
     try:
         srv = Server(config=config, conn=conn)
-        while srv.q("select w.id from workunit w where w.batch=%s and not exists (select 1 "
-                    "from result r where r.workunitid=w.id) limit 1", batch_id):
+        while srv.q(
+            "select w.id from workunit w where w.batch=%s and not exists (select 1 "
+            "from result r where r.workunitid=w.id) limit 1",
+            batch_id,
+        ):
             transitioner_pass(srv)
-        rows = srv.q("select r.*, w.name as wu_name from result r join workunit w on "
-                     "w.id=r.workunitid where w.batch=%s", batch_id)
+        rows = srv.q(
+            "select r.*, w.name as wu_name from result r join workunit w on "
+            "w.id=r.workunitid where w.batch=%s",
+            batch_id,
+        )
         cur = conn.cursor()
         for r in rows:
             i = protocol.parse_job_name(r["wu_name"])
@@ -143,10 +154,13 @@ def instant_volunteer(project: Project, batch_id: int) -> None:
             record = protocol.encode_result(r["wu_name"], [(True, i[2] * i[2])])
             name = output_files(r)[0][0]
             config.upload_path(name, create=True).write_bytes(record)
-            cur.execute("update result set server_state=5, outcome=1, validate_state=1 "
-                        "where id=%s", (r["id"],))
-            cur.execute("update workunit set canonical_resultid=%s where id=%s",
-                        (r["id"], r["workunitid"]))
+            cur.execute(
+                "update result set server_state=5, outcome=1, validate_state=1 where id=%s",
+                (r["id"],),
+            )
+            cur.execute(
+                "update workunit set canonical_resultid=%s where id=%s", (r["id"], r["workunitid"])
+            )
     finally:
         conn.close()
 
@@ -227,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"bench_remote (loopback stand-in, {os.cpu_count()} CPUs, shared and loaded machine)")
     print(f"{'measurement':<46} {'calls':>7} {'seconds':>9} {'calls/s':>9}")
-    print(_row("bulk: BoincExecutor(server=...).map", sizes.jobs, bulk,
-               f"{requests} HTTP requests"))
-    print(_row(f"one submit_batch per call (sample {sizes.naive})", sizes.jobs, naive_n,
-               "extrapolated"))
+    print(
+        _row("bulk: BoincExecutor(server=...).map", sizes.jobs, bulk, f"{requests} HTTP requests")
+    )
+    print(
+        _row(
+            f"one submit_batch per call (sample {sizes.naive})", sizes.jobs, naive_n, "extrapolated"
+        )
+    )
     print(_row("collect: outputs on server -> futures", sizes.collect, collect))
     print(_row("ProcessPoolExecutor(2).map, for scale", sizes.jobs, pool))
     print(f"bulk vs one submit_batch per call: {naive_n / bulk:.1f}x faster")
