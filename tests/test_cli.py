@@ -393,3 +393,27 @@ def test_cancel_a_killed_batch_then_resume_runs_nothing(tmp_path: Path) -> None:
             assert isinstance(fut.exception(timeout=60), WorkunitError)
     counts = cli_json("status", str(batch_id))["counts"]
     assert (counts["cancelled"], counts["done"]) == (5, 0)  # nothing ran again
+
+
+def test_a_record_file_is_counted_only_for_the_job_it_holds(tmp_path: Path) -> None:
+    """Invariant (status, results, errors): a file in new/ named for one job but holding
+    another's record (a local worker's reused file in the instant before its rename,
+    or a planted one) is no result of the job its name says."""
+    from boinc_executor import BoincExecutor, protocol
+    from boinc_executor.batchview import BatchView
+    from boinc_executor.protocol.pack import RecordPack
+    from tests import jobs
+
+    batch = tmp_path / "b"
+    with BoincExecutor(max_workers=1, batch_dir=batch) as ex:
+        assert ex.submit(jobs.square, 3).result(timeout=60) == 9
+    (job,) = BatchView(batch).records()
+    pack = RecordPack(str(batch / protocol.HANDLED_PACK), writable=False)
+    try:
+        _, body = pack.read(job)
+    finally:
+        pack.close()
+    prefix, batch_id, _ = protocol.parse_job_name(job) or ("", 0, 0)
+    other = protocol.job_name(prefix, batch_id, 7)
+    (batch / protocol.NEW / protocol.record_file_name(other, "local-x-0")).write_bytes(body)
+    assert set(BatchView(batch).records()) == {job}

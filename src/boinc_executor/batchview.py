@@ -258,7 +258,10 @@ class BatchView:
             if job in found and tag != protocol.CANCEL_TAG:
                 continue
             record = self._header(path)
-            if record is not None:
+            # A record must be of the job its name says: a local worker writes the next
+            # record over a handled one's file before renaming it, and a file that is not
+            # what its name says is no result of that job (nor of the job it holds).
+            if record is not None and record.job == job:
                 found[job] = record
         return found
 
