@@ -291,14 +291,18 @@ class Slot:
         the descriptor of ``boinc_finish_called`` kept open.
         """
         output, self._output = self._output, None
-        if output is None:
+        self._write_record(output, record)
+        self._rewrite(self._finish, _FINISHED)
+
+    def _write_record(self, output: tuple[int, int, str] | None, record: bytes) -> None:
+        """Write ``record`` over ``output`` (fd, size, path), or into a new ``result.pkl``."""
+        if output is None:  # (never left behind: a failed delivery removes it)
             output = (os.open(self.result, _OUTPUT_FLAGS, 0o666), 0, self.result)
         fd, size, self._written = output
         try:
             rewrite_fd(fd, record, size)
         finally:
             os.close(fd)
-        self._rewrite(self._finish, _FINISHED)
 
     def deliver(self, record_name: str, record: bytes) -> None:
         """Move the record just written into ``new/`` under its name, as the assimilator would.
@@ -321,15 +325,13 @@ class Slot:
             if written == self.result or not isinstance(exc, FileNotFoundError):
                 raise
         try:
-            fd = os.open(self.result, _OUTPUT_FLAGS, 0o666)
-            try:
-                rewrite_fd(fd, record, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
+            self._write_record(None, record)
             os.rename(self.result, target)
         except OSError:
             self._remove_result()
             raise
+        finally:
+            self._written = ""
 
     def discard_output(self) -> None:
         """Drop a partial or unusable record, so the next job starts without one.
